@@ -1,0 +1,140 @@
+//! Channel kinds and name rules.
+
+/// Longest channel name accepted, as Pusher documents it.
+pub const MAX_CHANNEL_NAME_LEN: usize = 164;
+
+/// What a channel name says about the channel, decided by its prefix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChannelKind {
+    PrivateEncryptedCache,
+    PrivateEncrypted,
+    PrivateCache,
+    PresenceCache,
+    Private,
+    Presence,
+    Cache,
+    Public,
+}
+
+/// Prefixes in the order they must be tried: longer ones that share a start come first.
+const PREFIXES: [(&str, ChannelKind); 7] = [
+    ("private-encrypted-cache-", ChannelKind::PrivateEncryptedCache),
+    ("private-encrypted-", ChannelKind::PrivateEncrypted),
+    ("private-cache-", ChannelKind::PrivateCache),
+    ("presence-cache-", ChannelKind::PresenceCache),
+    ("private-", ChannelKind::Private),
+    ("presence-", ChannelKind::Presence),
+    ("cache-", ChannelKind::Cache),
+];
+
+impl ChannelKind {
+    /// Classifies a channel name by its prefix.
+    pub fn of(name: &str) -> ChannelKind {
+        PREFIXES
+            .iter()
+            .find(|(prefix, _)| name.starts_with(prefix))
+            .map_or(ChannelKind::Public, |&(_, kind)| kind)
+    }
+
+    /// Whether subscribing needs a signature from the app's server.
+    pub fn needs_auth(self) -> bool {
+        !matches!(self, ChannelKind::Cache | ChannelKind::Public)
+    }
+
+    /// Whether the channel keeps its last event for new subscribers.
+    pub fn is_cache(self) -> bool {
+        matches!(
+            self,
+            ChannelKind::PrivateEncryptedCache
+                | ChannelKind::PrivateCache
+                | ChannelKind::PresenceCache
+                | ChannelKind::Cache
+        )
+    }
+
+    /// Whether the channel tracks members (and its signature covers channel_data).
+    pub fn is_presence(self) -> bool {
+        matches!(self, ChannelKind::Presence | ChannelKind::PresenceCache)
+    }
+
+    /// Whether clients may send `client-` events on it.
+    pub fn allows_client_events(self) -> bool {
+        self.needs_auth()
+    }
+}
+
+/// Why a channel name is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ChannelNameError {
+    #[error("channel name is empty")]
+    Empty,
+    #[error("channel name is longer than {MAX_CHANNEL_NAME_LEN} characters")]
+    TooLong,
+    #[error("channel name has a character outside A-Z a-z 0-9 _ - = @ , . ;")]
+    BadCharacter,
+}
+
+/// Checks a channel name a client may subscribe to or an API call may publish on.
+pub fn validate_name(name: &str) -> Result<(), ChannelNameError> {
+    if name.is_empty() {
+        return Err(ChannelNameError::Empty);
+    }
+    if name.len() > MAX_CHANNEL_NAME_LEN {
+        return Err(ChannelNameError::TooLong);
+    }
+    let allowed = |b: u8| b.is_ascii_alphanumeric() || b"_-=@,.;".contains(&b);
+    if name.bytes().all(allowed) {
+        Ok(())
+    } else {
+        Err(ChannelNameError::BadCharacter)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_prefix_classifies_in_order() {
+        let cases = [
+            ("private-encrypted-cache-x", ChannelKind::PrivateEncryptedCache),
+            ("private-encrypted-x", ChannelKind::PrivateEncrypted),
+            ("private-cache-x", ChannelKind::PrivateCache),
+            ("presence-cache-x", ChannelKind::PresenceCache),
+            ("private-x", ChannelKind::Private),
+            ("presence-x", ChannelKind::Presence),
+            ("cache-x", ChannelKind::Cache),
+            ("x", ChannelKind::Public),
+            ("my-private-x", ChannelKind::Public),
+            ("cacheless", ChannelKind::Public),
+            ("private-encrypted", ChannelKind::Private),
+        ];
+        for (name, kind) in cases {
+            assert_eq!(ChannelKind::of(name), kind, "{name}");
+        }
+    }
+
+    #[test]
+    fn kind_properties() {
+        assert!(ChannelKind::Private.needs_auth());
+        assert!(ChannelKind::PresenceCache.needs_auth());
+        assert!(!ChannelKind::Cache.needs_auth());
+        assert!(!ChannelKind::Public.needs_auth());
+        assert!(ChannelKind::PrivateEncryptedCache.is_cache());
+        assert!(!ChannelKind::PrivateEncrypted.is_cache());
+        assert!(ChannelKind::PresenceCache.is_presence());
+        assert!(!ChannelKind::Private.is_presence());
+        assert!(!ChannelKind::Public.allows_client_events());
+    }
+
+    #[test]
+    fn name_rules() {
+        assert_eq!(validate_name("a-Z_0=@,.;"), Ok(()));
+        assert_eq!(validate_name(""), Err(ChannelNameError::Empty));
+        assert_eq!(validate_name("a b"), Err(ChannelNameError::BadCharacter));
+        assert_eq!(validate_name("#server-to-user-1"), Err(ChannelNameError::BadCharacter));
+        assert_eq!(validate_name("é"), Err(ChannelNameError::BadCharacter));
+        assert_eq!(validate_name(&"a".repeat(164)), Ok(()));
+        assert_eq!(validate_name(&"a".repeat(165)), Err(ChannelNameError::TooLong));
+    }
+}

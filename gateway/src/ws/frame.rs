@@ -1,0 +1,363 @@
+//! WebSocket frames: decoding client frames in place, assembling fragmented messages, and
+//! encoding server frames.
+
+use std::borrow::Cow;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use tungstenite::protocol::frame::coding::{CloseCode, Control, Data, OpCode};
+
+use crate::protocol::codes;
+
+/// A frame that breaks the protocol, with the close code that answers it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WsError {
+    #[error("protocol error: {0}")]
+    Protocol(&'static str),
+    #[error("frame or message larger than {0} bytes")]
+    TooBig(usize),
+    #[error("text is not valid UTF-8")]
+    InvalidUtf8,
+}
+
+impl WsError {
+    /// The close code to send before closing.
+    pub fn close_code(&self) -> u16 {
+        match self {
+            WsError::Protocol(_) => codes::WS_PROTOCOL_ERROR,
+            WsError::TooBig(_) => codes::WS_MESSAGE_TOO_BIG,
+            WsError::InvalidUtf8 => codes::WS_INVALID_PAYLOAD,
+        }
+    }
+}
+
+/// A decoded frame header; the payload follows it, already unmasked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrameHead {
+    pub fin: bool,
+    pub opcode: OpCode,
+    pub header_len: usize,
+    pub payload_len: usize,
+}
+
+impl FrameHead {
+    /// Bytes the whole frame takes.
+    pub fn frame_len(&self) -> usize {
+        self.header_len + self.payload_len
+    }
+
+    /// Decodes the frame at the start of `buf`. `Ok(None)` means more bytes are needed. When the
+    /// whole frame is there its payload is unmasked in place.
+    pub fn decode(buf: &mut [u8], max_frame: usize) -> Result<Option<FrameHead>, WsError> {
+        if buf.len() < 2 {
+            return Ok(None);
+        }
+        let (b0, b1) = (buf[0], buf[1]);
+        if b0 & 0x70 != 0 {
+            return Err(WsError::Protocol("reserved bits set without an extension"));
+        }
+        let fin = b0 & 0x80 != 0;
+        let opcode = OpCode::from(b0 & 0x0f);
+        match opcode {
+            OpCode::Data(Data::Reserved(_)) | OpCode::Control(Control::Reserved(_)) => {
+                return Err(WsError::Protocol("reserved opcode"))
+            }
+            OpCode::Control(_) if !fin => return Err(WsError::Protocol("fragmented control frame")),
+            _ => {}
+        }
+        if b1 & 0x80 == 0 {
+            return Err(WsError::Protocol("client frames must be masked"));
+        }
+        let (len_bytes, short_len) = match b1 & 0x7f {
+            126 => (2, None),
+            127 => (8, None),
+            n => (0, Some(n as usize)),
+        };
+        let header_len = 2 + len_bytes + 4;
+        if buf.len() < 2 + len_bytes {
+            return Ok(None);
+        }
+        let payload_len = match short_len {
+            Some(n) => n,
+            None => {
+                let mut be = [0u8; 8];
+                be[8 - len_bytes..].copy_from_slice(&buf[2..2 + len_bytes]);
+                let len = u64::from_be_bytes(be);
+                if len >> 63 != 0 {
+                    return Err(WsError::Protocol("payload length has its top bit set"));
+                }
+                usize::try_from(len).map_err(|_| WsError::TooBig(max_frame))?
+            }
+        };
+        if matches!(opcode, OpCode::Control(_)) && payload_len > 125 {
+            return Err(WsError::Protocol("control frame payload over 125 bytes"));
+        }
+        if payload_len > max_frame {
+            return Err(WsError::TooBig(max_frame));
+        }
+        let head = FrameHead { fin, opcode, header_len, payload_len };
+        if buf.len() < head.frame_len() {
+            return Ok(None);
+        }
+        let mut mask = [0u8; 4];
+        mask.copy_from_slice(&buf[header_len - 4..header_len]);
+        for (i, byte) in buf[header_len..head.frame_len()].iter_mut().enumerate() {
+            *byte ^= mask[i & 3];
+        }
+        Ok(Some(head))
+    }
+}
+
+/// A whole message, or a control frame.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Message<'a> {
+    Text(Cow<'a, str>),
+    Binary,
+    Ping(&'a [u8]),
+    Pong,
+    /// A close frame; `None` when it carried no status code.
+    Close(Option<u16>),
+}
+
+/// Joins fragments into messages. Holds bytes only while a fragmented message is in flight.
+#[derive(Debug, Default)]
+pub struct Assembler {
+    /// The first frame's kind (`true` for text) and the bytes so far.
+    partial: Option<(bool, Vec<u8>)>,
+}
+
+impl Assembler {
+    /// Feeds one decoded frame; returns a message when one is complete.
+    pub fn push<'a>(
+        &mut self,
+        head: FrameHead,
+        payload: &'a [u8],
+        max_message: usize,
+    ) -> Result<Option<Message<'a>>, WsError> {
+        match head.opcode {
+            OpCode::Control(Control::Ping) => Ok(Some(Message::Ping(payload))),
+            OpCode::Control(Control::Pong) => Ok(Some(Message::Pong)),
+            OpCode::Control(_) => close_message(payload).map(Some),
+            OpCode::Data(Data::Continue) => {
+                let Some((is_text, mut data)) = self.partial.take() else {
+                    return Err(WsError::Protocol("continuation without a first frame"));
+                };
+                if data.len() + payload.len() > max_message {
+                    return Err(WsError::TooBig(max_message));
+                }
+                data.extend_from_slice(payload);
+                if !head.fin {
+                    self.partial = Some((is_text, data));
+                    return Ok(None);
+                }
+                if !is_text {
+                    return Ok(Some(Message::Binary));
+                }
+                String::from_utf8(data)
+                    .map(|text| Some(Message::Text(Cow::Owned(text))))
+                    .map_err(|_| WsError::InvalidUtf8)
+            }
+            OpCode::Data(kind) => {
+                if self.partial.is_some() {
+                    return Err(WsError::Protocol("new message before the last one finished"));
+                }
+                let is_text = kind == Data::Text;
+                if !head.fin {
+                    self.partial = Some((is_text, payload.to_vec()));
+                    return Ok(None);
+                }
+                if !is_text {
+                    return Ok(Some(Message::Binary));
+                }
+                std::str::from_utf8(payload)
+                    .map(|text| Some(Message::Text(Cow::Borrowed(text))))
+                    .map_err(|_| WsError::InvalidUtf8)
+            }
+        }
+    }
+}
+
+fn close_message(payload: &[u8]) -> Result<Message<'_>, WsError> {
+    match payload {
+        [] => Ok(Message::Close(None)),
+        [_] => Err(WsError::Protocol("close payload of one byte")),
+        [hi, lo, reason @ ..] => {
+            let code = u16::from_be_bytes([*hi, *lo]);
+            if !CloseCode::from(code).is_allowed() {
+                return Err(WsError::Protocol("close code not allowed"));
+            }
+            std::str::from_utf8(reason).map_err(|_| WsError::InvalidUtf8)?;
+            Ok(Message::Close(Some(code)))
+        }
+    }
+}
+
+fn encode(opcode: u8, payload: &[u8]) -> Bytes {
+    let mut out = BytesMut::with_capacity(payload.len() + 10);
+    out.put_u8(0x80 | opcode);
+    match payload.len() {
+        n if n < 126 => out.put_u8(n as u8),
+        n if n <= usize::from(u16::MAX) => {
+            out.put_u8(126);
+            out.put_u16(n as u16);
+        }
+        n => {
+            out.put_u8(127);
+            out.put_u64(n as u64);
+        }
+    }
+    out.put_slice(payload);
+    out.freeze()
+}
+
+/// A server text frame (unmasked, unfragmented).
+pub fn text_frame(text: &str) -> Bytes {
+    encode(0x1, text.as_bytes())
+}
+
+/// A server pong frame echoing the ping's payload.
+pub fn pong_frame(payload: &[u8]) -> Bytes {
+    encode(0xa, payload)
+}
+
+/// A server close frame. The reason is cut to fit the 125-byte control frame limit.
+pub fn close_frame(code: u16, reason: &str) -> Bytes {
+    let mut end = reason.len().min(123);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    let mut payload = Vec::with_capacity(2 + end);
+    payload.extend_from_slice(&code.to_be_bytes());
+    payload.extend_from_slice(&reason.as_bytes()[..end]);
+    encode(0x8, &payload)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MAX: usize = 64 * 1024;
+
+    /// A client frame, masked as clients must.
+    fn client_frame(first: u8, payload: &[u8]) -> Vec<u8> {
+        let mask = [0x37, 0xfa, 0x21, 0x3d];
+        let mut out = vec![first];
+        match payload.len() {
+            n if n < 126 => out.push(0x80 | n as u8),
+            n if n <= 65535 => {
+                out.push(0x80 | 126);
+                out.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            n => {
+                out.push(0x80 | 127);
+                out.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        }
+        out.extend_from_slice(&mask);
+        out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i & 3]));
+        out
+    }
+
+    fn decode_all(mut bytes: Vec<u8>) -> Result<Vec<String>, WsError> {
+        let mut assembler = Assembler::default();
+        let mut seen = Vec::new();
+        let mut at = 0;
+        while let Some(head) = FrameHead::decode(&mut bytes[at..], MAX)? {
+            let payload = bytes[at + head.header_len..at + head.frame_len()].to_vec();
+            if let Some(message) = assembler.push(head, &payload, MAX)? {
+                seen.push(format!("{message:?}"));
+            }
+            at += head.frame_len();
+        }
+        Ok(seen)
+    }
+
+    #[test]
+    fn unmasks_text() {
+        let seen = decode_all(client_frame(0x81, b"Hello")).unwrap();
+        assert_eq!(seen, vec![r#"Text("Hello")"#]);
+    }
+
+    #[test]
+    fn needs_more_bytes_until_complete() {
+        let mut frame = client_frame(0x81, &[b'a'; 300]);
+        for cut in [0, 1, 2, 3, 7, 299] {
+            assert_eq!(FrameHead::decode(&mut frame[..cut].to_vec(), MAX), Ok(None), "{cut}");
+        }
+        let head = FrameHead::decode(&mut frame, MAX).unwrap().unwrap();
+        assert_eq!((head.header_len, head.payload_len), (8, 300));
+    }
+
+    #[test]
+    fn rejects_unmasked_reserved_and_bad_control_frames() {
+        let unmasked = vec![0x81, 0x01, b'a'];
+        let cases: [(Vec<u8>, u16); 5] = [
+            (unmasked, 1002),
+            (client_frame(0xc1, b"x"), 1002),
+            (client_frame(0x83, b"x"), 1002),
+            (client_frame(0x09, b"x"), 1002),
+            (client_frame(0x89, &[0; 126]), 1002),
+        ];
+        for (bytes, code) in cases {
+            assert_eq!(decode_all(bytes).unwrap_err().close_code(), code);
+        }
+    }
+
+    #[test]
+    fn fragments_join_with_interleaved_control_frames() {
+        let mut bytes = client_frame(0x01, b"Hel");
+        bytes.extend(client_frame(0x89, b"p"));
+        bytes.extend(client_frame(0x80, "lo é".as_bytes()));
+        let seen = decode_all(bytes).unwrap();
+        assert_eq!(seen, vec!["Ping([112])".to_string(), r#"Text("Hello é")"#.to_string()]);
+    }
+
+    #[test]
+    fn continuation_without_start_and_new_message_mid_fragment_fail() {
+        assert!(decode_all(client_frame(0x80, b"x")).is_err());
+        let mut bytes = client_frame(0x01, b"a");
+        bytes.extend(client_frame(0x81, b"b"));
+        assert_eq!(decode_all(bytes).unwrap_err().close_code(), 1002);
+    }
+
+    #[test]
+    fn oversize_frames_and_messages_close_with_1009() {
+        assert_eq!(decode_all(client_frame(0x81, &vec![b'a'; MAX + 1])).unwrap_err().close_code(), 1009);
+        let mut bytes = client_frame(0x01, &vec![b'a'; MAX / 2 + 1]);
+        bytes.extend(client_frame(0x80, &vec![b'a'; MAX / 2 + 1]));
+        assert_eq!(decode_all(bytes).unwrap_err(), WsError::TooBig(MAX));
+        let mut huge = vec![0x81, 0xff];
+        huge.extend_from_slice(&(u64::MAX).to_be_bytes());
+        huge.extend_from_slice(&[0; 4]);
+        assert_eq!(decode_all(huge).unwrap_err().close_code(), 1002);
+    }
+
+    #[test]
+    fn bad_utf8_closes_with_1007() {
+        assert_eq!(decode_all(client_frame(0x81, &[0xff, 0xfe])).unwrap_err().close_code(), 1007);
+        let mut split = client_frame(0x01, &[0xc3]);
+        split.extend(client_frame(0x80, &[0x28]));
+        assert_eq!(decode_all(split).unwrap_err().close_code(), 1007);
+    }
+
+    #[test]
+    fn close_codes_are_checked() {
+        assert_eq!(decode_all(client_frame(0x88, &[])).unwrap(), vec!["Close(None)"]);
+        assert_eq!(
+            decode_all(client_frame(0x88, &[0x03, 0xe8, b'o', b'k'])).unwrap(),
+            vec!["Close(Some(1000))"]
+        );
+        for bad in [vec![0x03], vec![0x03, 0xed], vec![0x00, 0x00], vec![0x03, 0xe8, 0xff]] {
+            assert!(decode_all(client_frame(0x88, &bad)).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn binary_is_reported_and_encoding_uses_all_length_forms() {
+        assert_eq!(decode_all(client_frame(0x82, b"\x00")).unwrap(), vec!["Binary"]);
+        assert_eq!(&text_frame("hi")[..], &[0x81, 2, b'h', b'i']);
+        assert_eq!(&text_frame(&"a".repeat(200))[..4], &[0x81, 126, 0, 200]);
+        assert_eq!(&text_frame(&"a".repeat(70000))[..2], &[0x81, 127]);
+        assert_eq!(close_frame(4200, &"é".repeat(100)).len(), 2 + 2 + 122);
+        assert_eq!(&pong_frame(b"x")[..], &[0x8a, 1, b'x']);
+    }
+}
