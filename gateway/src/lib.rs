@@ -5,3 +5,6 @@
 
 pub mod protocol;
 pub mod ws;
+pub mod config;
+pub mod http;
+pub mod channels;

@@ -1,0 +1,426 @@
+//! Configuration: a JSON file, overridden by `GATEWAY_*` environment variables, overridden by
+//! command-line flags. Every setting has one name (`snake_case` in the file, `GATEWAY_UPPER_CASE`
+//! in the environment, `--kebab-case` as a flag) and is validated at start with an error that
+//! names it.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+use serde_json::Value;
+
+/// The development app's secret; its use is warned about loudly.
+pub const DEFAULT_SECRET: &str = "app-secret";
+
+/// One Pusher app: the credentials clients and servers use, and what it may do.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct App {
+    pub id: String,
+    pub key: String,
+    pub secret: String,
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    #[serde(default)]
+    pub client_events: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl App {
+    fn development() -> App {
+        App {
+            id: "1".into(),
+            key: "app-key".into(),
+            secret: DEFAULT_SECRET.into(),
+            enabled: true,
+            client_events: true,
+        }
+    }
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Everything the gateway is told at start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// Address the client port listens on.
+    pub bind: IpAddr,
+    /// WebSocket and HTTP API port.
+    pub port: u16,
+    /// Address of the admin port (/metrics, /ready, /health).
+    pub admin_bind: IpAddr,
+    pub admin_port: u16,
+    /// Shards to run; 0 means one per available core.
+    pub shards: usize,
+    /// Connections the node accepts; 0 means as many as the open-files limit allows.
+    pub max_connections: usize,
+    /// Seconds of silence after which clients ping (told to them on connect).
+    pub activity_timeout: u64,
+    /// Seconds of silence after which the server closes a connection with 4201.
+    pub inactivity_timeout: u64,
+    /// Largest WebSocket frame or message a client may send (bigger closes with 1009).
+    pub max_message_bytes: usize,
+    /// Bytes queued to one connection before it is closed as a slow consumer (4100).
+    pub outbound_queue_bytes: usize,
+    /// Messages a shard's inbox holds before further ones are dropped and counted.
+    pub inbox_capacity: usize,
+    /// Seconds over which a drain spreads the closing of clients.
+    pub drain_seconds: u64,
+    /// Seconds a client has to send a complete request head.
+    pub head_timeout: u64,
+    /// Largest `data` of a published event (bigger answers 413).
+    pub max_event_data_bytes: usize,
+    /// Largest HTTP request body (bigger answers 413).
+    pub max_request_body_bytes: usize,
+    /// Client events one connection may send per second (more closes with 4301).
+    pub client_event_rate: u32,
+    pub log_format: LogFormat,
+    pub apps: Vec<App>,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            bind: IpAddr::from([0, 0, 0, 0]),
+            port: 6001,
+            admin_bind: IpAddr::from([127, 0, 0, 1]),
+            admin_port: 9601,
+            shards: 0,
+            max_connections: 0,
+            activity_timeout: 120,
+            inactivity_timeout: 300,
+            max_message_bytes: 64 * 1024,
+            outbound_queue_bytes: 1024 * 1024,
+            inbox_capacity: 65_536,
+            drain_seconds: 10,
+            head_timeout: 10,
+            max_event_data_bytes: 10 * 1024,
+            max_request_body_bytes: 256 * 1024,
+            client_event_rate: 10,
+            log_format: LogFormat::Text,
+            apps: vec![App::development()],
+        }
+    }
+}
+
+/// A setting that could not be used, named as the user wrote it.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("unknown setting {0}")]
+    Unknown(String),
+    #[error("setting {setting}: {value:?} is not valid: {reason}")]
+    Invalid {
+        setting: String,
+        value: String,
+        reason: String,
+    },
+    #[error("flag {0} needs a value")]
+    MissingValue(String),
+    #[error("config file {path}: {reason}")]
+    File { path: PathBuf, reason: String },
+    #[error("{0}")]
+    Inconsistent(String),
+}
+
+/// The settings that take one scalar value, in the order `--help` lists them.
+pub const SETTINGS: [(&str, &str); 20] = [
+    ("bind", "address the client port listens on (0.0.0.0)"),
+    ("port", "WebSocket and HTTP API port (6001)"),
+    ("admin_bind", "address of the admin port (127.0.0.1)"),
+    ("admin_port", "admin port: /metrics, /ready, /health (9601)"),
+    ("shards", "shards, one per core when 0 (0)"),
+    ("max_connections", "node connection limit, from the open-files limit when 0 (0)"),
+    ("activity_timeout", "seconds of silence before clients ping (120)"),
+    ("inactivity_timeout", "seconds of silence before the server closes with 4201 (300)"),
+    ("max_message_bytes", "largest client frame or message, else close 1009 (65536)"),
+    ("outbound_queue_bytes", "bytes queued per connection before close 4100 (1048576)"),
+    ("inbox_capacity", "messages a shard inbox holds (65536)"),
+    ("drain_seconds", "seconds a drain spreads client closes over (10)"),
+    ("head_timeout", "seconds to send a complete request head (10)"),
+    ("max_event_data_bytes", "largest published event data, else 413 (10240)"),
+    ("max_request_body_bytes", "largest HTTP request body, else 413 (262144)"),
+    ("client_event_rate", "client events per second per connection, else 4301 (10)"),
+    ("log_format", "text or json (text)"),
+    ("app_id", "id of the first app (1)"),
+    ("app_key", "key of the first app (app-key)"),
+    ("app_secret", "secret of the first app (app-secret)"),
+];
+
+fn invalid(setting: &str, value: &str, reason: impl ToString) -> ConfigError {
+    ConfigError::Invalid {
+        setting: setting.to_owned(),
+        value: value.to_owned(),
+        reason: reason.to_string(),
+    }
+}
+
+fn parse<T: std::str::FromStr>(setting: &str, value: &str) -> Result<T, ConfigError>
+where
+    T::Err: std::fmt::Display,
+{
+    value.trim().parse().map_err(|e| invalid(setting, value, e))
+}
+
+impl Config {
+    /// Builds the configuration from flags (without the program name) and the environment.
+    pub fn load(
+        args: &[String],
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let flags = parse_flags(args)?;
+        let env = env_settings(env);
+        let mut config = Config::default();
+        let file = flags.iter().rev().chain(env.iter().rev()).find(|(k, _)| k == "config");
+        if let Some((_, path)) = file {
+            config.apply_file(&PathBuf::from(path))?;
+        }
+        for (key, value) in env.iter().chain(&flags) {
+            if key != "config" {
+                config.set(key, value)?;
+            }
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn apply_file(&mut self, path: &PathBuf) -> Result<(), ConfigError> {
+        let file_error = |reason: String| ConfigError::File {
+            path: path.clone(),
+            reason,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| file_error(e.to_string()))?;
+        let Value::Object(map) =
+            serde_json::from_str::<Value>(&text).map_err(|e| file_error(e.to_string()))?
+        else {
+            return Err(file_error("the top level must be a JSON object".into()));
+        };
+        for (key, value) in map {
+            match (key.as_str(), value) {
+                ("apps", apps) => {
+                    self.apps = serde_json::from_value(apps)
+                        .map_err(|e| file_error(format!("apps: {e}")))?;
+                }
+                (_, Value::String(s)) => self.set(&key, &s)?,
+                (_, v @ (Value::Number(_) | Value::Bool(_))) => self.set(&key, &v.to_string())?,
+                (_, other) => return Err(invalid(&key, &other.to_string(), "expected a scalar")),
+            }
+        }
+        Ok(())
+    }
+
+    /// Sets one scalar setting from its text form.
+    pub fn set(&mut self, key: &str, value: &str) -> Result<(), ConfigError> {
+        match key {
+            "bind" => self.bind = parse(key, value)?,
+            "port" => self.port = parse(key, value)?,
+            "admin_bind" => self.admin_bind = parse(key, value)?,
+            "admin_port" => self.admin_port = parse(key, value)?,
+            "shards" => self.shards = parse(key, value)?,
+            "max_connections" => self.max_connections = parse(key, value)?,
+            "activity_timeout" => self.activity_timeout = parse(key, value)?,
+            "inactivity_timeout" => self.inactivity_timeout = parse(key, value)?,
+            "max_message_bytes" => self.max_message_bytes = parse(key, value)?,
+            "outbound_queue_bytes" => self.outbound_queue_bytes = parse(key, value)?,
+            "inbox_capacity" => self.inbox_capacity = parse(key, value)?,
+            "drain_seconds" => self.drain_seconds = parse(key, value)?,
+            "head_timeout" => self.head_timeout = parse(key, value)?,
+            "max_event_data_bytes" => self.max_event_data_bytes = parse(key, value)?,
+            "max_request_body_bytes" => self.max_request_body_bytes = parse(key, value)?,
+            "client_event_rate" => self.client_event_rate = parse(key, value)?,
+            "log_format" => {
+                self.log_format = match value {
+                    "text" => LogFormat::Text,
+                    "json" => LogFormat::Json,
+                    _ => return Err(invalid(key, value, "expected text or json")),
+                }
+            }
+            "app_id" => self.first_app().id = value.to_owned(),
+            "app_key" => self.first_app().key = value.to_owned(),
+            "app_secret" => self.first_app().secret = value.to_owned(),
+            _ => return Err(ConfigError::Unknown(key.to_owned())),
+        }
+        Ok(())
+    }
+
+    fn first_app(&mut self) -> &mut App {
+        if self.apps.is_empty() {
+            self.apps.push(App::development());
+        }
+        &mut self.apps[0]
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let positive = [
+            ("activity_timeout", self.activity_timeout as usize),
+            ("inactivity_timeout", self.inactivity_timeout as usize),
+            ("max_message_bytes", self.max_message_bytes),
+            ("outbound_queue_bytes", self.outbound_queue_bytes),
+            ("inbox_capacity", self.inbox_capacity),
+            ("head_timeout", self.head_timeout as usize),
+            ("max_event_data_bytes", self.max_event_data_bytes),
+            ("max_request_body_bytes", self.max_request_body_bytes),
+        ];
+        for (setting, value) in positive {
+            if value == 0 {
+                return Err(invalid(setting, "0", "must be greater than 0"));
+            }
+        }
+        if self.shards > crate::protocol::socket_id::MAX_SHARDS as usize {
+            return Err(invalid("shards", &self.shards.to_string(), "at most 1000"));
+        }
+        if self.inactivity_timeout <= self.activity_timeout {
+            return Err(invalid(
+                "inactivity_timeout",
+                &self.inactivity_timeout.to_string(),
+                "must be longer than activity_timeout, or clients that ping on time are closed",
+            ));
+        }
+        if self.port != 0 && self.port == self.admin_port {
+            return Err(invalid("admin_port", &self.admin_port.to_string(), "same as port"));
+        }
+        if self.apps.is_empty() {
+            return Err(ConfigError::Inconsistent("apps: at least one app is needed".into()));
+        }
+        for (i, app) in self.apps.iter().enumerate() {
+            for (field, value) in [("id", &app.id), ("key", &app.key), ("secret", &app.secret)] {
+                if value.is_empty() {
+                    return Err(ConfigError::Inconsistent(format!("apps[{i}].{field} is empty")));
+                }
+            }
+            if self.apps[..i].iter().any(|a| a.id == app.id || a.key == app.key) {
+                return Err(ConfigError::Inconsistent(format!(
+                    "apps[{i}]: id {} or key {} is used by another app",
+                    app.id, app.key
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether an app still runs on the published development secret.
+    pub fn uses_default_secret(&self) -> bool {
+        self.apps.iter().any(|a| a.secret == DEFAULT_SECRET)
+    }
+
+    /// The app with this key, as clients name it.
+    pub fn app_by_key(&self, key: &str) -> Option<(usize, &App)> {
+        self.apps.iter().enumerate().find(|(_, a)| a.key == key)
+    }
+
+    /// The app with this id, as the HTTP API names it.
+    pub fn app_by_id(&self, id: &str) -> Option<(usize, &App)> {
+        self.apps.iter().enumerate().find(|(_, a)| a.id == id)
+    }
+}
+
+/// `GATEWAY_ADMIN_PORT=9` becomes `("admin_port", "9")`; other variables are ignored.
+fn env_settings(env: impl IntoIterator<Item = (String, String)>) -> Vec<(String, String)> {
+    env.into_iter()
+        .filter_map(|(name, value)| {
+            let key = name.strip_prefix("GATEWAY_")?.to_ascii_lowercase();
+            Some((key, value))
+        })
+        .collect()
+}
+
+/// `--admin-port 9` and `--admin-port=9` become `("admin_port", "9")`.
+fn parse_flags(args: &[String]) -> Result<Vec<(String, String)>, ConfigError> {
+    let mut flags = Vec::new();
+    let mut args = args.iter();
+    while let Some(arg) = args.next() {
+        let Some(name) = arg.strip_prefix("--") else {
+            return Err(ConfigError::Unknown(arg.clone()));
+        };
+        let (name, value) = match name.split_once('=') {
+            Some((name, value)) => (name, value.to_owned()),
+            None => (
+                name,
+                args.next()
+                    .ok_or_else(|| ConfigError::MissingValue(arg.clone()))?
+                    .clone(),
+            ),
+        };
+        let key = name.replace('-', "_");
+        if key != "config" && !SETTINGS.iter().any(|(k, _)| *k == key) {
+            return Err(ConfigError::Unknown(arg.clone()));
+        }
+        flags.push((key, value));
+    }
+    Ok(flags)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    fn env(list: &[(&str, &str)]) -> Vec<(String, String)> {
+        list.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn defaults_are_the_development_app() {
+        let config = Config::load(&[], []).unwrap();
+        assert_eq!(config, Config::default());
+        assert!(config.uses_default_secret());
+        assert_eq!(config.app_by_key("app-key").unwrap().1.id, "1");
+    }
+
+    #[test]
+    fn flags_override_environment_override_file() {
+        let dir = std::env::temp_dir().join(format!("gateway-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("gateway.json");
+        std::fs::write(
+            &path,
+            r#"{"port": 7000, "admin_port": 7001, "shards": 3, "apps": [{"id": "a", "key": "k", "secret": "s"}]}"#,
+        )
+        .unwrap();
+        let config = Config::load(
+            &args(&["--config", path.to_str().unwrap(), "--port=7100"]),
+            env(&[("GATEWAY_PORT", "7050"), ("GATEWAY_SHARDS", "2"), ("HOME", "/root")]),
+        )
+        .unwrap();
+        assert_eq!((config.port, config.admin_port, config.shards), (7100, 7001, 2));
+        assert_eq!(config.apps[0].key, "k");
+        assert!(!config.apps[0].client_events);
+        assert!(!config.uses_default_secret());
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn errors_name_the_setting() {
+        let error = Config::load(&args(&["--port", "seventy"]), []).unwrap_err();
+        assert!(error.to_string().starts_with("setting port:"), "{error}");
+        let error = Config::load(&[], env(&[("GATEWAY_LOG_FORMAT", "xml")])).unwrap_err();
+        assert!(error.to_string().contains("log_format"), "{error}");
+        let error = Config::load(&args(&["--nope", "1"]), []).unwrap_err();
+        assert!(error.to_string().contains("--nope"), "{error}");
+        let error = Config::load(&args(&["--port"]), []).unwrap_err();
+        assert!(matches!(error, ConfigError::MissingValue(_)));
+        let error = Config::load(&args(&["--admin-port", "6001"]), []).unwrap_err();
+        assert!(error.to_string().contains("admin_port"), "{error}");
+        let error = Config::load(&args(&["--inactivity-timeout", "60"]), []).unwrap_err();
+        assert!(error.to_string().contains("inactivity_timeout"), "{error}");
+        let error = Config::load(&args(&["--config", "/nonexistent/gateway.json"]), []).unwrap_err();
+        assert!(error.to_string().contains("/nonexistent/gateway.json"), "{error}");
+    }
+
+    #[test]
+    fn app_settings_edit_the_first_app() {
+        let config = Config::load(&args(&["--app-secret", "s3cret", "--app-id", "42"]), []).unwrap();
+        assert_eq!((config.apps[0].id.as_str(), config.apps[0].secret.as_str()), ("42", "s3cret"));
+        assert!(!config.uses_default_secret());
+    }
+}

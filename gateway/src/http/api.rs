@@ -1,0 +1,427 @@
+//! The Pusher HTTP API: routes, request authentication and bodies, and JSON answers.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+
+use crate::config::App;
+use crate::protocol::{channel, signature, ChannelKind};
+
+/// How far `auth_timestamp` may stray from the server's clock.
+pub const MAX_CLOCK_SKEW_SECS: u64 = 600;
+/// Channels one publish may name.
+pub const MAX_CHANNELS_PER_PUBLISH: usize = 100;
+/// Events one batch may carry.
+pub const MAX_BATCH: usize = 10;
+/// Longest event name.
+pub const MAX_EVENT_NAME_LEN: usize = 200;
+
+/// An API request refused, with its status and a message for the caller.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{status}: {message}")]
+pub struct ApiError {
+    pub status: u16,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: u16, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            message: message.into(),
+        }
+    }
+}
+
+/// Where a request goes, from its path alone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    /// `/app/{key}`: a WebSocket client.
+    Client { app_key: String },
+    Events { app_id: String },
+    BatchEvents { app_id: String },
+    Channels { app_id: String },
+    Channel { app_id: String, channel: String },
+    ChannelUsers { app_id: String, channel: String },
+    Health,
+    NotFound,
+}
+
+impl Route {
+    /// Routes a request path (without its query).
+    pub fn of(path: &str) -> Route {
+        let decode = |s: &str| percent_encoding::percent_decode_str(s).decode_utf8_lossy().into_owned();
+        let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+        match parts.as_slice() {
+            ["app", key] if !key.is_empty() => Route::Client { app_key: decode(key) },
+            ["apps", id, "events"] => Route::Events { app_id: decode(id) },
+            ["apps", id, "batch_events"] => Route::BatchEvents { app_id: decode(id) },
+            ["apps", id, "channels"] => Route::Channels { app_id: decode(id) },
+            ["apps", id, "channels", name] => Route::Channel {
+                app_id: decode(id),
+                channel: decode(name),
+            },
+            ["apps", id, "channels", name, "users"] => Route::ChannelUsers {
+                app_id: decode(id),
+                channel: decode(name),
+            },
+            ["health"] => Route::Health,
+            _ => Route::NotFound,
+        }
+    }
+
+    /// The method the route answers to.
+    pub fn method(&self) -> &'static str {
+        match self {
+            Route::Events { .. } | Route::BatchEvents { .. } => "POST",
+            _ => "GET",
+        }
+    }
+}
+
+/// Query parameters, decoded.
+pub type Params = Vec<(String, String)>;
+
+/// Decodes a query string.
+pub fn parse_query(query: &str) -> Params {
+    form_urlencoded::parse(query.as_bytes())
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect()
+}
+
+fn param<'a>(params: &'a Params, name: &str) -> Option<&'a str> {
+    params.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+}
+
+/// Checks a request's signature, key, timestamp and body digest.
+pub fn authenticate(
+    app: &App,
+    method: &str,
+    path: &str,
+    params: &Params,
+    body: &[u8],
+    now_secs: u64,
+) -> Result<(), ApiError> {
+    let unauthorized = |message: &str| ApiError::new(401, message);
+    if param(params, "auth_key") != Some(app.key.as_str()) {
+        return Err(unauthorized("auth_key is missing or not this app's key"));
+    }
+    let timestamp: u64 = param(params, "auth_timestamp")
+        .and_then(|t| t.parse().ok())
+        .ok_or_else(|| unauthorized("auth_timestamp is missing or not a number"))?;
+    if timestamp.abs_diff(now_secs) > MAX_CLOCK_SKEW_SECS {
+        return Err(unauthorized("auth_timestamp is more than 600 s from the server's clock"));
+    }
+    if param(params, "auth_version").is_some_and(|v| v != "1.0") {
+        return Err(unauthorized("auth_version must be 1.0"));
+    }
+    // The official Python SDK sends the empty body's digest on GET requests too: accept it.
+    match param(params, "body_md5") {
+        Some(md5) if md5 != signature::body_md5(body) => {
+            return Err(unauthorized("body_md5 does not match the body"))
+        }
+        None if !body.is_empty() => return Err(unauthorized("body_md5 is missing")),
+        _ => {}
+    }
+    let signature = param(params, "auth_signature")
+        .ok_or_else(|| unauthorized("auth_signature is missing"))?;
+    let to_sign = signature::api_string_to_sign(
+        method,
+        path,
+        params.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+    );
+    if signature::verify(&app.secret, &to_sign, signature) {
+        Ok(())
+    } else {
+        Err(unauthorized("auth_signature does not match"))
+    }
+}
+
+/// An event to publish.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Publish {
+    pub name: String,
+    /// The event's data, as the string subscribers receive.
+    pub data: String,
+    pub channels: Vec<String>,
+    /// The socket that must not receive it (the one that caused it).
+    pub socket_id: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct RawPublish {
+    name: Option<String>,
+    data: Option<Value>,
+    channel: Option<String>,
+    channels: Option<Vec<String>>,
+    socket_id: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct RawBatch {
+    batch: Vec<RawPublish>,
+}
+
+fn check_publish(raw: RawPublish, max_data: usize) -> Result<Publish, ApiError> {
+    let bad = |message: &str| ApiError::new(400, message);
+    let name = raw.name.ok_or_else(|| bad("name is missing"))?;
+    if name.is_empty() || name.len() > MAX_EVENT_NAME_LEN {
+        return Err(bad("name must be 1 to 200 characters"));
+    }
+    let data = match raw.data {
+        Some(Value::String(s)) => s,
+        Some(other) => other.to_string(),
+        None => return Err(bad("data is missing")),
+    };
+    if data.len() > max_data {
+        return Err(ApiError::new(413, format!("data is larger than {max_data} bytes")));
+    }
+    let channels = match (raw.channel, raw.channels) {
+        (Some(one), None) => vec![one],
+        (None, Some(many)) => many,
+        (Some(_), Some(_)) => return Err(bad("give channel or channels, not both")),
+        (None, None) => return Err(bad("channel or channels is missing")),
+    };
+    if channels.is_empty() || channels.len() > MAX_CHANNELS_PER_PUBLISH {
+        return Err(bad("channels must name 1 to 100 channels"));
+    }
+    for name in &channels {
+        channel::validate_name(name).map_err(|e| bad(&format!("channel {name:?}: {e}")))?;
+    }
+    Ok(Publish {
+        name,
+        data,
+        channels,
+        socket_id: raw.socket_id,
+    })
+}
+
+/// Parses a `POST /apps/{id}/events` body.
+pub fn parse_publish(body: &[u8], max_data: usize) -> Result<Publish, ApiError> {
+    let raw: RawPublish = serde_json::from_slice(body)
+        .map_err(|e| ApiError::new(400, format!("body is not a valid event: {e}")))?;
+    check_publish(raw, max_data)
+}
+
+/// Parses a `POST /apps/{id}/batch_events` body.
+pub fn parse_batch(body: &[u8], max_data: usize) -> Result<Vec<Publish>, ApiError> {
+    let raw: RawBatch = serde_json::from_slice(body)
+        .map_err(|e| ApiError::new(400, format!("body is not a valid batch: {e}")))?;
+    if raw.batch.len() > MAX_BATCH {
+        return Err(ApiError::new(400, format!("a batch holds at most {MAX_BATCH} events")));
+    }
+    raw.batch
+        .into_iter()
+        .map(|event| check_publish(event, max_data))
+        .collect()
+}
+
+/// The answer to a batch: one empty object per event.
+pub fn batch_response(events: usize) -> String {
+    json!({"batch": vec![json!({}); events]}).to_string()
+}
+
+/// Which attributes a channel query asked for.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct InfoFields {
+    pub subscription_count: bool,
+    pub user_count: bool,
+}
+
+impl InfoFields {
+    pub fn parse(params: &Params) -> Result<InfoFields, ApiError> {
+        let mut fields = InfoFields::default();
+        for attribute in param(params, "info").unwrap_or("").split(',').map(str::trim) {
+            match attribute {
+                "" | "cache" => {}
+                "subscription_count" => fields.subscription_count = true,
+                "user_count" => fields.user_count = true,
+                other => return Err(ApiError::new(400, format!("unknown info attribute {other:?}"))),
+            }
+        }
+        Ok(fields)
+    }
+}
+
+/// `GET /apps/{id}/channels`: occupied channels, filtered by prefix. `counts` maps each occupied
+/// channel to its subscription count.
+pub fn channels_response(counts: &BTreeMap<String, u64>, params: &Params) -> Result<String, ApiError> {
+    let prefix = param(params, "filter_by_prefix").unwrap_or("");
+    let info = InfoFields::parse(params)?;
+    if info.user_count && !prefix.starts_with("presence-") {
+        return Err(ApiError::new(400, "user_count needs filter_by_prefix=presence-"));
+    }
+    let mut channels = Map::new();
+    for (name, &count) in counts.range(prefix.to_owned()..) {
+        if !name.starts_with(prefix) {
+            break;
+        }
+        channels.insert(name.clone(), attributes(info, count));
+    }
+    Ok(json!({"channels": channels}).to_string())
+}
+
+/// `GET /apps/{id}/channels/{name}`.
+pub fn channel_response(channel: &str, count: u64, params: &Params) -> Result<String, ApiError> {
+    let info = InfoFields::parse(params)?;
+    if info.user_count && !ChannelKind::of(channel).is_presence() {
+        return Err(ApiError::new(400, "user_count is only for presence channels"));
+    }
+    let mut body = attributes(info, count);
+    body["occupied"] = Value::Bool(count > 0);
+    Ok(body.to_string())
+}
+
+/// Presence members are not tracked yet, so user counts are zero and member lists empty.
+fn attributes(info: InfoFields, count: u64) -> Value {
+    let mut attributes = json!({});
+    if info.subscription_count {
+        attributes["subscription_count"] = json!(count);
+    }
+    if info.user_count {
+        attributes["user_count"] = json!(0);
+    }
+    attributes
+}
+
+/// `GET /apps/{id}/channels/{name}/users`, for presence channels only.
+pub fn users_response(channel: &str) -> Result<String, ApiError> {
+    if ChannelKind::of(channel).is_presence() {
+        Ok(json!({"users": []}).to_string())
+    } else {
+        Err(ApiError::new(400, "users are listed for presence channels only"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn app() -> App {
+        App {
+            id: "3".into(),
+            key: "278d425bdf160c739803".into(),
+            secret: "7ad3773142a6692b25b8".into(),
+            enabled: true,
+            client_events: false,
+        }
+    }
+
+    fn signed(method: &str, path: &str, body: &[u8], timestamp: u64) -> Params {
+        let mut params = vec![
+            ("auth_key".to_string(), app().key),
+            ("auth_timestamp".into(), timestamp.to_string()),
+            ("auth_version".into(), "1.0".into()),
+        ];
+        if !body.is_empty() {
+            params.push(("body_md5".into(), signature::body_md5(body)));
+        }
+        let to_sign = signature::api_string_to_sign(
+            method,
+            path,
+            params.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+        );
+        params.push(("auth_signature".into(), signature::sign(&app().secret, &to_sign)));
+        params
+    }
+
+    #[test]
+    fn routes() {
+        assert_eq!(Route::of("/app/app-key"), Route::Client { app_key: "app-key".into() });
+        assert_eq!(Route::of("/apps/1/events"), Route::Events { app_id: "1".into() });
+        assert_eq!(Route::of("/apps/1/batch_events"), Route::BatchEvents { app_id: "1".into() });
+        assert_eq!(
+            Route::of("/apps/1/channels/presence%2Dx/users"),
+            Route::ChannelUsers { app_id: "1".into(), channel: "presence-x".into() }
+        );
+        assert_eq!(Route::of("/health"), Route::Health);
+        assert_eq!(Route::of("/app/"), Route::NotFound);
+        assert_eq!(Route::of("/apps/1/events/x"), Route::NotFound);
+    }
+
+    #[test]
+    fn accepts_a_signed_request_and_names_each_fault() {
+        let body = br#"{"name":"e","channel":"c","data":"d"}"#;
+        let params = signed("POST", "/apps/3/events", body, 1000);
+        assert_eq!(authenticate(&app(), "POST", "/apps/3/events", &params, body, 1500), Ok(()));
+        let fault = |params: &Params, body: &[u8], now: u64| {
+            authenticate(&app(), "POST", "/apps/3/events", params, body, now).unwrap_err()
+        };
+        assert!(fault(&params, body, 1601).message.contains("600 s"));
+        assert!(fault(&params, b"{}", 1000).message.contains("body_md5"));
+        let mut tampered = params.clone();
+        tampered.push(("extra".into(), "1".into()));
+        assert!(fault(&tampered, body, 1000).message.contains("auth_signature"));
+        let no_key: Params = params.iter().filter(|(k, _)| k != "auth_key").cloned().collect();
+        assert_eq!(fault(&no_key, body, 1000).status, 401);
+    }
+
+    #[test]
+    fn get_requests_may_carry_the_empty_body_digest() {
+        let mut params = vec![
+            ("auth_key".to_string(), app().key),
+            ("auth_timestamp".into(), "1000".into()),
+            ("auth_version".into(), "1.0".into()),
+            ("body_md5".into(), "d41d8cd98f00b204e9800998ecf8427e".into()),
+        ];
+        let to_sign = signature::api_string_to_sign(
+            "GET",
+            "/apps/3/channels",
+            params.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+        );
+        params.push(("auth_signature".into(), signature::sign(&app().secret, &to_sign)));
+        assert_eq!(authenticate(&app(), "GET", "/apps/3/channels", &params, b"", 1000), Ok(()));
+    }
+
+    #[test]
+    fn publish_bodies() {
+        let one = parse_publish(br#"{"name":"e","channel":"a","data":{"x":1},"socket_id":"1.2"}"#, 100).unwrap();
+        assert_eq!(one.channels, vec!["a"]);
+        assert_eq!(one.data, r#"{"x":1}"#);
+        assert_eq!(one.socket_id.as_deref(), Some("1.2"));
+        let many = parse_publish(br#"{"name":"e","channels":["a","b"],"data":"d"}"#, 100).unwrap();
+        assert_eq!(many.channels, vec!["a", "b"]);
+        let status = |body: &[u8]| parse_publish(body, 10).unwrap_err().status;
+        assert_eq!(status(br#"{"name":"e","channel":"a","data":"01234567890"}"#), 413);
+        assert_eq!(status(br#"{"name":"e","channel":"a b","data":"d"}"#), 400);
+        assert_eq!(status(br#"{"name":"e","data":"d"}"#), 400);
+        assert_eq!(status(br#"{"channel":"a","data":"d"}"#), 400);
+        assert_eq!(status(b"not json"), 400);
+        let too_many: Vec<String> = (0..101).map(|i| format!("c{i}")).collect();
+        let body = json!({"name": "e", "channels": too_many, "data": "d"}).to_string();
+        assert_eq!(status(body.as_bytes()), 400);
+    }
+
+    #[test]
+    fn batches() {
+        let body = br#"{"batch":[{"name":"e","channel":"a","data":"1"},{"name":"f","channel":"b","data":"2"}]}"#;
+        assert_eq!(parse_batch(body, 100).unwrap().len(), 2);
+        assert_eq!(batch_response(2), r#"{"batch":[{},{}]}"#);
+        let eleven: Vec<Value> = (0..11).map(|_| json!({"name": "e", "channel": "a", "data": "1"})).collect();
+        let body = json!({ "batch": eleven }).to_string();
+        assert_eq!(parse_batch(body.as_bytes(), 100).unwrap_err().status, 400);
+    }
+
+    #[test]
+    fn channel_queries() {
+        let counts = BTreeMap::from([("a".to_string(), 2), ("presence-r".into(), 1), ("private-b".into(), 3)]);
+        let params = parse_query("filter_by_prefix=private-&info=subscription_count");
+        assert_eq!(
+            channels_response(&counts, &params).unwrap(),
+            r#"{"channels":{"private-b":{"subscription_count":3}}}"#
+        );
+        assert_eq!(
+            channels_response(&counts, &parse_query("info=user_count")).unwrap_err().status,
+            400
+        );
+        assert_eq!(
+            channel_response("a", 2, &parse_query("info=subscription_count")).unwrap(),
+            r#"{"occupied":true,"subscription_count":2}"#
+        );
+        assert_eq!(channel_response("a", 0, &Params::new()).unwrap(), r#"{"occupied":false}"#);
+        assert_eq!(channel_response("a", 0, &parse_query("info=bogus")).unwrap_err().status, 400);
+        assert_eq!(users_response("a").unwrap_err().status, 400);
+        assert_eq!(users_response("presence-a").unwrap(), r#"{"users":[]}"#);
+    }
+}
