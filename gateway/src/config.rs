@@ -137,17 +137,47 @@ pub const SETTINGS: [(&str, &str); 20] = [
     ("admin_bind", "address of the admin port (127.0.0.1)"),
     ("admin_port", "admin port: /metrics, /ready, /health (9601)"),
     ("shards", "shards, one per core when 0 (0)"),
-    ("max_connections", "node connection limit, from the open-files limit when 0 (0)"),
-    ("activity_timeout", "seconds of silence before clients ping (120)"),
-    ("inactivity_timeout", "seconds of silence before the server closes with 4201 (300)"),
-    ("max_message_bytes", "largest client frame or message, else close 1009 (65536)"),
-    ("outbound_queue_bytes", "bytes queued per connection before close 4100 (1048576)"),
+    (
+        "max_connections",
+        "node connection limit, from the open-files limit when 0 (0)",
+    ),
+    (
+        "activity_timeout",
+        "seconds of silence before clients ping (120)",
+    ),
+    (
+        "inactivity_timeout",
+        "seconds of silence before the server closes with 4201 (300)",
+    ),
+    (
+        "max_message_bytes",
+        "largest client frame or message, else close 1009 (65536)",
+    ),
+    (
+        "outbound_queue_bytes",
+        "bytes queued per connection before close 4100 (1048576)",
+    ),
     ("inbox_capacity", "messages a shard inbox holds (65536)"),
-    ("drain_seconds", "seconds a drain spreads client closes over (10)"),
-    ("head_timeout", "seconds to send a complete request head (10)"),
-    ("max_event_data_bytes", "largest published event data, else 413 (10240)"),
-    ("max_request_body_bytes", "largest HTTP request body, else 413 (262144)"),
-    ("client_event_rate", "client events per second per connection, else 4301 (10)"),
+    (
+        "drain_seconds",
+        "seconds a drain spreads client closes over (10)",
+    ),
+    (
+        "head_timeout",
+        "seconds to send a complete request head (10)",
+    ),
+    (
+        "max_event_data_bytes",
+        "largest published event data, else 413 (10240)",
+    ),
+    (
+        "max_request_body_bytes",
+        "largest HTTP request body, else 413 (262144)",
+    ),
+    (
+        "client_event_rate",
+        "client events per second per connection, else 4301 (10)",
+    ),
     ("log_format", "text or json (text)"),
     ("app_id", "id of the first app (1)"),
     ("app_key", "key of the first app (app-key)"),
@@ -178,7 +208,11 @@ impl Config {
         let flags = parse_flags(args)?;
         let env = env_settings(env);
         let mut config = Config::default();
-        let file = flags.iter().rev().chain(env.iter().rev()).find(|(k, _)| k == "config");
+        let file = flags
+            .iter()
+            .rev()
+            .chain(env.iter().rev())
+            .find(|(k, _)| k == "config");
         if let Some((_, path)) = file {
             config.apply_file(&PathBuf::from(path))?;
         }
@@ -284,18 +318,29 @@ impl Config {
             ));
         }
         if self.port != 0 && self.port == self.admin_port {
-            return Err(invalid("admin_port", &self.admin_port.to_string(), "same as port"));
+            return Err(invalid(
+                "admin_port",
+                &self.admin_port.to_string(),
+                "same as port",
+            ));
         }
         if self.apps.is_empty() {
-            return Err(ConfigError::Inconsistent("apps: at least one app is needed".into()));
+            return Err(ConfigError::Inconsistent(
+                "apps: at least one app is needed".into(),
+            ));
         }
         for (i, app) in self.apps.iter().enumerate() {
             for (field, value) in [("id", &app.id), ("key", &app.key), ("secret", &app.secret)] {
                 if value.is_empty() {
-                    return Err(ConfigError::Inconsistent(format!("apps[{i}].{field} is empty")));
+                    return Err(ConfigError::Inconsistent(format!(
+                        "apps[{i}].{field} is empty"
+                    )));
                 }
             }
-            if self.apps[..i].iter().any(|a| a.id == app.id || a.key == app.key) {
+            if self.apps[..i]
+                .iter()
+                .any(|a| a.id == app.id || a.key == app.key)
+            {
                 return Err(ConfigError::Inconsistent(format!(
                     "apps[{i}]: id {} or key {} is used by another app",
                     app.id, app.key
@@ -366,7 +411,9 @@ mod tests {
     }
 
     fn env(list: &[(&str, &str)]) -> Vec<(String, String)> {
-        list.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        list.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
@@ -389,10 +436,17 @@ mod tests {
         .unwrap();
         let config = Config::load(
             &args(&["--config", path.to_str().unwrap(), "--port=7100"]),
-            env(&[("GATEWAY_PORT", "7050"), ("GATEWAY_SHARDS", "2"), ("HOME", "/root")]),
+            env(&[
+                ("GATEWAY_PORT", "7050"),
+                ("GATEWAY_SHARDS", "2"),
+                ("HOME", "/root"),
+            ]),
         )
         .unwrap();
-        assert_eq!((config.port, config.admin_port, config.shards), (7100, 7001, 2));
+        assert_eq!(
+            (config.port, config.admin_port, config.shards),
+            (7100, 7001, 2)
+        );
         assert_eq!(config.apps[0].key, "k");
         assert!(!config.apps[0].client_events);
         assert!(!config.uses_default_secret());
@@ -413,14 +467,22 @@ mod tests {
         assert!(error.to_string().contains("admin_port"), "{error}");
         let error = Config::load(&args(&["--inactivity-timeout", "60"]), []).unwrap_err();
         assert!(error.to_string().contains("inactivity_timeout"), "{error}");
-        let error = Config::load(&args(&["--config", "/nonexistent/gateway.json"]), []).unwrap_err();
-        assert!(error.to_string().contains("/nonexistent/gateway.json"), "{error}");
+        let error =
+            Config::load(&args(&["--config", "/nonexistent/gateway.json"]), []).unwrap_err();
+        assert!(
+            error.to_string().contains("/nonexistent/gateway.json"),
+            "{error}"
+        );
     }
 
     #[test]
     fn app_settings_edit_the_first_app() {
-        let config = Config::load(&args(&["--app-secret", "s3cret", "--app-id", "42"]), []).unwrap();
-        assert_eq!((config.apps[0].id.as_str(), config.apps[0].secret.as_str()), ("42", "s3cret"));
+        let config =
+            Config::load(&args(&["--app-secret", "s3cret", "--app-id", "42"]), []).unwrap();
+        assert_eq!(
+            (config.apps[0].id.as_str(), config.apps[0].secret.as_str()),
+            ("42", "s3cret")
+        );
         assert!(!config.uses_default_secret());
     }
 }

@@ -1,10 +1,15 @@
 //! A thread-per-core WebSocket gateway speaking the Pusher Channels protocol v7.
 //!
 //! The pure modules (`protocol`, `ws`, `http`, `channels`) hold what the protocols say and do no
-//! IO; the shell (`shard`, `bus`, `admin`) moves bytes on monoio runtimes, one per core.
+//! IO; the shell (`shard`, `bus`, `admin`, `server`) moves bytes on monoio runtimes, one per core.
 
-pub mod protocol;
-pub mod ws;
+pub mod admin;
+pub mod bus;
+pub mod channels;
 pub mod config;
 pub mod http;
-pub mod channels;
+pub mod node;
+pub mod protocol;
+pub mod server;
+pub mod shard;
+pub mod ws;

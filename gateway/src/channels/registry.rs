@@ -74,7 +74,10 @@ impl<S> Registry<S> {
 
     /// Subscribers of one channel on this shard.
     pub fn count(&self, app: usize, channel: &str) -> u64 {
-        self.apps[app].subscribed.get(channel).map_or(0, |s| s.len() as u64)
+        self.apps[app]
+            .subscribed
+            .get(channel)
+            .map_or(0, |s| s.len() as u64)
     }
 
     /// Every occupied channel of the app with its subscriber count on this shard.
@@ -137,8 +140,18 @@ mod tests {
         assert_eq!(registry.cached(0, "cache-a", start), None);
         registry.set_cached(0, "cache-a", Bytes::from_static(b"1"), start);
         registry.set_cached(0, "cache-a", Bytes::from_static(b"2"), start);
-        assert_eq!(registry.cached(0, "cache-a", start), Some(Bytes::from_static(b"2")));
-        assert_eq!(registry.cached(0, "cache-a", start + CACHE_TTL + Duration::from_secs(1)), None);
-        assert_eq!(registry.cached(0, "cache-a", start), None, "expired entries are dropped");
+        assert_eq!(
+            registry.cached(0, "cache-a", start),
+            Some(Bytes::from_static(b"2"))
+        );
+        assert_eq!(
+            registry.cached(0, "cache-a", start + CACHE_TTL + Duration::from_secs(1)),
+            None
+        );
+        assert_eq!(
+            registry.cached(0, "cache-a", start),
+            None,
+            "expired entries are dropped"
+        );
     }
 }

@@ -38,12 +38,26 @@ impl ApiError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Route {
     /// `/app/{key}`: a WebSocket client.
-    Client { app_key: String },
-    Events { app_id: String },
-    BatchEvents { app_id: String },
-    Channels { app_id: String },
-    Channel { app_id: String, channel: String },
-    ChannelUsers { app_id: String, channel: String },
+    Client {
+        app_key: String,
+    },
+    Events {
+        app_id: String,
+    },
+    BatchEvents {
+        app_id: String,
+    },
+    Channels {
+        app_id: String,
+    },
+    Channel {
+        app_id: String,
+        channel: String,
+    },
+    ChannelUsers {
+        app_id: String,
+        channel: String,
+    },
     Health,
     NotFound,
 }
@@ -51,10 +65,16 @@ pub enum Route {
 impl Route {
     /// Routes a request path (without its query).
     pub fn of(path: &str) -> Route {
-        let decode = |s: &str| percent_encoding::percent_decode_str(s).decode_utf8_lossy().into_owned();
+        let decode = |s: &str| {
+            percent_encoding::percent_decode_str(s)
+                .decode_utf8_lossy()
+                .into_owned()
+        };
         let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
         match parts.as_slice() {
-            ["app", key] if !key.is_empty() => Route::Client { app_key: decode(key) },
+            ["app", key] if !key.is_empty() => Route::Client {
+                app_key: decode(key),
+            },
             ["apps", id, "events"] => Route::Events { app_id: decode(id) },
             ["apps", id, "batch_events"] => Route::BatchEvents { app_id: decode(id) },
             ["apps", id, "channels"] => Route::Channels { app_id: decode(id) },
@@ -68,6 +88,18 @@ impl Route {
             },
             ["health"] => Route::Health,
             _ => Route::NotFound,
+        }
+    }
+
+    /// The app an API route names.
+    pub fn app_id(&self) -> Option<&str> {
+        match self {
+            Route::Events { app_id }
+            | Route::BatchEvents { app_id }
+            | Route::Channels { app_id }
+            | Route::Channel { app_id, .. }
+            | Route::ChannelUsers { app_id, .. } => Some(app_id),
+            Route::Client { .. } | Route::Health | Route::NotFound => None,
         }
     }
 
@@ -91,7 +123,10 @@ pub fn parse_query(query: &str) -> Params {
 }
 
 fn param<'a>(params: &'a Params, name: &str) -> Option<&'a str> {
-    params.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    params
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
 }
 
 /// Checks a request's signature, key, timestamp and body digest.
@@ -111,7 +146,9 @@ pub fn authenticate(
         .and_then(|t| t.parse().ok())
         .ok_or_else(|| unauthorized("auth_timestamp is missing or not a number"))?;
     if timestamp.abs_diff(now_secs) > MAX_CLOCK_SKEW_SECS {
-        return Err(unauthorized("auth_timestamp is more than 600 s from the server's clock"));
+        return Err(unauthorized(
+            "auth_timestamp is more than 600 s from the server's clock",
+        ));
     }
     if param(params, "auth_version").is_some_and(|v| v != "1.0") {
         return Err(unauthorized("auth_version must be 1.0"));
@@ -124,8 +161,8 @@ pub fn authenticate(
         None if !body.is_empty() => return Err(unauthorized("body_md5 is missing")),
         _ => {}
     }
-    let signature = param(params, "auth_signature")
-        .ok_or_else(|| unauthorized("auth_signature is missing"))?;
+    let signature =
+        param(params, "auth_signature").ok_or_else(|| unauthorized("auth_signature is missing"))?;
     let to_sign = signature::api_string_to_sign(
         method,
         path,
@@ -175,7 +212,10 @@ fn check_publish(raw: RawPublish, max_data: usize) -> Result<Publish, ApiError> 
         None => return Err(bad("data is missing")),
     };
     if data.len() > max_data {
-        return Err(ApiError::new(413, format!("data is larger than {max_data} bytes")));
+        return Err(ApiError::new(
+            413,
+            format!("data is larger than {max_data} bytes"),
+        ));
     }
     let channels = match (raw.channel, raw.channels) {
         (Some(one), None) => vec![one],
@@ -209,7 +249,10 @@ pub fn parse_batch(body: &[u8], max_data: usize) -> Result<Vec<Publish>, ApiErro
     let raw: RawBatch = serde_json::from_slice(body)
         .map_err(|e| ApiError::new(400, format!("body is not a valid batch: {e}")))?;
     if raw.batch.len() > MAX_BATCH {
-        return Err(ApiError::new(400, format!("a batch holds at most {MAX_BATCH} events")));
+        return Err(ApiError::new(
+            400,
+            format!("a batch holds at most {MAX_BATCH} events"),
+        ));
     }
     raw.batch
         .into_iter()
@@ -232,12 +275,21 @@ pub struct InfoFields {
 impl InfoFields {
     pub fn parse(params: &Params) -> Result<InfoFields, ApiError> {
         let mut fields = InfoFields::default();
-        for attribute in param(params, "info").unwrap_or("").split(',').map(str::trim) {
+        for attribute in param(params, "info")
+            .unwrap_or("")
+            .split(',')
+            .map(str::trim)
+        {
             match attribute {
                 "" | "cache" => {}
                 "subscription_count" => fields.subscription_count = true,
                 "user_count" => fields.user_count = true,
-                other => return Err(ApiError::new(400, format!("unknown info attribute {other:?}"))),
+                other => {
+                    return Err(ApiError::new(
+                        400,
+                        format!("unknown info attribute {other:?}"),
+                    ))
+                }
             }
         }
         Ok(fields)
@@ -246,11 +298,17 @@ impl InfoFields {
 
 /// `GET /apps/{id}/channels`: occupied channels, filtered by prefix. `counts` maps each occupied
 /// channel to its subscription count.
-pub fn channels_response(counts: &BTreeMap<String, u64>, params: &Params) -> Result<String, ApiError> {
+pub fn channels_response(
+    counts: &BTreeMap<String, u64>,
+    params: &Params,
+) -> Result<String, ApiError> {
     let prefix = param(params, "filter_by_prefix").unwrap_or("");
     let info = InfoFields::parse(params)?;
     if info.user_count && !prefix.starts_with("presence-") {
-        return Err(ApiError::new(400, "user_count needs filter_by_prefix=presence-"));
+        return Err(ApiError::new(
+            400,
+            "user_count needs filter_by_prefix=presence-",
+        ));
     }
     let mut channels = Map::new();
     for (name, &count) in counts.range(prefix.to_owned()..) {
@@ -266,7 +324,10 @@ pub fn channels_response(counts: &BTreeMap<String, u64>, params: &Params) -> Res
 pub fn channel_response(channel: &str, count: u64, params: &Params) -> Result<String, ApiError> {
     let info = InfoFields::parse(params)?;
     if info.user_count && !ChannelKind::of(channel).is_presence() {
-        return Err(ApiError::new(400, "user_count is only for presence channels"));
+        return Err(ApiError::new(
+            400,
+            "user_count is only for presence channels",
+        ));
     }
     let mut body = attributes(info, count);
     body["occupied"] = Value::Bool(count > 0);
@@ -290,7 +351,10 @@ pub fn users_response(channel: &str) -> Result<String, ApiError> {
     if ChannelKind::of(channel).is_presence() {
         Ok(json!({"users": []}).to_string())
     } else {
-        Err(ApiError::new(400, "users are listed for presence channels only"))
+        Err(ApiError::new(
+            400,
+            "users are listed for presence channels only",
+        ))
     }
 }
 
@@ -322,18 +386,35 @@ mod tests {
             path,
             params.iter().map(|(k, v)| (k.as_str(), v.as_str())),
         );
-        params.push(("auth_signature".into(), signature::sign(&app().secret, &to_sign)));
+        params.push((
+            "auth_signature".into(),
+            signature::sign(&app().secret, &to_sign),
+        ));
         params
     }
 
     #[test]
     fn routes() {
-        assert_eq!(Route::of("/app/app-key"), Route::Client { app_key: "app-key".into() });
-        assert_eq!(Route::of("/apps/1/events"), Route::Events { app_id: "1".into() });
-        assert_eq!(Route::of("/apps/1/batch_events"), Route::BatchEvents { app_id: "1".into() });
+        assert_eq!(
+            Route::of("/app/app-key"),
+            Route::Client {
+                app_key: "app-key".into()
+            }
+        );
+        assert_eq!(
+            Route::of("/apps/1/events"),
+            Route::Events { app_id: "1".into() }
+        );
+        assert_eq!(
+            Route::of("/apps/1/batch_events"),
+            Route::BatchEvents { app_id: "1".into() }
+        );
         assert_eq!(
             Route::of("/apps/1/channels/presence%2Dx/users"),
-            Route::ChannelUsers { app_id: "1".into(), channel: "presence-x".into() }
+            Route::ChannelUsers {
+                app_id: "1".into(),
+                channel: "presence-x".into()
+            }
         );
         assert_eq!(Route::of("/health"), Route::Health);
         assert_eq!(Route::of("/app/"), Route::NotFound);
@@ -344,7 +425,10 @@ mod tests {
     fn accepts_a_signed_request_and_names_each_fault() {
         let body = br#"{"name":"e","channel":"c","data":"d"}"#;
         let params = signed("POST", "/apps/3/events", body, 1000);
-        assert_eq!(authenticate(&app(), "POST", "/apps/3/events", &params, body, 1500), Ok(()));
+        assert_eq!(
+            authenticate(&app(), "POST", "/apps/3/events", &params, body, 1500),
+            Ok(())
+        );
         let fault = |params: &Params, body: &[u8], now: u64| {
             authenticate(&app(), "POST", "/apps/3/events", params, body, now).unwrap_err()
         };
@@ -352,8 +436,14 @@ mod tests {
         assert!(fault(&params, b"{}", 1000).message.contains("body_md5"));
         let mut tampered = params.clone();
         tampered.push(("extra".into(), "1".into()));
-        assert!(fault(&tampered, body, 1000).message.contains("auth_signature"));
-        let no_key: Params = params.iter().filter(|(k, _)| k != "auth_key").cloned().collect();
+        assert!(fault(&tampered, body, 1000)
+            .message
+            .contains("auth_signature"));
+        let no_key: Params = params
+            .iter()
+            .filter(|(k, _)| k != "auth_key")
+            .cloned()
+            .collect();
         assert_eq!(fault(&no_key, body, 1000).status, 401);
     }
 
@@ -370,20 +460,33 @@ mod tests {
             "/apps/3/channels",
             params.iter().map(|(k, v)| (k.as_str(), v.as_str())),
         );
-        params.push(("auth_signature".into(), signature::sign(&app().secret, &to_sign)));
-        assert_eq!(authenticate(&app(), "GET", "/apps/3/channels", &params, b"", 1000), Ok(()));
+        params.push((
+            "auth_signature".into(),
+            signature::sign(&app().secret, &to_sign),
+        ));
+        assert_eq!(
+            authenticate(&app(), "GET", "/apps/3/channels", &params, b"", 1000),
+            Ok(())
+        );
     }
 
     #[test]
     fn publish_bodies() {
-        let one = parse_publish(br#"{"name":"e","channel":"a","data":{"x":1},"socket_id":"1.2"}"#, 100).unwrap();
+        let one = parse_publish(
+            br#"{"name":"e","channel":"a","data":{"x":1},"socket_id":"1.2"}"#,
+            100,
+        )
+        .unwrap();
         assert_eq!(one.channels, vec!["a"]);
         assert_eq!(one.data, r#"{"x":1}"#);
         assert_eq!(one.socket_id.as_deref(), Some("1.2"));
         let many = parse_publish(br#"{"name":"e","channels":["a","b"],"data":"d"}"#, 100).unwrap();
         assert_eq!(many.channels, vec!["a", "b"]);
         let status = |body: &[u8]| parse_publish(body, 10).unwrap_err().status;
-        assert_eq!(status(br#"{"name":"e","channel":"a","data":"01234567890"}"#), 413);
+        assert_eq!(
+            status(br#"{"name":"e","channel":"a","data":"01234567890"}"#),
+            413
+        );
         assert_eq!(status(br#"{"name":"e","channel":"a b","data":"d"}"#), 400);
         assert_eq!(status(br#"{"name":"e","data":"d"}"#), 400);
         assert_eq!(status(br#"{"channel":"a","data":"d"}"#), 400);
@@ -398,29 +501,45 @@ mod tests {
         let body = br#"{"batch":[{"name":"e","channel":"a","data":"1"},{"name":"f","channel":"b","data":"2"}]}"#;
         assert_eq!(parse_batch(body, 100).unwrap().len(), 2);
         assert_eq!(batch_response(2), r#"{"batch":[{},{}]}"#);
-        let eleven: Vec<Value> = (0..11).map(|_| json!({"name": "e", "channel": "a", "data": "1"})).collect();
+        let eleven: Vec<Value> = (0..11)
+            .map(|_| json!({"name": "e", "channel": "a", "data": "1"}))
+            .collect();
         let body = json!({ "batch": eleven }).to_string();
         assert_eq!(parse_batch(body.as_bytes(), 100).unwrap_err().status, 400);
     }
 
     #[test]
     fn channel_queries() {
-        let counts = BTreeMap::from([("a".to_string(), 2), ("presence-r".into(), 1), ("private-b".into(), 3)]);
+        let counts = BTreeMap::from([
+            ("a".to_string(), 2),
+            ("presence-r".into(), 1),
+            ("private-b".into(), 3),
+        ]);
         let params = parse_query("filter_by_prefix=private-&info=subscription_count");
         assert_eq!(
             channels_response(&counts, &params).unwrap(),
             r#"{"channels":{"private-b":{"subscription_count":3}}}"#
         );
         assert_eq!(
-            channels_response(&counts, &parse_query("info=user_count")).unwrap_err().status,
+            channels_response(&counts, &parse_query("info=user_count"))
+                .unwrap_err()
+                .status,
             400
         );
         assert_eq!(
             channel_response("a", 2, &parse_query("info=subscription_count")).unwrap(),
             r#"{"occupied":true,"subscription_count":2}"#
         );
-        assert_eq!(channel_response("a", 0, &Params::new()).unwrap(), r#"{"occupied":false}"#);
-        assert_eq!(channel_response("a", 0, &parse_query("info=bogus")).unwrap_err().status, 400);
+        assert_eq!(
+            channel_response("a", 0, &Params::new()).unwrap(),
+            r#"{"occupied":false}"#
+        );
+        assert_eq!(
+            channel_response("a", 0, &parse_query("info=bogus"))
+                .unwrap_err()
+                .status,
+            400
+        );
         assert_eq!(users_response("a").unwrap_err().status, 400);
         assert_eq!(users_response("presence-a").unwrap(), r#"{"users":[]}"#);
     }

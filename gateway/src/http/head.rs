@@ -63,7 +63,12 @@ impl RequestHead {
             headers: request
                 .headers
                 .iter()
-                .map(|h| (h.name.to_owned(), String::from_utf8_lossy(h.value).into_owned()))
+                .map(|h| {
+                    (
+                        h.name.to_owned(),
+                        String::from_utf8_lossy(h.value).into_owned(),
+                    )
+                })
                 .collect(),
         };
         Ok(Some((head, len)))
@@ -71,7 +76,9 @@ impl RequestHead {
 
     /// The path, without the query.
     pub fn path(&self) -> &str {
-        self.target.split_once('?').map_or(&self.target, |(path, _)| path)
+        self.target
+            .split_once('?')
+            .map_or(&self.target, |(path, _)| path)
     }
 
     /// The raw query string, empty when there is none.
@@ -121,7 +128,10 @@ mod tests {
         let raw = b"POST /apps/1/events?a=b HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello";
         let (head, len) = RequestHead::parse(raw, 8192).unwrap().unwrap();
         assert_eq!(len, raw.len() - 5);
-        assert_eq!((head.method.as_str(), head.path(), head.query()), ("POST", "/apps/1/events", "a=b"));
+        assert_eq!(
+            (head.method.as_str(), head.path(), head.query()),
+            ("POST", "/apps/1/events", "a=b")
+        );
         assert_eq!(head.header("content-length"), Some("5"));
         assert_eq!(head.content_length(), Ok(5));
         assert!(head.keep_alive());
@@ -129,20 +139,41 @@ mod tests {
 
     #[test]
     fn partial_heads_wait_until_too_large() {
-        assert_eq!(RequestHead::parse(b"GET / HTTP/1.1\r\nHost:", 8192), Ok(None));
+        assert_eq!(
+            RequestHead::parse(b"GET / HTTP/1.1\r\nHost:", 8192),
+            Ok(None)
+        );
         let long = format!("GET / HTTP/1.1\r\nX: {}", "a".repeat(9000));
-        assert_eq!(RequestHead::parse(long.as_bytes(), 8192), Err(HeadError::TooLarge(8192)));
+        assert_eq!(
+            RequestHead::parse(long.as_bytes(), 8192),
+            Err(HeadError::TooLarge(8192))
+        );
         assert_eq!(HeadError::TooLarge(8192).status(), 431);
     }
 
     #[test]
     fn malformed_chunked_and_connection_rules() {
-        assert!(matches!(RequestHead::parse(b"\x01\x02 / HTTP/1.1\r\n\r\n", 8192), Err(HeadError::Malformed(_))));
-        let (head, _) = RequestHead::parse(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n", 8192).unwrap().unwrap();
+        assert!(matches!(
+            RequestHead::parse(b"\x01\x02 / HTTP/1.1\r\n\r\n", 8192),
+            Err(HeadError::Malformed(_))
+        ));
+        let (head, _) = RequestHead::parse(
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+            8192,
+        )
+        .unwrap()
+        .unwrap();
         assert_eq!(head.content_length(), Err(HeadError::Chunked));
-        let (head, _) = RequestHead::parse(b"GET / HTTP/1.0\r\n\r\n", 8192).unwrap().unwrap();
+        let (head, _) = RequestHead::parse(b"GET / HTTP/1.0\r\n\r\n", 8192)
+            .unwrap()
+            .unwrap();
         assert!(!head.keep_alive());
-        let (head, _) = RequestHead::parse(b"GET / HTTP/1.1\r\nConnection: close\r\nContent-Length: x\r\n\r\n", 8192).unwrap().unwrap();
+        let (head, _) = RequestHead::parse(
+            b"GET / HTTP/1.1\r\nConnection: close\r\nContent-Length: x\r\n\r\n",
+            8192,
+        )
+        .unwrap()
+        .unwrap();
         assert!(!head.keep_alive());
         assert_eq!(head.content_length(), Err(HeadError::BadContentLength));
     }

@@ -91,7 +91,9 @@ mod tests {
 
     #[test]
     fn serializes_status_length_and_headers() {
-        let bytes = Response::text(413, "too big").with_header("X-A", "b").to_bytes(false);
+        let bytes = Response::text(413, "too big")
+            .with_header("X-A", "b")
+            .to_bytes(false);
         let text = String::from_utf8(bytes).unwrap();
         assert!(text.starts_with("HTTP/1.1 413 Payload Too Large\r\n"));
         assert!(text.contains("Content-Length: 8\r\nConnection: close\r\nX-A: b\r\n\r\ntoo big\n"));

@@ -18,7 +18,10 @@ pub enum ChannelKind {
 
 /// Prefixes in the order they must be tried: longer ones that share a start come first.
 const PREFIXES: [(&str, ChannelKind); 7] = [
-    ("private-encrypted-cache-", ChannelKind::PrivateEncryptedCache),
+    (
+        "private-encrypted-cache-",
+        ChannelKind::PrivateEncryptedCache,
+    ),
     ("private-encrypted-", ChannelKind::PrivateEncrypted),
     ("private-cache-", ChannelKind::PrivateCache),
     ("presence-cache-", ChannelKind::PresenceCache),
@@ -57,9 +60,16 @@ impl ChannelKind {
         matches!(self, ChannelKind::Presence | ChannelKind::PresenceCache)
     }
 
-    /// Whether clients may send `client-` events on it.
+    /// Whether clients may send `client-` events on it: private and presence channels, but
+    /// not encrypted ones, whose payloads the server must never see in the clear.
     pub fn allows_client_events(self) -> bool {
-        self.needs_auth()
+        matches!(
+            self,
+            ChannelKind::Private
+                | ChannelKind::PrivateCache
+                | ChannelKind::Presence
+                | ChannelKind::PresenceCache
+        )
     }
 }
 
@@ -97,7 +107,10 @@ mod tests {
     #[test]
     fn every_prefix_classifies_in_order() {
         let cases = [
-            ("private-encrypted-cache-x", ChannelKind::PrivateEncryptedCache),
+            (
+                "private-encrypted-cache-x",
+                ChannelKind::PrivateEncryptedCache,
+            ),
             ("private-encrypted-x", ChannelKind::PrivateEncrypted),
             ("private-cache-x", ChannelKind::PrivateCache),
             ("presence-cache-x", ChannelKind::PresenceCache),
@@ -125,6 +138,8 @@ mod tests {
         assert!(ChannelKind::PresenceCache.is_presence());
         assert!(!ChannelKind::Private.is_presence());
         assert!(!ChannelKind::Public.allows_client_events());
+        assert!(!ChannelKind::PrivateEncrypted.allows_client_events());
+        assert!(ChannelKind::PresenceCache.allows_client_events());
     }
 
     #[test]
@@ -132,9 +147,15 @@ mod tests {
         assert_eq!(validate_name("a-Z_0=@,.;"), Ok(()));
         assert_eq!(validate_name(""), Err(ChannelNameError::Empty));
         assert_eq!(validate_name("a b"), Err(ChannelNameError::BadCharacter));
-        assert_eq!(validate_name("#server-to-user-1"), Err(ChannelNameError::BadCharacter));
+        assert_eq!(
+            validate_name("#server-to-user-1"),
+            Err(ChannelNameError::BadCharacter)
+        );
         assert_eq!(validate_name("é"), Err(ChannelNameError::BadCharacter));
         assert_eq!(validate_name(&"a".repeat(164)), Ok(()));
-        assert_eq!(validate_name(&"a".repeat(165)), Err(ChannelNameError::TooLong));
+        assert_eq!(
+            validate_name(&"a".repeat(165)),
+            Err(ChannelNameError::TooLong)
+        );
     }
 }

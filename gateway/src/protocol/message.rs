@@ -164,7 +164,9 @@ mod tests {
         );
         assert_eq!(
             ClientMessage::parse(r#"{"event":"pusher:unsubscribe","data":{"channel":"a"}}"#),
-            Ok(ClientMessage::Unsubscribe { channel: "a".into() })
+            Ok(ClientMessage::Unsubscribe {
+                channel: "a".into()
+            })
         );
         assert_eq!(
             ClientMessage::parse(r#"{"event":"client-x","channel":"private-a","data":{"n":1}}"#),
@@ -176,7 +178,9 @@ mod tests {
         );
         assert_eq!(
             ClientMessage::parse(r#"{"event":"pusher:signin","data":{}}"#),
-            Ok(ClientMessage::Unsupported { event: "pusher:signin".into() })
+            Ok(ClientMessage::Unsupported {
+                event: "pusher:signin".into()
+            })
         );
     }
 
@@ -184,27 +188,38 @@ mod tests {
     fn rejects_malformed() {
         assert_eq!(ClientMessage::parse("nope"), Err(MessageError::NotJson));
         assert_eq!(ClientMessage::parse("[1]"), Err(MessageError::NotJson));
-        assert_eq!(ClientMessage::parse(r#"{"data":{}}"#), Err(MessageError::NoEvent));
+        assert_eq!(
+            ClientMessage::parse(r#"{"data":{}}"#),
+            Err(MessageError::NoEvent)
+        );
         assert!(matches!(
             ClientMessage::parse(r#"{"event":"pusher:subscribe","data":{}}"#),
-            Err(MessageError::MissingField { field: "channel", .. })
+            Err(MessageError::MissingField {
+                field: "channel",
+                ..
+            })
         ));
         assert!(matches!(
             ClientMessage::parse(r#"{"event":"client-x","data":{}}"#),
-            Err(MessageError::MissingField { field: "channel", .. })
+            Err(MessageError::MissingField {
+                field: "channel",
+                ..
+            })
         ));
     }
 
     #[test]
     fn server_messages_have_pusher_shapes() {
-        let established: Value =
-            serde_json::from_str(&connection_established("1.2", 120)).unwrap();
+        let established: Value = serde_json::from_str(&connection_established("1.2", 120)).unwrap();
         let data: Value = serde_json::from_str(established["data"].as_str().unwrap()).unwrap();
         assert_eq!(data, json!({"socket_id": "1.2", "activity_timeout": 120}));
         let error: Value = serde_json::from_str(&error(Some(4009), "no")).unwrap();
         assert_eq!(error["data"], json!({"code": 4009, "message": "no"}));
         let event: Value =
             serde_json::from_str(&channel_event("e", "c", &json!("d"), Some("u"))).unwrap();
-        assert_eq!(event, json!({"event": "e", "channel": "c", "data": "d", "user_id": "u"}));
+        assert_eq!(
+            event,
+            json!({"event": "e", "channel": "c", "data": "d", "user_id": "u"})
+        );
     }
 }

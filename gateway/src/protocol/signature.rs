@@ -91,11 +91,46 @@ mod tests {
         let expected = "58df8b0c36d6982b82c3ecf6b4662e34fe8c25bba48f5369f135bf843651c3a4";
         assert_eq!(sign(SECRET, "1234.1234:private-foobar"), expected);
         let auth = format!("{KEY}:{expected}");
-        assert!(verify_channel_auth(KEY, SECRET, "1234.1234", "private-foobar", None, &auth));
-        assert!(!verify_channel_auth(KEY, SECRET, "1234.1235", "private-foobar", None, &auth));
-        assert!(!verify_channel_auth("other", SECRET, "1234.1234", "private-foobar", None, &auth));
-        assert!(!verify_channel_auth(KEY, SECRET, "1234.1234", "private-foobar", None, KEY));
-        assert!(!verify_channel_auth(KEY, SECRET, "1234.1234", "private-foobar", None, "k:zz"));
+        assert!(verify_channel_auth(
+            KEY,
+            SECRET,
+            "1234.1234",
+            "private-foobar",
+            None,
+            &auth
+        ));
+        assert!(!verify_channel_auth(
+            KEY,
+            SECRET,
+            "1234.1235",
+            "private-foobar",
+            None,
+            &auth
+        ));
+        assert!(!verify_channel_auth(
+            "other",
+            SECRET,
+            "1234.1234",
+            "private-foobar",
+            None,
+            &auth
+        ));
+        assert!(!verify_channel_auth(
+            KEY,
+            SECRET,
+            "1234.1234",
+            "private-foobar",
+            None,
+            KEY
+        ));
+        assert!(!verify_channel_auth(
+            KEY,
+            SECRET,
+            "1234.1234",
+            "private-foobar",
+            None,
+            "k:zz"
+        ));
     }
 
     #[test]
@@ -103,8 +138,22 @@ mod tests {
         let data = r#"{"user_id":"1"}"#;
         let signature = sign(SECRET, &format!("1.1:presence-a:{data}"));
         let auth = format!("{KEY}:{signature}");
-        assert!(verify_channel_auth(KEY, SECRET, "1.1", "presence-a", Some(data), &auth));
-        assert!(!verify_channel_auth(KEY, SECRET, "1.1", "presence-a", Some("{}"), &auth));
+        assert!(verify_channel_auth(
+            KEY,
+            SECRET,
+            "1.1",
+            "presence-a",
+            Some(data),
+            &auth
+        ));
+        assert!(!verify_channel_auth(
+            KEY,
+            SECRET,
+            "1.1",
+            "presence-a",
+            Some("{}"),
+            &auth
+        ));
     }
 
     #[test]

@@ -44,14 +44,28 @@ mod tests {
 
     #[test]
     fn round_trip() {
-        let id = SocketId { node: 4821, shard: 3, local: 77 };
+        let id = SocketId {
+            node: 4821,
+            shard: 3,
+            local: 77,
+        };
         assert_eq!(id.to_string(), "4821003.77");
         assert_eq!(SocketId::parse("4821003.77"), Some(id));
     }
 
     #[test]
     fn rejects_malformed() {
-        for bad in ["", ".", "1.", ".1", "1.2.3", "a.1", "1.-2", "1 .2", "99999999999999999999.1"] {
+        for bad in [
+            "",
+            ".",
+            "1.",
+            ".1",
+            "1.2.3",
+            "a.1",
+            "1.-2",
+            "1 .2",
+            "99999999999999999999.1",
+        ] {
             assert_eq!(SocketId::parse(bad), None, "{bad}");
         }
     }

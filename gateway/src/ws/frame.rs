@@ -61,7 +61,9 @@ impl FrameHead {
             OpCode::Data(Data::Reserved(_)) | OpCode::Control(Control::Reserved(_)) => {
                 return Err(WsError::Protocol("reserved opcode"))
             }
-            OpCode::Control(_) if !fin => return Err(WsError::Protocol("fragmented control frame")),
+            OpCode::Control(_) if !fin => {
+                return Err(WsError::Protocol("fragmented control frame"))
+            }
             _ => {}
         }
         if b1 & 0x80 == 0 {
@@ -94,7 +96,12 @@ impl FrameHead {
         if payload_len > max_frame {
             return Err(WsError::TooBig(max_frame));
         }
-        let head = FrameHead { fin, opcode, header_len, payload_len };
+        let head = FrameHead {
+            fin,
+            opcode,
+            header_len,
+            payload_len,
+        };
         if buf.len() < head.frame_len() {
             return Ok(None);
         }
@@ -158,7 +165,9 @@ impl Assembler {
             }
             OpCode::Data(kind) => {
                 if self.partial.is_some() {
-                    return Err(WsError::Protocol("new message before the last one finished"));
+                    return Err(WsError::Protocol(
+                        "new message before the last one finished",
+                    ));
                 }
                 let is_text = kind == Data::Text;
                 if !head.fin {
@@ -281,7 +290,11 @@ mod tests {
     fn needs_more_bytes_until_complete() {
         let mut frame = client_frame(0x81, &[b'a'; 300]);
         for cut in [0, 1, 2, 3, 7, 299] {
-            assert_eq!(FrameHead::decode(&mut frame[..cut].to_vec(), MAX), Ok(None), "{cut}");
+            assert_eq!(
+                FrameHead::decode(&mut frame[..cut].to_vec(), MAX),
+                Ok(None),
+                "{cut}"
+            );
         }
         let head = FrameHead::decode(&mut frame, MAX).unwrap().unwrap();
         assert_eq!((head.header_len, head.payload_len), (8, 300));
@@ -308,7 +321,10 @@ mod tests {
         bytes.extend(client_frame(0x89, b"p"));
         bytes.extend(client_frame(0x80, "lo é".as_bytes()));
         let seen = decode_all(bytes).unwrap();
-        assert_eq!(seen, vec!["Ping([112])".to_string(), r#"Text("Hello é")"#.to_string()]);
+        assert_eq!(
+            seen,
+            vec!["Ping([112])".to_string(), r#"Text("Hello é")"#.to_string()]
+        );
     }
 
     #[test]
@@ -321,7 +337,12 @@ mod tests {
 
     #[test]
     fn oversize_frames_and_messages_close_with_1009() {
-        assert_eq!(decode_all(client_frame(0x81, &vec![b'a'; MAX + 1])).unwrap_err().close_code(), 1009);
+        assert_eq!(
+            decode_all(client_frame(0x81, &vec![b'a'; MAX + 1]))
+                .unwrap_err()
+                .close_code(),
+            1009
+        );
         let mut bytes = client_frame(0x01, &vec![b'a'; MAX / 2 + 1]);
         bytes.extend(client_frame(0x80, &vec![b'a'; MAX / 2 + 1]));
         assert_eq!(decode_all(bytes).unwrap_err(), WsError::TooBig(MAX));
@@ -333,7 +354,12 @@ mod tests {
 
     #[test]
     fn bad_utf8_closes_with_1007() {
-        assert_eq!(decode_all(client_frame(0x81, &[0xff, 0xfe])).unwrap_err().close_code(), 1007);
+        assert_eq!(
+            decode_all(client_frame(0x81, &[0xff, 0xfe]))
+                .unwrap_err()
+                .close_code(),
+            1007
+        );
         let mut split = client_frame(0x01, &[0xc3]);
         split.extend(client_frame(0x80, &[0x28]));
         assert_eq!(decode_all(split).unwrap_err().close_code(), 1007);
@@ -341,19 +367,30 @@ mod tests {
 
     #[test]
     fn close_codes_are_checked() {
-        assert_eq!(decode_all(client_frame(0x88, &[])).unwrap(), vec!["Close(None)"]);
+        assert_eq!(
+            decode_all(client_frame(0x88, &[])).unwrap(),
+            vec!["Close(None)"]
+        );
         assert_eq!(
             decode_all(client_frame(0x88, &[0x03, 0xe8, b'o', b'k'])).unwrap(),
             vec!["Close(Some(1000))"]
         );
-        for bad in [vec![0x03], vec![0x03, 0xed], vec![0x00, 0x00], vec![0x03, 0xe8, 0xff]] {
+        for bad in [
+            vec![0x03],
+            vec![0x03, 0xed],
+            vec![0x00, 0x00],
+            vec![0x03, 0xe8, 0xff],
+        ] {
             assert!(decode_all(client_frame(0x88, &bad)).is_err(), "{bad:?}");
         }
     }
 
     #[test]
     fn binary_is_reported_and_encoding_uses_all_length_forms() {
-        assert_eq!(decode_all(client_frame(0x82, b"\x00")).unwrap(), vec!["Binary"]);
+        assert_eq!(
+            decode_all(client_frame(0x82, b"\x00")).unwrap(),
+            vec!["Binary"]
+        );
         assert_eq!(&text_frame("hi")[..], &[0x81, 2, b'h', b'i']);
         assert_eq!(&text_frame(&"a".repeat(200))[..4], &[0x81, 126, 0, 200]);
         assert_eq!(&text_frame(&"a".repeat(70000))[..2], &[0x81, 127]);

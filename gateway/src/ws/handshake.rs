@@ -49,7 +49,9 @@ pub fn accept_upgrade<'a>(
     if header("sec-websocket-version").map(str::trim) != Some("13") {
         return Err(UpgradeError::BadVersion);
     }
-    let key = header("sec-websocket-key").map(str::trim).ok_or(UpgradeError::BadKey)?;
+    let key = header("sec-websocket-key")
+        .map(str::trim)
+        .ok_or(UpgradeError::BadKey)?;
     match base64::engine::general_purpose::STANDARD.decode(key) {
         Ok(raw) if raw.len() == 16 => Ok(tungstenite::handshake::derive_accept_key(key.as_bytes())),
         _ => Err(UpgradeError::BadKey),
@@ -86,10 +88,17 @@ mod tests {
 
     #[test]
     fn each_missing_piece_is_named() {
-        assert_eq!(accept_upgrade("POST", headers(&GOOD)), Err(UpgradeError::NotGet));
+        assert_eq!(
+            accept_upgrade("POST", headers(&GOOD)),
+            Err(UpgradeError::NotGet)
+        );
         let cases: [(usize, (&str, &str), UpgradeError); 5] = [
             (0, ("Upgrade", "h2c"), UpgradeError::NoUpgradeHeader),
-            (1, ("Connection", "keep-alive"), UpgradeError::NoConnectionUpgrade),
+            (
+                1,
+                ("Connection", "keep-alive"),
+                UpgradeError::NoConnectionUpgrade,
+            ),
             (2, ("Sec-WebSocket-Version", "8"), UpgradeError::BadVersion),
             (3, ("Sec-WebSocket-Key", "c2hvcnQ="), UpgradeError::BadKey),
             (3, ("Sec-WebSocket-Key", "!!!"), UpgradeError::BadKey),

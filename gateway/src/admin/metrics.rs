@@ -1,0 +1,225 @@
+//! /metrics in the Prometheus text format, summed across shards at scrape time.
+
+use std::fmt::Write as _;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicI64, AtomicU64};
+
+use hdrhistogram::Histogram;
+
+use super::stats::{Disconnect, Rejection, HTTP_STATUSES};
+use crate::node::Node;
+
+fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+/// One line a shard, for a counter every shard keeps.
+fn per_shard(
+    out: &mut String,
+    node: &Node,
+    name: &str,
+    help: &str,
+    pick: fn(&super::stats::ShardStats) -> &AtomicU64,
+) {
+    header(out, name, "counter", help);
+    for (index, shard) in node.shards.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "{name}{{shard=\"{index}\"}} {}",
+            pick(&shard.stats).load(Relaxed)
+        );
+    }
+}
+
+/// Sum over shards of one slot of a labelled counter array.
+fn summed(node: &Node, pick: impl Fn(&super::stats::ShardStats) -> &AtomicU64) -> u64 {
+    node.shards
+        .iter()
+        .map(|s| pick(&s.stats).load(Relaxed))
+        .sum()
+}
+
+fn gauge(value: &AtomicI64) -> i64 {
+    value.load(Relaxed)
+}
+
+/// Renders every metric. `latency` is the shards' fanout histograms merged (microseconds).
+pub fn render(node: &Node, latency: &Histogram<u64>) -> String {
+    let mut out = String::with_capacity(8 * 1024);
+    header(
+        &mut out,
+        "gateway_connections",
+        "gauge",
+        "Open WebSocket connections by shard and app.",
+    );
+    for (index, shard) in node.shards.iter().enumerate() {
+        for (app, value) in node.config.apps.iter().zip(shard.stats.connections.iter()) {
+            let _ = writeln!(
+                out,
+                "gateway_connections{{shard=\"{index}\",app=\"{}\"}} {}",
+                app.id,
+                gauge(value)
+            );
+        }
+    }
+    header(
+        &mut out,
+        "gateway_max_connections",
+        "gauge",
+        "Sockets this node accepts at once.",
+    );
+    let _ = writeln!(out, "gateway_max_connections {}", node.max_connections);
+    header(
+        &mut out,
+        "gateway_open_sockets",
+        "gauge",
+        "Sockets open now, WebSocket and HTTP.",
+    );
+    let _ = writeln!(
+        out,
+        "gateway_open_sockets {}",
+        node.open_sockets.load(Relaxed)
+    );
+    per_shard(
+        &mut out,
+        node,
+        "gateway_connects_total",
+        "WebSocket sessions opened.",
+        |s| &s.connects,
+    );
+    header(
+        &mut out,
+        "gateway_disconnects_total",
+        "counter",
+        "WebSocket sessions closed, by reason.",
+    );
+    for reason in Disconnect::ALL {
+        let total = summed(node, |s| &s.disconnects[*reason as usize]);
+        let _ = writeln!(
+            out,
+            "gateway_disconnects_total{{reason=\"{}\"}} {total}",
+            reason.label()
+        );
+    }
+    per_shard(
+        &mut out,
+        node,
+        "gateway_messages_in_total",
+        "Pusher messages received from clients.",
+        |s| &s.messages_in,
+    );
+    per_shard(
+        &mut out,
+        node,
+        "gateway_messages_out_total",
+        "Messages queued to subscribers.",
+        |s| &s.messages_out,
+    );
+    per_shard(
+        &mut out,
+        node,
+        "gateway_bytes_in_total",
+        "Bytes read from WebSocket clients.",
+        |s| &s.bytes_in,
+    );
+    per_shard(
+        &mut out,
+        node,
+        "gateway_bytes_out_total",
+        "Bytes written to WebSocket clients.",
+        |s| &s.bytes_out,
+    );
+    per_shard(
+        &mut out,
+        node,
+        "gateway_slow_consumer_disconnects_total",
+        "Clients closed with 4100 because their outbound queue was full.",
+        |s| &s.slow_consumer_disconnects,
+    );
+    per_shard(
+        &mut out,
+        node,
+        "gateway_inbox_drops_total",
+        "Cross-shard messages dropped because the shard's inbox was full.",
+        |s| &s.inbox_drops,
+    );
+    header(
+        &mut out,
+        "gateway_http_requests_total",
+        "counter",
+        "HTTP responses by status.",
+    );
+    for (slot, status) in HTTP_STATUSES
+        .iter()
+        .map(|s| s.to_string())
+        .chain(["other".to_string()])
+        .enumerate()
+    {
+        let total = summed(node, |s| &s.http_requests[slot]);
+        let _ = writeln!(
+            out,
+            "gateway_http_requests_total{{status=\"{status}\"}} {total}"
+        );
+    }
+    header(
+        &mut out,
+        "gateway_rejected_total",
+        "counter",
+        "Bad input and limits answered with an error, by reason.",
+    );
+    for reason in Rejection::ALL {
+        let total = summed(node, |s| &s.rejected[*reason as usize]);
+        let _ = writeln!(
+            out,
+            "gateway_rejected_total{{reason=\"{}\"}} {total}",
+            reason.label()
+        );
+    }
+    header(
+        &mut out,
+        "gateway_fanout_latency_seconds",
+        "summary",
+        "Time from publish to queued on a shard's subscribers.",
+    );
+    for quantile in [0.5, 0.9, 0.99, 0.999] {
+        let seconds = latency.value_at_quantile(quantile) as f64 / 1e6;
+        let _ = writeln!(
+            out,
+            "gateway_fanout_latency_seconds{{quantile=\"{quantile}\"}} {seconds}"
+        );
+    }
+    let sum = latency.mean() * latency.len() as f64 / 1e6;
+    let _ = writeln!(out, "gateway_fanout_latency_seconds_sum {sum}");
+    let _ = writeln!(
+        out,
+        "gateway_fanout_latency_seconds_count {}",
+        latency.len()
+    );
+    header(
+        &mut out,
+        "gateway_draining",
+        "gauge",
+        "1 while the node drains.",
+    );
+    let _ = writeln!(out, "gateway_draining {}", u8::from(node.is_draining()));
+    header(
+        &mut out,
+        "gateway_uptime_seconds",
+        "gauge",
+        "Seconds since start.",
+    );
+    let _ = writeln!(
+        out,
+        "gateway_uptime_seconds {}",
+        node.started.elapsed().as_secs()
+    );
+    header(&mut out, "gateway_info", "gauge", "How this node runs.");
+    let _ = writeln!(
+        out,
+        "gateway_info{{io_driver=\"{}\",shards=\"{}\",version=\"{}\"}} 1",
+        node.io_driver,
+        node.shards.len(),
+        env!("CARGO_PKG_VERSION")
+    );
+    out
+}

@@ -1,0 +1,141 @@
+//! Counters: one set per shard, written only by that shard (plain relaxed atomics, no locks)
+//! and summed when /metrics is scraped.
+
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+
+macro_rules! labelled {
+    ($(#[$doc:meta])* $name:ident { $($variant:ident => $label:literal),+ $(,)? }) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum $name { $($variant),+ }
+
+        impl $name {
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+
+            /// The Prometheus label value.
+            pub fn label(self) -> &'static str {
+                match self { $($name::$variant => $label),+ }
+            }
+        }
+    };
+}
+
+labelled! {
+    /// Why a WebSocket session ended.
+    Disconnect {
+        ClientClose => "client_close",
+        ClientGone => "client_gone",
+        ProtocolError => "protocol_error",
+        SlowConsumer => "slow_consumer",
+        ActivityTimeout => "activity_timeout",
+        Drain => "drain",
+        Refused => "refused",
+    }
+}
+
+labelled! {
+    /// Bad input or a limit that was answered with an error.
+    Rejection {
+        HeadTooLarge => "head_too_large",
+        HeadTimeout => "head_timeout",
+        BadRequest => "bad_request",
+        BadUpgrade => "bad_upgrade",
+        NotFound => "not_found",
+        UnknownApp => "unknown_app",
+        AppDisabled => "app_disabled",
+        UnsupportedProtocol => "unsupported_protocol",
+        OverCapacity => "over_capacity",
+        FileLimit => "file_limit",
+        Unauthorized => "unauthorized",
+        BodyTooLarge => "body_too_large",
+        FrameTooBig => "frame_too_big",
+        InvalidUtf8 => "invalid_utf8",
+        ProtocolError => "ws_protocol_error",
+        BinaryFrame => "binary_frame",
+        BadMessage => "bad_message",
+        BadChannel => "bad_channel",
+        SubscriptionAuth => "subscription_auth",
+        PresenceUnsupported => "presence_unsupported",
+        ClientEventRefused => "client_event_refused",
+        ClientEventRate => "client_event_rate",
+        UnsupportedEvent => "unsupported_event",
+    }
+}
+
+/// HTTP statuses counted one by one; anything else is counted as "other".
+pub const HTTP_STATUSES: [u16; 14] = [
+    101, 200, 400, 401, 403, 404, 405, 411, 413, 426, 429, 431, 500, 503,
+];
+
+/// One shard's counters.
+#[derive(Debug)]
+pub struct ShardStats {
+    /// Open WebSocket sessions, by app number.
+    pub connections: Box<[AtomicI64]>,
+    pub connects: AtomicU64,
+    pub disconnects: Box<[AtomicU64]>,
+    pub rejected: Box<[AtomicU64]>,
+    /// By index in `HTTP_STATUSES`, then "other".
+    pub http_requests: Box<[AtomicU64]>,
+    pub messages_in: AtomicU64,
+    pub messages_out: AtomicU64,
+    pub bytes_in: AtomicU64,
+    pub bytes_out: AtomicU64,
+    pub slow_consumer_disconnects: AtomicU64,
+    /// Messages other threads could not put in this shard's full inbox.
+    pub inbox_drops: AtomicU64,
+}
+
+fn counters(n: usize) -> Box<[AtomicU64]> {
+    (0..n).map(|_| AtomicU64::new(0)).collect()
+}
+
+impl ShardStats {
+    pub fn new(apps: usize) -> ShardStats {
+        ShardStats {
+            connections: (0..apps).map(|_| AtomicI64::new(0)).collect(),
+            connects: AtomicU64::new(0),
+            disconnects: counters(Disconnect::ALL.len()),
+            rejected: counters(Rejection::ALL.len()),
+            http_requests: counters(HTTP_STATUSES.len() + 1),
+            messages_in: AtomicU64::new(0),
+            messages_out: AtomicU64::new(0),
+            bytes_in: AtomicU64::new(0),
+            bytes_out: AtomicU64::new(0),
+            slow_consumer_disconnects: AtomicU64::new(0),
+            inbox_drops: AtomicU64::new(0),
+        }
+    }
+
+    pub fn reject(&self, reason: Rejection) {
+        self.rejected[reason as usize].fetch_add(1, Relaxed);
+    }
+
+    pub fn disconnect(&self, app: usize, reason: Disconnect) {
+        self.connections[app].fetch_sub(1, Relaxed);
+        self.disconnects[reason as usize].fetch_add(1, Relaxed);
+    }
+
+    pub fn connect(&self, app: usize) {
+        self.connections[app].fetch_add(1, Relaxed);
+        self.connects.fetch_add(1, Relaxed);
+    }
+
+    pub fn http_status(&self, status: u16) {
+        let index = HTTP_STATUSES
+            .iter()
+            .position(|&s| s == status)
+            .unwrap_or(HTTP_STATUSES.len());
+        self.http_requests[index].fetch_add(1, Relaxed);
+    }
+
+    /// Open sessions on this shard, all apps together.
+    pub fn open_connections(&self) -> i64 {
+        self.connections.iter().map(|c| c.load(Relaxed)).sum()
+    }
+}
+
+/// Adds to a counter.
+pub fn add(counter: &AtomicU64, n: u64) {
+    counter.fetch_add(n, Relaxed);
+}

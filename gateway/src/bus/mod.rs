@@ -1,0 +1,164 @@
+//! Cross-shard messaging: one bounded crossbeam-channel inbox per shard, plus a wake-up of the
+//! shard's runtime. Senders never block and never lock: a full inbox drops the message and
+//! counts it.
+
+use std::future::poll_fn;
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::Instant;
+
+use bytes::Bytes;
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+use futures_channel::oneshot;
+use futures_util::task::AtomicWaker;
+use hdrhistogram::Histogram;
+
+use crate::protocol::SocketId;
+
+/// An event on its way to a channel's subscribers, encoded once and shared by every shard.
+#[derive(Debug)]
+pub struct Broadcast {
+    pub app: usize,
+    pub channel: Box<str>,
+    /// The WebSocket text frame, ready to write.
+    pub frame: Bytes,
+    /// The socket that must not receive it.
+    pub except: Option<SocketId>,
+    /// When it was published, for the fanout latency histogram.
+    pub published: Instant,
+}
+
+/// What one shard asks of another.
+#[derive(Debug)]
+pub enum ShardMessage {
+    Broadcast(Arc<Broadcast>),
+    /// Subscription counts of the app's occupied channels, or of one channel.
+    ChannelCounts {
+        app: usize,
+        channel: Option<Box<str>>,
+        reply: oneshot::Sender<Vec<(Box<str>, u64)>>,
+    },
+    /// A copy of the shard's fanout latency histogram (microseconds).
+    Latency {
+        reply: oneshot::Sender<Histogram<u64>>,
+    },
+}
+
+/// The sending side of a shard's inbox, shared by every thread.
+#[derive(Debug)]
+pub struct InboxSender {
+    sender: Sender<ShardMessage>,
+    waker: Arc<AtomicWaker>,
+}
+
+/// The receiving side, owned by the shard.
+#[derive(Debug)]
+pub struct Inbox {
+    receiver: Receiver<ShardMessage>,
+    waker: Arc<AtomicWaker>,
+}
+
+/// A shard's inbox was full; the message was not delivered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("shard inbox full")]
+pub struct InboxFull;
+
+/// A bounded inbox for one shard.
+pub fn inbox(capacity: usize) -> (InboxSender, Inbox) {
+    let (sender, receiver) = crossbeam_channel::bounded(capacity);
+    let waker = Arc::new(AtomicWaker::new());
+    (
+        InboxSender {
+            sender,
+            waker: waker.clone(),
+        },
+        Inbox { receiver, waker },
+    )
+}
+
+impl InboxSender {
+    /// Queues a message and wakes the shard. Never blocks.
+    pub fn send(&self, message: ShardMessage) -> Result<(), InboxFull> {
+        match self.sender.try_send(message) {
+            Ok(()) => {
+                self.waker.wake();
+                Ok(())
+            }
+            Err(TrySendError::Full(_)) => Err(InboxFull),
+            // The shard has stopped (the node is shutting down): nobody is left to deliver to.
+            Err(TrySendError::Disconnected(_)) => Ok(()),
+        }
+    }
+
+    /// Wakes the shard without a message, so that it looks at node-wide state (a drain).
+    pub fn wake(&self) {
+        self.waker.wake();
+    }
+}
+
+impl Inbox {
+    /// Waits until a message is queued or the shard is woken, then returns what is queued.
+    pub async fn next_batch(&self, batch: &mut Vec<ShardMessage>) {
+        let mut registered = false;
+        poll_fn(|cx| {
+            // Polled again after registering: woken by a message or by `wake`.
+            if registered || !self.receiver.is_empty() {
+                return Poll::Ready(());
+            }
+            self.waker.register(cx.waker());
+            registered = true;
+            // A message sent between the check above and the registration found no waker.
+            if self.receiver.is_empty() {
+                Poll::Pending
+            } else {
+                Poll::Ready(())
+            }
+        })
+        .await;
+        batch.extend(self.receiver.try_iter());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn latency_request() -> (ShardMessage, oneshot::Receiver<Histogram<u64>>) {
+        let (reply, receiver) = oneshot::channel();
+        (ShardMessage::Latency { reply }, receiver)
+    }
+
+    #[test]
+    fn full_inbox_refuses_and_batches_drain_in_order() {
+        let (sender, inbox) = inbox(2);
+        let mut receivers = Vec::new();
+        for _ in 0..2 {
+            let (message, receiver) = latency_request();
+            sender.send(message).unwrap();
+            receivers.push(receiver);
+        }
+        assert_eq!(sender.send(latency_request().0), Err(InboxFull));
+        let mut runtime = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .build()
+            .unwrap();
+        let mut batch = Vec::new();
+        runtime.block_on(inbox.next_batch(&mut batch));
+        assert_eq!(batch.len(), 2);
+    }
+
+    #[test]
+    fn a_send_from_another_thread_wakes_a_waiting_shard() {
+        let (sender, inbox) = inbox(8);
+        let thread = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            sender.send(latency_request().0).unwrap();
+        });
+        let mut runtime = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
+            .build()
+            .unwrap();
+        let mut batch = Vec::new();
+        runtime.block_on(inbox.next_batch(&mut batch));
+        assert_eq!(batch.len(), 1);
+        thread.join().unwrap();
+    }
+}

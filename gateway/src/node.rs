@@ -1,0 +1,95 @@
+//! What every thread of the process shares: the configuration, each shard's inbox and counters,
+//! and node-wide state. Read-mostly; the few mutable parts are atomics.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Instant;
+
+use crate::admin::stats::ShardStats;
+use crate::bus::InboxSender;
+use crate::config::Config;
+
+/// The way to reach one shard.
+#[derive(Debug)]
+pub struct ShardLink {
+    pub inbox: InboxSender,
+    pub stats: ShardStats,
+}
+
+/// The process: its configuration, its shards and its lifecycle.
+#[derive(Debug)]
+pub struct Node {
+    pub config: Config,
+    /// Random per process, so socket ids are unique across a cluster.
+    pub id: u32,
+    pub started: Instant,
+    /// "io_uring" or "epoll".
+    pub io_driver: &'static str,
+    /// Sockets (WebSocket sessions and HTTP connections) the node accepts at once.
+    pub max_connections: usize,
+    /// Sockets open now, for the node limit.
+    pub open_sockets: AtomicUsize,
+    pub shards: Vec<ShardLink>,
+    draining: AtomicBool,
+    ready: AtomicBool,
+}
+
+impl Node {
+    pub fn new(
+        config: Config,
+        io_driver: &'static str,
+        max_connections: usize,
+        shards: Vec<ShardLink>,
+    ) -> Node {
+        Node {
+            config,
+            id: fastrand::u32(1..1_000_000),
+            started: Instant::now(),
+            io_driver,
+            max_connections,
+            open_sockets: AtomicUsize::new(0),
+            shards,
+            draining: AtomicBool::new(false),
+            ready: AtomicBool::new(false),
+        }
+    }
+
+    /// Open WebSocket sessions across all shards.
+    pub fn connections(&self) -> i64 {
+        self.shards.iter().map(|s| s.stats.open_connections()).sum()
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+
+    /// Starts the drain once: every shard closes its listener and then its clients.
+    pub fn start_drain(&self) -> bool {
+        let first = !self.draining.swap(true, Ordering::AcqRel);
+        if first {
+            for shard in &self.shards {
+                shard.inbox.wake();
+            }
+        }
+        first
+    }
+
+    /// The /health body: status, uptime and open connections.
+    pub fn health(&self) -> String {
+        let status = if self.is_draining() { "draining" } else { "ok" };
+        serde_json::json!({
+            "status": status,
+            "uptime_seconds": self.started.elapsed().as_secs(),
+            "connections": self.connections(),
+        })
+        .to_string()
+    }
+
+    /// Ready means started and not draining.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire) && !self.is_draining()
+    }
+
+    pub fn set_ready(&self) {
+        self.ready.store(true, Ordering::Release);
+    }
+}

@@ -1,0 +1,270 @@
+//! Start-up and shutdown: open-files limit, listeners, shards, the admin thread and signals.
+
+use std::io;
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use signal_hook::consts::{SIGINT, SIGTERM};
+
+use crate::admin::stats::ShardStats;
+use crate::bus;
+use crate::config::Config;
+use crate::node::{Node, ShardLink};
+
+/// Descriptors kept back from the connection ceiling for the runtime itself (io_uring rings,
+/// event fds, listeners, the admin port, logs).
+const RESERVED_FDS_BASE: u64 = 32;
+const RESERVED_FDS_PER_SHARD: u64 = 8;
+/// Pending connections each listener's kernel queue holds (capped by net.core.somaxconn).
+const LISTEN_BACKLOG: i32 = 4096;
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("port {port} on {bind} is already in use (is another gateway running there?)")]
+    PortInUse { bind: std::net::IpAddr, port: u16 },
+    #[error("cannot listen on {addr}: {source}")]
+    Listen { addr: SocketAddr, source: io::Error },
+    #[error("cannot start thread {name}: {source}")]
+    Thread { name: String, source: io::Error },
+}
+
+/// Raises the soft open-files limit to the hard one; returns the limit now in force.
+pub fn raise_fd_limit() -> u64 {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit into the struct we own; setrlimit only reads it.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return 1024;
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: limit.rlim_max,
+                rlim_max: limit.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                return raised.rlim_cur;
+            }
+        }
+    }
+    limit.rlim_cur
+}
+
+/// Connections this process can hold with `fd_limit` descriptors and `shards` shards.
+pub fn connection_ceiling(fd_limit: u64, shards: usize) -> usize {
+    let reserved = RESERVED_FDS_BASE + RESERVED_FDS_PER_SHARD * shards as u64;
+    fd_limit.saturating_sub(reserved) as usize
+}
+
+fn socket(addr: SocketAddr) -> io::Result<socket2::Socket> {
+    socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )
+}
+
+/// Fails if anything already listens on the address. Needed because shards bind with
+/// SO_REUSEPORT, which would let a second gateway on the same port silently share its traffic.
+fn ensure_port_free(addr: SocketAddr) -> Result<(), StartError> {
+    let listen_error = |source| StartError::Listen { addr, source };
+    let probe = socket(addr).map_err(listen_error)?;
+    probe.set_reuse_address(true).map_err(listen_error)?;
+    match probe.bind(&addr.into()) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::AddrInUse => Err(StartError::PortInUse {
+            bind: addr.ip(),
+            port: addr.port(),
+        }),
+        Err(e) => Err(listen_error(e)),
+    }
+}
+
+/// One of the shards' listeners: SO_REUSEPORT so the kernel spreads connections over them.
+fn shard_listener(addr: SocketAddr) -> Result<TcpListener, StartError> {
+    let listen_error = |source| StartError::Listen { addr, source };
+    let listener = socket(addr).map_err(listen_error)?;
+    listener.set_reuse_port(true).map_err(listen_error)?;
+    listener.set_reuse_address(true).map_err(listen_error)?;
+    listener.set_nonblocking(true).map_err(listen_error)?;
+    listener.bind(&addr.into()).map_err(listen_error)?;
+    listener.listen(LISTEN_BACKLOG).map_err(listen_error)?;
+    Ok(listener.into())
+}
+
+fn admin_listener(addr: SocketAddr) -> Result<TcpListener, StartError> {
+    ensure_port_free(addr)?;
+    let listen_error = |source| StartError::Listen { addr, source };
+    let listener = socket(addr).map_err(listen_error)?;
+    listener.set_reuse_address(true).map_err(listen_error)?;
+    listener.set_nonblocking(true).map_err(listen_error)?;
+    listener.bind(&addr.into()).map_err(listen_error)?;
+    listener.listen(128).map_err(listen_error)?;
+    Ok(listener.into())
+}
+
+fn spawn(name: String, body: impl FnOnce() + Send + 'static) -> Result<JoinHandle<()>, StartError> {
+    std::thread::Builder::new()
+        .name(name.clone())
+        .spawn(body)
+        .map_err(|source| StartError::Thread { name, source })
+}
+
+/// Runs the gateway until it has drained after SIGTERM or SIGINT (or POST /drain).
+pub fn run(config: Config) -> Result<(), StartError> {
+    let cores = core_affinity::get_core_ids().unwrap_or_default();
+    let shard_count = match config.shards {
+        0 => cores.len().max(1),
+        n => n,
+    };
+    let fd_limit = raise_fd_limit();
+    let ceiling = connection_ceiling(fd_limit, shard_count);
+    let max_connections = match config.max_connections {
+        0 => ceiling,
+        n if n > ceiling => {
+            tracing::warn!(
+                max_connections = n,
+                ceiling,
+                "max_connections is above what the open-files limit allows"
+            );
+            n
+        }
+        n => n,
+    };
+    let io_driver = if monoio::utils::detect_uring() {
+        "io_uring"
+    } else {
+        "epoll"
+    };
+
+    let listeners: Vec<Option<TcpListener>> = if config.port == 0 {
+        (0..shard_count).map(|_| None).collect()
+    } else {
+        let addr = SocketAddr::new(config.bind, config.port);
+        ensure_port_free(addr)?;
+        (0..shard_count)
+            .map(|_| shard_listener(addr).map(Some))
+            .collect::<Result<_, _>>()?
+    };
+    let admin = admin_listener(SocketAddr::new(config.admin_bind, config.admin_port))?;
+
+    let (senders, inboxes): (Vec<_>, Vec<_>) = (0..shard_count)
+        .map(|_| bus::inbox(config.inbox_capacity))
+        .unzip();
+    let links = senders
+        .into_iter()
+        .map(|inbox| ShardLink {
+            inbox,
+            stats: ShardStats::new(config.apps.len()),
+        })
+        .collect();
+    if config.uses_default_secret() {
+        tracing::warn!("!!! an app uses the published development secret \"app-secret\": anyone can sign its requests; set app_secret or an apps list before exposing this gateway !!!");
+    }
+    let node = Arc::new(Node::new(config, io_driver, max_connections, links));
+    tracing::info!(
+        shards = shard_count,
+        io_driver,
+        fd_limit,
+        max_connections,
+        listen = %if node.config.port == 0 { "off".to_string() } else { SocketAddr::new(node.config.bind, node.config.port).to_string() },
+        admin = %SocketAddr::new(node.config.admin_bind, node.config.admin_port),
+        tls = "off",
+        "gateway started"
+    );
+
+    let mut shards = Vec::new();
+    for (index, (inbox, listener)) in inboxes.into_iter().zip(listeners).enumerate() {
+        let node = node.clone();
+        let core = cores.get(index % cores.len().max(1)).copied();
+        shards.push(spawn(format!("shard-{index}"), move || {
+            if let Some(core) = core {
+                core_affinity::set_for_current(core);
+            }
+            if let Err(e) = crate::shard::run(node, index, inbox, listener) {
+                tracing::error!(shard = index, error = %e, "shard stopped");
+            }
+        })?);
+    }
+    let admin_node = node.clone();
+    spawn("admin".into(), move || {
+        if let Err(e) = crate::admin::run(admin_node, admin) {
+            tracing::error!(error = %e, "admin port stopped");
+        }
+    })?;
+    let signal_node = node.clone();
+    spawn("signals".into(), move || watch_signals(&signal_node))?;
+    node.set_ready();
+
+    for shard in shards {
+        let _ = shard.join();
+    }
+    tracing::info!("drained; exiting");
+    Ok(())
+}
+
+/// The first SIGTERM or SIGINT starts the drain; a second one exits at once.
+fn watch_signals(node: &Node) {
+    let mut signals = match signal_hook::iterator::Signals::new([SIGTERM, SIGINT]) {
+        Ok(signals) => signals,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot watch signals; SIGTERM will kill without a drain");
+            return;
+        }
+    };
+    for signal in signals.forever() {
+        if node.start_drain() {
+            tracing::info!(
+                signal,
+                drain_seconds = node.config.drain_seconds,
+                "draining: listeners closed, clients told to reconnect"
+            );
+        } else {
+            tracing::warn!(signal, "second signal: exiting now");
+            std::process::exit(1);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ceiling_keeps_descriptors_back_for_the_runtime() {
+        assert_eq!(connection_ceiling(20_000, 2), 20_000 - 48);
+        assert_eq!(connection_ceiling(10, 2), 0);
+    }
+
+    #[test]
+    fn a_second_listener_on_a_taken_port_is_refused() {
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = taken.local_addr().unwrap();
+        assert!(matches!(
+            ensure_port_free(addr),
+            Err(StartError::PortInUse { .. })
+        ));
+        drop(taken);
+        assert!(ensure_port_free(addr).is_ok());
+    }
+
+    #[test]
+    fn raising_the_fd_limit_reaches_the_hard_limit() {
+        let raised = raise_fd_limit();
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit writes one rlimit into the struct we own.
+        assert_eq!(
+            unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) },
+            0
+        );
+        assert_eq!(raised, limit.rlim_cur);
+        assert_eq!(limit.rlim_cur, limit.rlim_max);
+    }
+}

@@ -1,0 +1,179 @@
+//! One WebSocket session's state as the rest of its shard sees it: the outbound queue that
+//! fanout fills, the close request, activity and subscriptions.
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::io::{self, IoSlice};
+use std::os::fd::RawFd;
+use std::task::Waker;
+
+use bytes::{Buf, Bytes};
+
+use crate::admin::stats::Disconnect;
+use crate::protocol::SocketId;
+use crate::shard::io as socket;
+
+/// Most frames handed to one sendmsg.
+const MAX_IOVECS: usize = 64;
+
+/// What a flush achieved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flush {
+    /// Everything queued was written.
+    Drained,
+    /// The socket's buffer is full; wait until it is writable.
+    Blocked,
+}
+
+/// A session on its shard. Shared (`Rc`) between the session's task and the channels it is
+/// subscribed to; the queue holds handles to shared frames and is empty when idle.
+pub struct Conn {
+    pub id: u64,
+    pub app: usize,
+    pub socket_id: SocketId,
+    fd: RawFd,
+    outbound: RefCell<VecDeque<Bytes>>,
+    queued_bytes: Cell<usize>,
+    /// The session task, parked while it waits for the socket or for frames.
+    waker: Cell<Option<Waker>>,
+    close: Cell<Option<(u16, Disconnect)>>,
+    /// Shard clock second of the last frame received.
+    last_seen: Cell<u32>,
+    pub subscriptions: RefCell<Vec<Box<str>>>,
+    /// Client events in the current second: (second, count).
+    client_events: Cell<(u32, u32)>,
+}
+
+impl Conn {
+    pub fn new(id: u64, app: usize, socket_id: SocketId, fd: RawFd, now: u32) -> Conn {
+        Conn {
+            id,
+            app,
+            socket_id,
+            fd,
+            outbound: RefCell::new(VecDeque::new()),
+            queued_bytes: Cell::new(0),
+            waker: Cell::new(None),
+            close: Cell::new(None),
+            last_seen: Cell::new(now),
+            subscriptions: RefCell::new(Vec::new()),
+            client_events: Cell::new((0, 0)),
+        }
+    }
+
+    /// Queues a frame. Returns false, queuing nothing, when the queue would grow past `limit`
+    /// bytes: the caller closes the connection as a slow consumer.
+    pub fn enqueue(&self, frame: Bytes, limit: usize) -> bool {
+        let queued = self.queued_bytes.get() + frame.len();
+        if queued > limit {
+            return false;
+        }
+        self.queued_bytes.set(queued);
+        self.outbound.borrow_mut().push_back(frame);
+        self.wake();
+        true
+    }
+
+    /// Asks the session to close with `code`. Queued frames are dropped for a slow consumer
+    /// (they are what it cannot take) and kept otherwise. The first request wins.
+    pub fn request_close(&self, code: u16, reason: Disconnect) {
+        if self.close.get().is_some() {
+            return;
+        }
+        if reason == Disconnect::SlowConsumer {
+            self.outbound.borrow_mut().clear();
+            self.queued_bytes.set(0);
+        }
+        self.close.set(Some((code, reason)));
+        self.wake();
+    }
+
+    pub fn fd(&self) -> RawFd {
+        self.fd
+    }
+
+    pub fn close_requested(&self) -> Option<(u16, Disconnect)> {
+        self.close.get()
+    }
+
+    pub fn has_outbound(&self) -> bool {
+        !self.outbound.borrow().is_empty()
+    }
+
+    /// Parks the session task until a frame or a close request arrives.
+    pub fn park(&self, waker: &Waker) {
+        match self.waker.take() {
+            Some(old) if old.will_wake(waker) => self.waker.set(Some(old)),
+            _ => self.waker.set(Some(waker.clone())),
+        }
+    }
+
+    fn wake(&self) {
+        if let Some(waker) = self.waker.take() {
+            waker.wake();
+        }
+    }
+
+    pub fn touch(&self, now: u32) {
+        self.last_seen.set(now);
+    }
+
+    pub fn silent_for(&self, now: u32) -> u32 {
+        now.saturating_sub(self.last_seen.get())
+    }
+
+    /// Counts a client event; false when it is over `per_second`.
+    pub fn allow_client_event(&self, now: u32, per_second: u32) -> bool {
+        let (second, count) = self.client_events.get();
+        let count = if second == now { count + 1 } else { 1 };
+        self.client_events.set((now, count));
+        count <= per_second
+    }
+
+    pub fn is_subscribed(&self, channel: &str) -> bool {
+        self.subscriptions.borrow().iter().any(|c| &**c == channel)
+    }
+
+    /// Writes queued frames until the queue is empty or the socket is full. Returns bytes
+    /// written alongside.
+    pub fn flush(&self) -> io::Result<(Flush, usize)> {
+        let mut written = 0;
+        let mut outbound = self.outbound.borrow_mut();
+        while !outbound.is_empty() {
+            let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
+            let mut count = 0;
+            for (slot, frame) in slices.iter_mut().zip(outbound.iter()) {
+                *slot = IoSlice::new(frame);
+                count += 1;
+            }
+            let n = match socket::send_vectored(self.fd, &slices[..count]) {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    return Ok((Flush::Blocked, written))
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            written += n;
+            self.queued_bytes.set(self.queued_bytes.get() - n);
+            let mut left = n;
+            while left > 0 {
+                let front = outbound
+                    .front_mut()
+                    .expect("sendmsg wrote no more than was queued");
+                if front.len() <= left {
+                    left -= front.len();
+                    outbound.pop_front();
+                } else {
+                    front.advance(left);
+                    left = 0;
+                }
+            }
+        }
+        if outbound.capacity() > 64 {
+            // A burst grew the queue; give the memory back now that it is idle.
+            *outbound = VecDeque::new();
+        }
+        Ok((Flush::Drained, written))
+    }
+}

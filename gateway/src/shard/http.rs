@@ -1,0 +1,277 @@
+//! The first bytes of every connection: the request head, then either a WebSocket session or
+//! HTTP API requests on a keep-alive connection.
+
+use std::os::fd::{AsRawFd, RawFd};
+use std::rc::Rc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use monoio::net::TcpStream;
+
+use super::io;
+use super::session;
+use super::{OpenSocket, Shard};
+use crate::admin::stats::Rejection;
+use crate::http::api::{self, ApiError, Route};
+use crate::http::{HeadError, RequestHead, Response};
+use crate::protocol::message;
+use crate::ws::frame::text_frame;
+
+/// Largest request head.
+pub const MAX_HEAD_BYTES: usize = 8 * 1024;
+/// How long an idle keep-alive connection waits for its next request.
+const KEEP_ALIVE_IDLE: Duration = Duration::from_secs(60);
+
+/// How reading a request ended when it did not yield one.
+enum ReadFailure {
+    Closed,
+    TimedOut,
+    Head(HeadError),
+}
+
+/// Answers 503 to a connection over the node's limit.
+pub async fn refuse_over_capacity(shard: Rc<Shard>, stream: TcpStream, _open: OpenSocket) {
+    let response = Response::text(
+        503,
+        "over capacity: this node holds its maximum of connections",
+    )
+    .with_header("Retry-After", "1");
+    respond(&shard, &stream, stream.as_raw_fd(), &response, false).await;
+}
+
+/// Serves one accepted connection until it closes.
+pub async fn serve(shard: Rc<Shard>, stream: TcpStream, _open: OpenSocket) {
+    let fd = stream.as_raw_fd();
+    let head_timeout = Duration::from_secs(shard.node.config.head_timeout);
+    let mut pending = Vec::new();
+    let mut first = true;
+    loop {
+        if !first && pending.is_empty() {
+            match monoio::time::timeout(KEEP_ALIVE_IDLE, stream.readable(false)).await {
+                Ok(Ok(())) => {}
+                _ => return,
+            }
+        }
+        first = false;
+        let read =
+            monoio::time::timeout(head_timeout, read_request(&stream, fd, &mut pending)).await;
+        let (head, head_len) = match read {
+            Ok(Ok(found)) => found,
+            Ok(Err(ReadFailure::Closed)) => return,
+            Err(_) | Ok(Err(ReadFailure::TimedOut)) => {
+                shard.reject(Rejection::HeadTimeout);
+                return;
+            }
+            Ok(Err(ReadFailure::Head(error))) => {
+                shard.reject(match error {
+                    HeadError::TooLarge(_) => Rejection::HeadTooLarge,
+                    _ => Rejection::BadRequest,
+                });
+                respond(
+                    &shard,
+                    &stream,
+                    fd,
+                    &Response::text(error.status(), error.to_string()),
+                    false,
+                )
+                .await;
+                return;
+            }
+        };
+        pending.drain(..head_len);
+        let route = Route::of(head.path());
+        if let Route::Client { app_key } = route {
+            return session::upgrade(shard, stream, head, app_key, pending).await;
+        }
+        let keep_alive = head.keep_alive();
+        let response = match read_body(&shard, &stream, fd, &head, &mut pending, head_timeout).await
+        {
+            Ok(body) => answer(&shard, &route, &head, &body).await,
+            Err(response) => {
+                respond(&shard, &stream, fd, &response, false).await;
+                return;
+            }
+        };
+        if !respond(&shard, &stream, fd, &response, keep_alive).await || !keep_alive {
+            return;
+        }
+    }
+}
+
+async fn read_request(
+    stream: &TcpStream,
+    fd: RawFd,
+    pending: &mut Vec<u8>,
+) -> Result<(RequestHead, usize), ReadFailure> {
+    loop {
+        if !pending.is_empty() {
+            match RequestHead::parse(pending, MAX_HEAD_BYTES) {
+                Ok(Some(found)) => return Ok(found),
+                Ok(None) => {}
+                Err(error) => return Err(ReadFailure::Head(error)),
+            }
+        }
+        match io::recv_into(stream, fd, pending, 4096).await {
+            Ok(0) | Err(_) => return Err(ReadFailure::Closed),
+            Ok(_) => {}
+        }
+        if pending.len() > MAX_HEAD_BYTES + 4096 {
+            return Err(ReadFailure::TimedOut);
+        }
+    }
+}
+
+/// Reads the body the head announces. On failure returns the response to close with.
+async fn read_body(
+    shard: &Shard,
+    stream: &TcpStream,
+    fd: RawFd,
+    head: &RequestHead,
+    pending: &mut Vec<u8>,
+    timeout: Duration,
+) -> Result<Vec<u8>, Response> {
+    let length = head.content_length().map_err(|error| {
+        shard.reject(Rejection::BadRequest);
+        Response::text(error.status(), error.to_string())
+    })?;
+    let limit = shard.node.config.max_request_body_bytes;
+    if length > limit {
+        shard.reject(Rejection::BodyTooLarge);
+        return Err(Response::text(
+            413,
+            format!("request body larger than {limit} bytes"),
+        ));
+    }
+    let fill = async {
+        while pending.len() < length {
+            let want = (length - pending.len()).min(64 * 1024);
+            if !matches!(io::recv_into(stream, fd, pending, want).await, Ok(n) if n > 0) {
+                return false;
+            }
+        }
+        true
+    };
+    match monoio::time::timeout(timeout, fill).await {
+        Ok(true) => Ok(pending.drain(..length).collect()),
+        _ => {
+            shard.reject(Rejection::HeadTimeout);
+            Err(Response::text(400, "request body incomplete"))
+        }
+    }
+}
+
+/// Writes a response; false when the client has gone.
+async fn respond(
+    shard: &Shard,
+    stream: &TcpStream,
+    fd: RawFd,
+    response: &Response,
+    keep_alive: bool,
+) -> bool {
+    shard.stats().http_status(response.status);
+    io::send_all(stream, fd, &response.to_bytes(keep_alive))
+        .await
+        .is_ok()
+}
+
+/// Writes the upgrade refusal or acceptance head of a WebSocket.
+pub async fn write_raw(stream: &TcpStream, bytes: &[u8]) -> bool {
+    io::send_all(stream, stream.as_raw_fd(), bytes)
+        .await
+        .is_ok()
+}
+
+pub(super) async fn respond_and_close(shard: &Shard, stream: &TcpStream, response: &Response) {
+    respond(shard, stream, stream.as_raw_fd(), response, false).await;
+}
+
+async fn answer(shard: &Shard, route: &Route, head: &RequestHead, body: &[u8]) -> Response {
+    let outcome = match route {
+        Route::Health => return Response::json(200, shard.node.health()),
+        Route::NotFound | Route::Client { .. } => {
+            shard.reject(Rejection::NotFound);
+            return Response::text(404, format!("no route for {}", head.path()));
+        }
+        _ if head.method != route.method() => {
+            shard.reject(Rejection::BadRequest);
+            return Response::text(405, format!("{} takes {}", head.path(), route.method()))
+                .with_header("Allow", route.method());
+        }
+        _ => api_call(shard, route, head, body).await,
+    };
+    match outcome {
+        Ok(body) => Response::json(200, body),
+        Err(error) => {
+            shard.reject(match error.status {
+                401 => Rejection::Unauthorized,
+                413 => Rejection::BodyTooLarge,
+                404 => Rejection::UnknownApp,
+                403 => Rejection::AppDisabled,
+                _ => Rejection::BadRequest,
+            });
+            Response::text(error.status, error.message)
+        }
+    }
+}
+
+async fn api_call(
+    shard: &Shard,
+    route: &Route,
+    head: &RequestHead,
+    body: &[u8],
+) -> Result<String, ApiError> {
+    let app_id = route
+        .app_id()
+        .ok_or_else(|| ApiError::new(404, "not an API route"))?;
+    let config = &shard.node.config;
+    let (app_index, app) = config
+        .app_by_id(app_id)
+        .ok_or_else(|| ApiError::new(404, format!("unknown app id {app_id}")))?;
+    if !app.enabled {
+        return Err(ApiError::new(403, "app is disabled"));
+    }
+    let params = api::parse_query(head.query());
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    api::authenticate(app, &head.method, head.path(), &params, body, now)?;
+    let max_data = config.max_event_data_bytes;
+    match route {
+        Route::Events { .. } => {
+            publish(shard, app_index, api::parse_publish(body, max_data)?);
+            Ok("{}".into())
+        }
+        Route::BatchEvents { .. } => {
+            let events = api::parse_batch(body, max_data)?;
+            let count = events.len();
+            for event in events {
+                publish(shard, app_index, event);
+            }
+            Ok(api::batch_response(count))
+        }
+        Route::Channels { .. } => {
+            let counts = shard.channel_counts(app_index, None).await?;
+            api::channels_response(&counts, &params)
+        }
+        Route::Channel { channel, .. } => {
+            let counts = shard.channel_counts(app_index, Some(channel)).await?;
+            let count = counts.get(channel.as_str()).copied().unwrap_or(0);
+            api::channel_response(channel, count, &params)
+        }
+        Route::ChannelUsers { channel, .. } => api::users_response(channel),
+        Route::Client { .. } | Route::Health | Route::NotFound => {
+            Err(ApiError::new(404, "not an API route"))
+        }
+    }
+}
+
+fn publish(shard: &Shard, app: usize, event: api::Publish) {
+    let except = event
+        .socket_id
+        .as_deref()
+        .and_then(crate::protocol::SocketId::parse);
+    let data = serde_json::Value::String(event.data);
+    for channel in &event.channels {
+        let frame = text_frame(&message::channel_event(&event.name, channel, &data, None));
+        shard.publish(app, channel, frame, except);
+    }
+}

@@ -1,0 +1,119 @@
+//! Non-blocking socket calls on a connection's descriptor. Readiness comes from the runtime
+//! (`readable` / `writable`, a poll on io_uring); data moves with these calls into and out of
+//! buffers the shard owns, so an idle connection parks no buffer in a pending read.
+
+use std::io::{self, IoSlice};
+use std::os::fd::RawFd;
+
+use monoio::net::TcpStream;
+
+fn result(n: isize) -> io::Result<usize> {
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+/// Reads what is there without waiting; `WouldBlock` when nothing is.
+pub fn recv(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: `buf` is a valid, writable region of `buf.len()` bytes for the whole call, and
+    // recv writes at most that many bytes into it.
+    let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
+    result(n)
+}
+
+/// Writes as much of `bufs` as the socket takes without waiting; `WouldBlock` when it takes
+/// nothing. One system call for many queued frames.
+pub fn send_vectored(fd: RawFd, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+    // SAFETY: an all-zero msghdr is valid (no name, no control data); the iovec array is the
+    // caller's slice of IoSlice, which is ABI-compatible with `struct iovec`, and it outlives the
+    // call. sendmsg only reads from those buffers.
+    let n = unsafe {
+        let mut header: libc::msghdr = std::mem::zeroed();
+        header.msg_iov = bufs.as_ptr() as *mut libc::iovec;
+        header.msg_iovlen = bufs.len() as _;
+        libc::sendmsg(fd, &header, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
+    };
+    result(n)
+}
+
+/// Stops sending (a FIN after what is queued) while still reading the peer's close.
+pub fn shutdown_write(fd: RawFd) {
+    // SAFETY: shutdown takes no pointers; on a closed or bad descriptor it only returns an error,
+    // which is of no use here because the connection is ending either way.
+    unsafe {
+        libc::shutdown(fd, libc::SHUT_WR);
+    }
+}
+
+/// Writes all of `bytes`, waiting for the socket when its buffer is full.
+pub async fn send_all(stream: &TcpStream, fd: RawFd, mut bytes: &[u8]) -> io::Result<()> {
+    while !bytes.is_empty() {
+        match send_vectored(fd, &[IoSlice::new(bytes)]) {
+            Ok(n) => bytes = &bytes[n..],
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => stream.writable(false).await?,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Waits for bytes and appends what is there (at most `max` bytes) to `buf`. Returns how many
+/// were read; 0 means the peer closed.
+pub async fn recv_into(
+    stream: &TcpStream,
+    fd: RawFd,
+    buf: &mut Vec<u8>,
+    max: usize,
+) -> io::Result<usize> {
+    let start = buf.len();
+    buf.resize(start + max, 0);
+    let outcome = loop {
+        match recv(fd, &mut buf[start..]) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                if let Err(e) = stream.readable(false).await {
+                    break Err(e);
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            other => break other,
+        }
+    };
+    buf.truncate(start + *outcome.as_ref().unwrap_or(&0));
+    outcome
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsRawFd;
+    use std::os::unix::net::UnixStream;
+
+    #[test]
+    fn vectored_send_and_recv_move_bytes_without_waiting() {
+        let (a, b) = UnixStream::pair().unwrap();
+        let mut buf = [0u8; 16];
+        let err = recv(b.as_raw_fd(), &mut buf).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::WouldBlock);
+        let sent =
+            send_vectored(a.as_raw_fd(), &[IoSlice::new(b"ab"), IoSlice::new(b"cd")]).unwrap();
+        assert_eq!(sent, 4);
+        assert_eq!(recv(b.as_raw_fd(), &mut buf).unwrap(), 4);
+        assert_eq!(&buf[..4], b"abcd");
+        shutdown_write(a.as_raw_fd());
+        assert_eq!(recv(b.as_raw_fd(), &mut buf).unwrap(), 0);
+    }
+
+    #[test]
+    fn full_socket_reports_would_block() {
+        let (a, _b) = UnixStream::pair().unwrap();
+        let chunk = vec![0u8; 64 * 1024];
+        let outcome = (0..10_000)
+            .map(|_| send_vectored(a.as_raw_fd(), &[IoSlice::new(&chunk)]))
+            .find(Result::is_err)
+            .expect("a socket buffer fills up");
+        assert_eq!(outcome.unwrap_err().kind(), io::ErrorKind::WouldBlock);
+    }
+}

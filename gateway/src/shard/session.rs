@@ -1,0 +1,463 @@
+//! A WebSocket session: the upgrade, then frames in and Pusher events out until it closes.
+
+use std::future::{poll_fn, Future};
+use std::os::fd::{AsRawFd, RawFd};
+use std::pin::pin;
+use std::rc::Rc;
+use std::task::Poll;
+use std::time::Duration;
+
+use futures_util::FutureExt;
+use monoio::net::TcpStream;
+
+use super::conn::{Conn, Flush};
+use super::http::{respond_and_close, write_raw};
+use super::{io, Shard};
+use crate::admin::stats::{self, Disconnect, Rejection};
+use crate::http::api::parse_query;
+use crate::http::response::switching_protocols;
+use crate::http::{RequestHead, Response};
+use crate::protocol::message::{self, ClientMessage};
+use crate::protocol::{channel, codes, signature, ChannelKind};
+use crate::ws::frame::{close_frame, pong_frame, text_frame};
+use crate::ws::{accept_upgrade, Assembler, FrameHead, Message, WsError};
+
+/// How long a closing connection may take to finish the close handshake.
+const CLOSE_LINGER: Duration = Duration::from_secs(2);
+/// Reads handled per wake-up before other connections get their turn.
+const READS_PER_WAKE: usize = 4;
+
+/// Validates the upgrade and runs the session.
+pub async fn upgrade(
+    shard: Rc<Shard>,
+    stream: TcpStream,
+    head: RequestHead,
+    app_key: String,
+    leftover: Vec<u8>,
+) {
+    let accept = match accept_upgrade(&head.method, |name| head.header(name)) {
+        Ok(accept) => accept,
+        Err(error) => {
+            shard.reject(Rejection::BadUpgrade);
+            let response = Response::text(error.status(), error.to_string())
+                .with_header("Sec-WebSocket-Version", "13")
+                .with_header("Upgrade", "websocket");
+            return respond_and_close(&shard, &stream, &response).await;
+        }
+    };
+    let protocol = parse_query(head.query())
+        .into_iter()
+        .find(|(k, _)| k == "protocol")
+        .map_or(Ok(7), |(_, v)| v.parse::<u8>());
+    drop(head);
+    shard.stats().http_status(101);
+    if !write_raw(&stream, &switching_protocols(&accept)).await {
+        return;
+    }
+    let config = &shard.node.config;
+    let refusal = match config.app_by_key(&app_key) {
+        None => Some((
+            codes::APP_MISSING,
+            Rejection::UnknownApp,
+            format!("App key {app_key} not in this cluster"),
+        )),
+        Some((_, app)) if !app.enabled => Some((
+            codes::APP_DISABLED,
+            Rejection::AppDisabled,
+            "App disabled".into(),
+        )),
+        Some(_) if !matches!(protocol, Ok(5..=7)) => Some((
+            codes::UNSUPPORTED_PROTOCOL,
+            Rejection::UnsupportedProtocol,
+            "Unsupported protocol version".into(),
+        )),
+        Some(_) => None,
+    };
+    if let Some((code, rejection, reason)) = refusal {
+        shard.reject(rejection);
+        let mut bytes = text_frame(&message::error(Some(code), &reason)).to_vec();
+        bytes.extend_from_slice(&close_frame(code, &reason));
+        let fd = stream.as_raw_fd();
+        if io::send_all(&stream, fd, &bytes).await.is_ok() {
+            linger(&stream, fd).await;
+        }
+        return;
+    }
+    let app = config.app_by_key(&app_key).map_or(0, |(index, _)| index);
+    run(shard, stream, app, leftover).await;
+}
+
+/// What woke a session.
+enum Wake {
+    Readable(std::io::Result<()>),
+    Writable(std::io::Result<()>),
+    Queued,
+}
+
+/// Bytes of a frame that straddles two reads, and a fragmented message in progress. Both are
+/// empty, and hold no memory, while the connection is idle.
+#[derive(Default)]
+struct Reader {
+    carry: Vec<u8>,
+    assembler: Assembler,
+}
+
+async fn run(shard: Rc<Shard>, stream: TcpStream, app: usize, leftover: Vec<u8>) {
+    let fd = stream.as_raw_fd();
+    let (id, socket_id) = shard.next_socket_id();
+    let conn = Rc::new(Conn::new(id, app, socket_id, fd, shard.now()));
+    shard.register(conn.clone());
+    let established =
+        message::connection_established(&socket_id.to_string(), shard.node.config.activity_timeout);
+    shard.send(&conn, text_frame(&established));
+    let mut reader = Reader {
+        carry: leftover,
+        assembler: Assembler::default(),
+    };
+    if !reader.carry.is_empty() {
+        let mut carry = std::mem::take(&mut reader.carry);
+        let used = process(&shard, &conn, &mut carry, &mut reader.assembler);
+        reader.carry = carry.split_off(used);
+    }
+
+    let mut readable = pin!(stream.readable(false));
+    let mut writable = pin!(stream.writable(false).fuse());
+    let mut blocked = false;
+    let reason = loop {
+        if !blocked && conn.has_outbound() {
+            match conn.flush() {
+                Ok((flushed, written)) => {
+                    stats::add(&shard.stats().bytes_out, written as u64);
+                    if flushed == Flush::Blocked {
+                        blocked = true;
+                        writable.set(stream.writable(false).fuse());
+                    }
+                }
+                Err(_) => break Disconnect::ClientGone,
+            }
+        }
+        if let Some((_, reason)) = conn.close_requested() {
+            break reason;
+        }
+        let wake = poll_fn(|cx| {
+            if let Poll::Ready(result) = readable.as_mut().poll(cx) {
+                return Poll::Ready(Wake::Readable(result));
+            }
+            if blocked {
+                if let Poll::Ready(result) = writable.as_mut().poll(cx) {
+                    return Poll::Ready(Wake::Writable(result));
+                }
+            }
+            if (!blocked && conn.has_outbound()) || conn.close_requested().is_some() {
+                return Poll::Ready(Wake::Queued);
+            }
+            conn.park(cx.waker());
+            Poll::Pending
+        })
+        .await;
+        match wake {
+            Wake::Readable(Ok(())) => {
+                readable.set(stream.readable(false));
+                if !read(&shard, &conn, &mut reader) {
+                    break Disconnect::ClientGone;
+                }
+            }
+            Wake::Writable(Ok(())) => blocked = false,
+            Wake::Readable(Err(_)) | Wake::Writable(Err(_)) => break Disconnect::ClientGone,
+            Wake::Queued => {}
+        }
+    };
+    shard.unregister(&conn, reason);
+    if reason == Disconnect::ClientGone {
+        return;
+    }
+    let code = conn
+        .close_requested()
+        .map_or(codes::WS_NORMAL, |(code, _)| code);
+    shard.send(&conn, close_frame(code, ""));
+    let finish = async {
+        loop {
+            match conn.flush() {
+                Ok((Flush::Drained, _)) => return true,
+                Ok((Flush::Blocked, _)) => {
+                    if stream.writable(false).await.is_err() {
+                        return false;
+                    }
+                }
+                Err(_) => return false,
+            }
+        }
+    };
+    if matches!(monoio::time::timeout(CLOSE_LINGER, finish).await, Ok(true)) {
+        linger(&stream, fd).await;
+    }
+}
+
+/// After our close frame: stop sending and wait briefly for the client to close, so that the
+/// close frame is not lost to a reset.
+async fn linger(stream: &TcpStream, fd: RawFd) {
+    io::shutdown_write(fd);
+    let drain = async {
+        let mut sink = [0u8; 512];
+        loop {
+            match io::recv(fd, &mut sink) {
+                Ok(0) => return,
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    if stream.readable(false).await.is_err() {
+                        return;
+                    }
+                }
+                Err(_) => return,
+            }
+        }
+    };
+    let _ = monoio::time::timeout(CLOSE_LINGER, drain).await;
+}
+
+/// Reads what the socket has into the shard's scratch buffer and handles every whole frame.
+/// False when the client has gone.
+fn read(shard: &Shard, conn: &Conn, reader: &mut Reader) -> bool {
+    let mut scratch = shard.scratch.borrow_mut();
+    for _ in 0..READS_PER_WAKE {
+        let n = match io::recv(conn.fd(), &mut scratch) {
+            Ok(0) => return false,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return true,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => return false,
+        };
+        stats::add(&shard.stats().bytes_in, n as u64);
+        conn.touch(shard.now());
+        if reader.carry.is_empty() {
+            let used = process(shard, conn, &mut scratch[..n], &mut reader.assembler);
+            if used < n {
+                reader.carry = scratch[used..n].to_vec();
+            }
+        } else {
+            reader.carry.extend_from_slice(&scratch[..n]);
+            let used = process(shard, conn, &mut reader.carry, &mut reader.assembler);
+            reader.carry.drain(..used);
+            if reader.carry.is_empty() {
+                reader.carry = Vec::new();
+            }
+        }
+        if conn.close_requested().is_some() || n < scratch.len() {
+            return true;
+        }
+    }
+    true
+}
+
+/// Decodes and handles the whole frames at the start of `buf`; returns the bytes used.
+fn process(shard: &Shard, conn: &Conn, buf: &mut [u8], assembler: &mut Assembler) -> usize {
+    let max = shard.node.config.max_message_bytes;
+    let mut used = 0;
+    while used < buf.len() && conn.close_requested().is_none() {
+        let head = match FrameHead::decode(&mut buf[used..], max) {
+            Ok(Some(head)) => head,
+            Ok(None) => break,
+            Err(error) => {
+                protocol_error(shard, conn, &error);
+                break;
+            }
+        };
+        let payload = &buf[used + head.header_len..used + head.frame_len()];
+        used += head.frame_len();
+        match assembler.push(head, payload, max) {
+            Ok(Some(message)) => handle_frame(shard, conn, message),
+            Ok(None) => {}
+            Err(error) => protocol_error(shard, conn, &error),
+        }
+    }
+    used
+}
+
+fn protocol_error(shard: &Shard, conn: &Conn, error: &WsError) {
+    shard.reject(match error {
+        WsError::TooBig(_) => Rejection::FrameTooBig,
+        WsError::InvalidUtf8 => Rejection::InvalidUtf8,
+        WsError::Protocol(_) => Rejection::ProtocolError,
+    });
+    conn.request_close(error.close_code(), Disconnect::ProtocolError);
+}
+
+fn handle_frame(shard: &Shard, conn: &Conn, message: Message<'_>) {
+    match message {
+        Message::Text(text) => {
+            stats::add(&shard.stats().messages_in, 1);
+            handle_event(shard, conn, &text);
+        }
+        Message::Binary => {
+            shard.reject(Rejection::BinaryFrame);
+            conn.request_close(codes::WS_UNSUPPORTED_DATA, Disconnect::ProtocolError);
+        }
+        Message::Ping(payload) => {
+            shard.send(conn, pong_frame(payload));
+        }
+        Message::Pong => {}
+        Message::Close(code) => {
+            conn.request_close(code.unwrap_or(codes::WS_NORMAL), Disconnect::ClientClose)
+        }
+    }
+}
+
+fn send_error(shard: &Shard, conn: &Conn, code: Option<u16>, text: &str) {
+    shard.send(conn, text_frame(&message::error(code, text)));
+}
+
+fn handle_event(shard: &Shard, conn: &Conn, text: &str) {
+    match ClientMessage::parse(text) {
+        Err(error) => {
+            shard.reject(Rejection::BadMessage);
+            send_error(shard, conn, None, &error.to_string());
+        }
+        Ok(ClientMessage::Ping) => {
+            shard.send(conn, shard.pong.clone());
+        }
+        Ok(ClientMessage::Pong) => {}
+        Ok(ClientMessage::Subscribe {
+            channel,
+            auth,
+            channel_data,
+        }) => subscribe(
+            shard,
+            conn,
+            &channel,
+            auth.as_deref(),
+            channel_data.as_deref(),
+        ),
+        Ok(ClientMessage::Unsubscribe { channel }) => {
+            shard
+                .registry
+                .borrow_mut()
+                .unsubscribe(conn.app, &channel, conn.id);
+            conn.subscriptions.borrow_mut().retain(|c| **c != *channel);
+        }
+        Ok(ClientMessage::ClientEvent {
+            event,
+            channel,
+            data,
+        }) => client_event(shard, conn, &event, &channel, &data),
+        Ok(ClientMessage::Unsupported { event }) => {
+            shard.reject(Rejection::UnsupportedEvent);
+            send_error(shard, conn, None, &format!("unsupported event {event}"));
+        }
+    }
+}
+
+/// Refuses a subscription with `pusher:subscription_error`, and `pusher:error` 4009 because
+/// the client must not retry unchanged.
+fn refuse_subscription(
+    shard: &Shard,
+    conn: &Conn,
+    channel: &str,
+    rejection: Rejection,
+    (kind, status): (&str, u16),
+    reason: &str,
+) {
+    shard.reject(rejection);
+    shard.send(
+        conn,
+        text_frame(&message::subscription_error(channel, kind, reason, status)),
+    );
+    send_error(shard, conn, Some(codes::UNAUTHORIZED), reason);
+}
+
+fn subscribe(shard: &Shard, conn: &Conn, name: &str, auth: Option<&str>, data: Option<&str>) {
+    if let Err(error) = channel::validate_name(name) {
+        let reason = format!("invalid channel name {name:?}: {error}");
+        return refuse_subscription(
+            shard,
+            conn,
+            name,
+            Rejection::BadChannel,
+            ("InvalidChannel", 400),
+            &reason,
+        );
+    }
+    let kind = ChannelKind::of(name);
+    if kind.is_presence() {
+        let reason = "presence channels are not supported by this gateway yet";
+        return refuse_subscription(
+            shard,
+            conn,
+            name,
+            Rejection::PresenceUnsupported,
+            ("UnsupportedChannel", 501),
+            reason,
+        );
+    }
+    if kind.needs_auth() {
+        let app = &shard.node.config.apps[conn.app];
+        let socket_id = conn.socket_id.to_string();
+        let valid = auth.is_some_and(|auth| {
+            signature::verify_channel_auth(
+                &app.key,
+                &app.secret,
+                &socket_id,
+                name,
+                data.filter(|_| kind.is_presence()),
+                auth,
+            )
+        });
+        if !valid {
+            let reason = format!("invalid signature for channel {name}");
+            return refuse_subscription(
+                shard,
+                conn,
+                name,
+                Rejection::SubscriptionAuth,
+                ("AuthError", 401),
+                &reason,
+            );
+        }
+    }
+    let conn_rc = shard.conns.borrow().get(&conn.id).cloned();
+    let Some(conn_rc) = conn_rc else {
+        return;
+    };
+    if shard
+        .registry
+        .borrow_mut()
+        .subscribe(conn.app, name, conn.id, conn_rc)
+    {
+        conn.subscriptions.borrow_mut().push(name.into());
+    }
+    shard.send(conn, text_frame(&message::subscription_succeeded(name)));
+    if kind.is_cache() {
+        let cached = shard
+            .registry
+            .borrow_mut()
+            .cached(conn.app, name, std::time::Instant::now());
+        let frame = cached.unwrap_or_else(|| text_frame(&message::cache_miss(name)));
+        shard.send(conn, frame);
+    }
+}
+
+fn client_event(shard: &Shard, conn: &Conn, event: &str, name: &str, data: &serde_json::Value) {
+    let config = &shard.node.config;
+    let refused = if !config.apps[conn.app].client_events {
+        Some("client events are not enabled for this app")
+    } else if !ChannelKind::of(name).allows_client_events() {
+        Some("client events are only accepted on private and presence channels")
+    } else if !conn.is_subscribed(name) {
+        Some("client events need a subscription to the channel")
+    } else {
+        None
+    };
+    if let Some(reason) = refused {
+        shard.reject(Rejection::ClientEventRefused);
+        return send_error(shard, conn, None, reason);
+    }
+    if !conn.allow_client_event(shard.now(), config.client_event_rate) {
+        shard.reject(Rejection::ClientEventRate);
+        let reason = format!(
+            "more than {} client events per second",
+            config.client_event_rate
+        );
+        return send_error(shard, conn, Some(codes::CLIENT_EVENT_RATE_LIMIT), &reason);
+    }
+    let frame = text_frame(&message::channel_event(event, name, data, None));
+    shard.publish(conn.app, name, frame, Some(conn.socket_id));
+}
