@@ -34,6 +34,9 @@ pub struct Conn {
     fd: RawFd,
     outbound: RefCell<VecDeque<Bytes>>,
     queued_bytes: Cell<usize>,
+    /// Whether the first queued frame is partly written, so it must be finished before anything
+    /// else (such as a close frame) goes out.
+    front_started: Cell<bool>,
     /// The session task, parked while it waits for the socket or for frames.
     waker: Cell<Option<Waker>>,
     close: Cell<Option<(u16, Disconnect)>>,
@@ -53,6 +56,7 @@ impl Conn {
             fd,
             outbound: RefCell::new(VecDeque::new()),
             queued_bytes: Cell::new(0),
+            front_started: Cell::new(false),
             waker: Cell::new(None),
             close: Cell::new(None),
             last_seen: Cell::new(now),
@@ -81,8 +85,10 @@ impl Conn {
             return;
         }
         if reason == Disconnect::SlowConsumer {
-            self.outbound.borrow_mut().clear();
-            self.queued_bytes.set(0);
+            let mut outbound = self.outbound.borrow_mut();
+            let keep = usize::from(self.front_started.get());
+            outbound.truncate(keep);
+            self.queued_bytes.set(outbound.iter().map(Bytes::len).sum());
         }
         self.close.set(Some((code, reason)));
         self.wake();
@@ -164,8 +170,10 @@ impl Conn {
                 if front.len() <= left {
                     left -= front.len();
                     outbound.pop_front();
+                    self.front_started.set(false);
                 } else {
                     front.advance(left);
+                    self.front_started.set(true);
                     left = 0;
                 }
             }

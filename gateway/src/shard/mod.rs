@@ -107,10 +107,18 @@ impl Shard {
         }
     }
 
-    /// Queues a frame to one connection, closing it as a slow consumer when its queue is full.
+    /// Queues a frame to one connection, closing it as a slow consumer when its queue is full
+    /// even after handing the kernel what it will take now.
     fn send(&self, conn: &Conn, frame: Bytes) -> bool {
-        if conn.enqueue(frame, self.node.config.outbound_queue_bytes) {
+        let limit = self.node.config.outbound_queue_bytes;
+        if conn.enqueue(frame.clone(), limit) {
             return true;
+        }
+        if let Ok((_, written)) = conn.flush() {
+            stats::add(&self.stats().bytes_out, written as u64);
+            if conn.enqueue(frame, limit) {
+                return true;
+            }
         }
         conn.request_close(codes::OVER_CAPACITY, Disconnect::SlowConsumer);
         stats::add(&self.stats().slow_consumer_disconnects, 1);

@@ -1,0 +1,303 @@
+//! Runs the real `gateway` binary for integration tests, and talks to it as clients do.
+
+#![allow(dead_code)] // Each test file uses its own part of these helpers.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use gateway::protocol::signature;
+use serde_json::{json, Value};
+use tungstenite::protocol::frame::coding::CloseCode;
+use tungstenite::stream::MaybeTlsStream;
+use tungstenite::{Message, WebSocket};
+
+pub const KEY: &str = "app-key";
+pub const SECRET: &str = "app-secret";
+pub const APP_ID: &str = "1";
+
+/// A port nothing listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A running gateway, killed when dropped.
+pub struct Gateway {
+    pub child: Child,
+    pub port: u16,
+    pub admin_port: u16,
+}
+
+impl Gateway {
+    /// Starts the binary with extra flags and waits until /ready answers 200.
+    pub fn start(extra: &[&str]) -> Gateway {
+        let port = free_port();
+        let admin_port = free_port();
+        let mut args = vec![
+            "--bind".to_string(),
+            "127.0.0.1".into(),
+            "--port".into(),
+            port.to_string(),
+            "--admin-port".into(),
+            admin_port.to_string(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let child = Command::new(env!("CARGO_BIN_EXE_gateway"))
+            .args(&args)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("gateway binary starts");
+        let gateway = Gateway {
+            child,
+            port,
+            admin_port,
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok((200, _)) = http_get(admin_port, "/ready") {
+                return gateway;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("gateway did not become ready");
+    }
+
+    pub fn url(&self, key: &str) -> String {
+        format!(
+            "ws://127.0.0.1:{}/app/{key}?protocol=7&client=js&version=8.4.0",
+            self.port
+        )
+    }
+
+    /// A connected Pusher client that has read its connection_established.
+    pub fn client(&self) -> Client {
+        let (socket, _) = tungstenite::connect(self.url(KEY)).expect("websocket connects");
+        let mut client = Client {
+            socket,
+            socket_id: String::new(),
+        };
+        client.set_timeout(Duration::from_secs(5));
+        let established = client.next_event();
+        assert_eq!(established["event"], "pusher:connection_established");
+        let data: Value = serde_json::from_str(established["data"].as_str().unwrap()).unwrap();
+        client.socket_id = data["socket_id"].as_str().unwrap().to_string();
+        client
+    }
+
+    /// The sum of every sample of a metric whose name and labels start with `prefix`.
+    pub fn metric(&self, prefix: &str) -> f64 {
+        let (status, body) = http_get(self.admin_port, "/metrics").expect("metrics answer");
+        assert_eq!(status, 200);
+        body.lines()
+            .filter(|line| line.starts_with(prefix))
+            .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    /// Waits until `metric(prefix)` reaches `at_least`, for counters that other threads update.
+    pub fn wait_metric(&self, prefix: &str, at_least: f64) -> f64 {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let value = self.metric(prefix);
+            if value >= at_least || Instant::now() > deadline {
+                return value;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Sends a signed HTTP API request; returns status and body.
+    pub fn api(
+        &self,
+        method: &str,
+        path: &str,
+        query: &[(&str, &str)],
+        body: &str,
+    ) -> (u16, String) {
+        let request = signed_request(method, path, query, body, now_secs());
+        raw_http(self.port, &request)
+    }
+
+    /// Publishes an event through the HTTP API and expects 200.
+    pub fn publish(&self, channel: &str, event: &str, data: &str) {
+        let body = json!({"name": event, "channel": channel, "data": data}).to_string();
+        let (status, answer) = self.api("POST", &format!("/apps/{APP_ID}/events"), &[], &body);
+        assert_eq!(status, 200, "{answer}");
+    }
+
+    /// Sends SIGTERM.
+    pub fn terminate(&self) {
+        // SAFETY: kill takes no pointers; the pid is our own child's.
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// An HTTP request signed as the Pusher server SDKs sign them.
+pub fn signed_request(
+    method: &str,
+    path: &str,
+    query: &[(&str, &str)],
+    body: &str,
+    timestamp: u64,
+) -> String {
+    let timestamp = timestamp.to_string();
+    let md5 = signature::body_md5(body.as_bytes());
+    let mut params: Vec<(&str, &str)> = vec![
+        ("auth_key", KEY),
+        ("auth_timestamp", &timestamp),
+        ("auth_version", "1.0"),
+    ];
+    if !body.is_empty() {
+        params.push(("body_md5", &md5));
+    }
+    params.extend_from_slice(query);
+    let to_sign = signature::api_string_to_sign(method, path, params.iter().copied());
+    let auth_signature = signature::sign(SECRET, &to_sign);
+    let mut query_string: Vec<String> = params.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    query_string.push(format!("auth_signature={auth_signature}"));
+    format!(
+        "{method} {path}?{} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        query_string.join("&"),
+        body.len()
+    )
+}
+
+/// Sends raw bytes and reads the whole response (the request asks for Connection: close).
+pub fn raw_http(port: u16, request: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response);
+    parse_response(&response)
+}
+
+pub fn parse_response(response: &str) -> (u16, String) {
+    let status = response
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_string();
+    (status, body)
+}
+
+pub fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut response = String::new();
+    BufReader::new(stream).read_to_string(&mut response)?;
+    Ok(parse_response(&response))
+}
+
+/// Reads one line of a child's output, for scripts that report as they go.
+pub fn read_line(reader: &mut impl BufRead) -> String {
+    let mut line = String::new();
+    reader.read_line(&mut line).unwrap();
+    line
+}
+
+/// A Pusher client over tungstenite.
+pub struct Client {
+    pub socket: WebSocket<MaybeTlsStream<TcpStream>>,
+    pub socket_id: String,
+}
+
+/// How a client's connection ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Ended {
+    Closed(Option<u16>),
+    TimedOut,
+}
+
+impl Client {
+    pub fn set_timeout(&mut self, timeout: Duration) {
+        if let MaybeTlsStream::Plain(stream) = self.socket.get_mut() {
+            stream.set_read_timeout(Some(timeout)).unwrap();
+        }
+    }
+
+    pub fn send(&mut self, event: Value) {
+        self.socket.send(Message::text(event.to_string())).unwrap();
+    }
+
+    /// The next Pusher event; panics on close or timeout.
+    pub fn next_event(&mut self) -> Value {
+        loop {
+            match self.socket.read().expect("an event arrives") {
+                Message::Text(text) => return serde_json::from_str(&text).unwrap(),
+                Message::Ping(_) | Message::Pong(_) => {}
+                other => panic!("unexpected frame {other:?}"),
+            }
+        }
+    }
+
+    /// Reads until the server closes; returns the close code.
+    pub fn wait_close(&mut self) -> Ended {
+        loop {
+            match self.socket.read() {
+                Ok(Message::Close(frame)) => {
+                    return Ended::Closed(frame.map(|f| u16::from(f.code)));
+                }
+                Ok(_) => {}
+                Err(tungstenite::Error::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    return Ended::TimedOut
+                }
+                Err(tungstenite::Error::Io(e)) if e.kind() == std::io::ErrorKind::TimedOut => {
+                    return Ended::TimedOut
+                }
+                Err(_) => return Ended::Closed(None),
+            }
+        }
+    }
+
+    pub fn subscribe(&mut self, channel: &str) -> Value {
+        let auth = if gateway::protocol::ChannelKind::of(channel).needs_auth() {
+            let to_sign = signature::channel_auth_message(&self.socket_id, channel, None);
+            json!(format!("{KEY}:{}", signature::sign(SECRET, &to_sign)))
+        } else {
+            Value::Null
+        };
+        self.send(json!({"event": "pusher:subscribe", "data": {"channel": channel, "auth": auth}}));
+        self.next_event()
+    }
+
+    pub fn close(mut self) {
+        let _ = self.socket.close(Some(tungstenite::protocol::CloseFrame {
+            code: CloseCode::Normal,
+            reason: "".into(),
+        }));
+    }
+}

@@ -1,0 +1,187 @@
+//! The HTTP API: signed publishing, channel queries, keep-alive, and each refusal counted.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use common::{now_secs, signed_request, Gateway, APP_ID};
+use serde_json::{json, Value};
+
+#[test]
+fn publish_reaches_subscribers_and_excludes_the_named_socket() {
+    let gateway = Gateway::start(&["--shards", "2"]);
+    let mut a = gateway.client();
+    let mut b = gateway.client();
+    a.subscribe("news");
+    b.subscribe("news");
+    let body = json!({"name": "story", "channels": ["news"], "data": "{\"n\":1}", "socket_id": a.socket_id}).to_string();
+    let (status, answer) = gateway.api("POST", "/apps/1/events", &[], &body);
+    assert_eq!((status, answer.as_str()), (200, "{}"));
+    let event = b.next_event();
+    assert_eq!(
+        event,
+        json!({"event": "story", "channel": "news", "data": "{\"n\":1}"})
+    );
+    gateway.publish("news", "second", "2");
+    assert_eq!(
+        a.next_event()["event"],
+        "second",
+        "a missed only the excluded event"
+    );
+    assert_eq!(b.next_event()["event"], "second");
+}
+
+#[test]
+fn batch_events_and_channel_queries() {
+    let gateway = Gateway::start(&["--shards", "2"]);
+    let mut clients: Vec<_> = (0..4).map(|_| gateway.client()).collect();
+    for client in &mut clients[..3] {
+        client.subscribe("private-room");
+    }
+    clients[3].subscribe("lobby");
+    let batch = json!({"batch": [
+        {"name": "a", "channel": "private-room", "data": "1"},
+        {"name": "b", "channel": "lobby", "data": "2"},
+    ]})
+    .to_string();
+    let (status, answer) = gateway.api("POST", "/apps/1/batch_events", &[], &batch);
+    assert_eq!((status, answer.as_str()), (200, r#"{"batch":[{},{}]}"#));
+    for client in &mut clients[..3] {
+        assert_eq!(client.next_event()["event"], "a");
+    }
+    assert_eq!(clients[3].next_event()["event"], "b");
+
+    let (status, answer) = gateway.api(
+        "GET",
+        "/apps/1/channels",
+        &[("info", "subscription_count")],
+        "",
+    );
+    assert_eq!(status, 200, "{answer}");
+    let answer: Value = serde_json::from_str(&answer).unwrap();
+    assert_eq!(
+        answer["channels"]["private-room"]["subscription_count"], 3,
+        "counted across shards"
+    );
+    assert_eq!(answer["channels"]["lobby"]["subscription_count"], 1);
+
+    let (_, answer) = gateway.api(
+        "GET",
+        "/apps/1/channels",
+        &[("filter_by_prefix", "private-")],
+        "",
+    );
+    assert_eq!(answer, r#"{"channels":{"private-room":{}}}"#);
+
+    let (status, answer) = gateway.api(
+        "GET",
+        "/apps/1/channels/private-room",
+        &[("info", "subscription_count")],
+        "",
+    );
+    assert_eq!(
+        (status, answer.as_str()),
+        (200, r#"{"occupied":true,"subscription_count":3}"#)
+    );
+    let (_, answer) = gateway.api("GET", "/apps/1/channels/empty", &[], "");
+    assert_eq!(answer, r#"{"occupied":false}"#);
+    let (status, _) = gateway.api("GET", "/apps/1/channels/lobby/users", &[], "");
+    assert_eq!(status, 400, "users of a non-presence channel");
+}
+
+#[test]
+fn refusals_have_their_status_and_are_counted() {
+    let gateway = Gateway::start(&["--max-request-body-bytes", "4096"]);
+    let good = json!({"name": "e", "channel": "c", "data": "d"}).to_string();
+    let port = gateway.port;
+
+    let stale = signed_request("POST", "/apps/1/events", &[], &good, now_secs() - 601);
+    assert_eq!(common::raw_http(port, &stale).0, 401);
+    let tampered = signed_request("POST", "/apps/1/events", &[], &good, now_secs())
+        .replace("auth_version=1.0", "auth_version=1.0&extra=1");
+    assert_eq!(common::raw_http(port, &tampered).0, 401);
+    let wrong_body = signed_request("POST", "/apps/1/events", &[], &good, now_secs())
+        .replace("\"data\":\"d\"", "\"data\":\"x\"");
+    assert_eq!(
+        common::raw_http(port, &wrong_body).0,
+        401,
+        "body_md5 mismatch"
+    );
+    assert_eq!(
+        gateway.metric("gateway_rejected_total{reason=\"unauthorized\"}"),
+        3.0
+    );
+
+    let big_data =
+        json!({"name": "e", "channel": "c", "data": "x".repeat(10 * 1024 + 1)}).to_string();
+    let (status, _) = gateway.api("POST", "/apps/1/events", &[], &big_data);
+    assert_eq!(status, 413, "event data over 10 KiB");
+    let huge_body = json!({"name": "e", "channel": "c", "data": "x".repeat(5000)}).to_string();
+    let (status, _) = gateway.api("POST", "/apps/1/events", &[], &huge_body);
+    assert_eq!(status, 413, "body over the request limit");
+    assert_eq!(
+        gateway.metric("gateway_rejected_total{reason=\"body_too_large\"}"),
+        2.0
+    );
+
+    let (status, _) = gateway.api("POST", "/apps/99/events", &[], &good);
+    assert_eq!(status, 404);
+    let (status, _) = gateway.api("GET", "/apps/1/events", &[], "");
+    assert_eq!(status, 405);
+    let bad_channel = json!({"name": "e", "channel": "a b", "data": "d"}).to_string();
+    assert_eq!(
+        gateway.api("POST", "/apps/1/events", &[], &bad_channel).0,
+        400
+    );
+    let (status, _) = gateway.api("POST", "/apps/1/events", &[], "{not json");
+    assert_eq!(status, 400);
+    assert!(gateway.metric("gateway_http_requests_total{status=\"413\"}") >= 2.0);
+
+    let (status, _) = gateway.api("POST", &format!("/apps/{APP_ID}/events"), &[], &good);
+    assert_eq!(status, 200, "the API still works");
+}
+
+#[test]
+fn keep_alive_serves_many_requests_on_one_connection() {
+    let gateway = Gateway::start(&[]);
+    let mut stream = TcpStream::connect(("127.0.0.1", gateway.port)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let body = json!({"name": "e", "channel": "c", "data": "d"}).to_string();
+    for _ in 0..5 {
+        let request = signed_request("POST", "/apps/1/events", &[], &body, now_secs())
+            .replace("Connection: close", "Connection: keep-alive");
+        stream.write_all(request.as_bytes()).unwrap();
+        let mut response = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !String::from_utf8_lossy(&response).ends_with("{}") {
+            let n = stream.read(&mut buf).unwrap();
+            assert!(n > 0, "connection stayed open");
+            response.extend_from_slice(&buf[..n]);
+        }
+        let text = String::from_utf8(response).unwrap();
+        assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+        assert!(text.contains("Connection: keep-alive"));
+    }
+}
+
+#[test]
+fn health_reports_status_and_connections() {
+    let gateway = Gateway::start(&[]);
+    let _client = gateway.client();
+    for port in [gateway.port, gateway.admin_port] {
+        let (status, body) = common::http_get(port, "/health").unwrap();
+        let health: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(
+            (
+                status,
+                health["status"].as_str(),
+                health["connections"].as_i64()
+            ),
+            (200, Some("ok"), Some(1))
+        );
+    }
+}

@@ -1,0 +1,87 @@
+//! Start-up checks and the graceful drain.
+
+mod common;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{Ended, Gateway};
+
+#[test]
+fn a_second_gateway_on_the_same_port_refuses_to_start() {
+    let first = Gateway::start(&[]);
+    let output = Command::new(env!("CARGO_BIN_EXE_gateway"))
+        .args([
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            &first.port.to_string(),
+            "--admin-port",
+            &common::free_port().to_string(),
+        ])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("already in use"), "{stderr}");
+}
+
+#[test]
+fn bad_settings_name_the_setting_and_exit_2() {
+    let output = Command::new(env!("CARGO_BIN_EXE_gateway"))
+        .args(["--port", "http"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("setting port"));
+}
+
+fn drains(start_drain: impl FnOnce(&Gateway)) {
+    let mut gateway = Gateway::start(&["--shards", "2", "--drain-seconds", "1"]);
+    let mut clients: Vec<_> = (0..20).map(|_| gateway.client()).collect();
+    let started = Instant::now();
+    start_drain(&gateway);
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        match common::http_get(gateway.admin_port, "/ready") {
+            Ok((503, _)) => break,
+            _ if Instant::now() > deadline => panic!("/ready did not turn 503"),
+            _ => std::thread::sleep(Duration::from_millis(10)),
+        }
+    }
+    for client in &mut clients {
+        client.set_timeout(Duration::from_secs(5));
+        assert_eq!(client.wait_close(), Ended::Closed(Some(4200)));
+    }
+    let status = loop {
+        if let Some(status) = gateway.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "gateway exits after the drain"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success());
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", gateway.port)).is_err(),
+        "listeners closed"
+    );
+}
+
+#[test]
+fn sigterm_drains_clients_with_4200_then_exits() {
+    drains(Gateway::terminate);
+}
+
+#[test]
+fn post_drain_on_the_admin_port_drains_too() {
+    drains(|gateway| {
+        let (status, _) = common::raw_http(
+            gateway.admin_port,
+            "POST /drain HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        );
+        assert_eq!(status, 202);
+    });
+}

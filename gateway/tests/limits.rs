@@ -1,0 +1,369 @@
+//! Every bad input and limit gets its protocol error code or HTTP status, is counted in
+//! /metrics, and leaves other connections working.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use common::{Ended, Gateway};
+use serde_json::json;
+use tungstenite::Message;
+
+/// A subscriber on a public channel that must keep receiving while the test misbehaves.
+fn bystander(gateway: &Gateway) -> common::Client {
+    let mut client = gateway.client();
+    assert_eq!(
+        client.subscribe("bystanders")["event"],
+        "pusher_internal:subscription_succeeded"
+    );
+    client
+}
+
+fn assert_still_served(gateway: &Gateway, bystander: &mut common::Client) {
+    gateway.publish("bystanders", "still-here", "yes");
+    let event = bystander.next_event();
+    assert_eq!(event["event"], "still-here");
+}
+
+/// Opens a raw WebSocket (handshake done by hand) to send frames tungstenite would refuse to.
+fn raw_websocket(gateway: &Gateway) -> TcpStream {
+    let mut stream = TcpStream::connect(("127.0.0.1", gateway.port)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    write!(
+        stream,
+        "GET /app/app-key?protocol=7 HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        stream.read_exact(&mut byte).unwrap();
+        head.push(byte[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 101"));
+    stream
+}
+
+/// Reads server frames until a close frame; returns its code.
+fn read_close_code(stream: &mut TcpStream) -> Option<u16> {
+    let mut all = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = stream.read(&mut buf).unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        all.extend_from_slice(&buf[..n]);
+    }
+    let mut at = 0;
+    while at + 2 <= all.len() {
+        let opcode = all[at] & 0x0f;
+        let (len, header) = match all[at + 1] & 0x7f {
+            126 => (u16::from_be_bytes([all[at + 2], all[at + 3]]) as usize, 4),
+            127 => return None,
+            n => (n as usize, 2),
+        };
+        if opcode == 0x8 && len >= 2 {
+            return Some(u16::from_be_bytes([all[at + header], all[at + header + 1]]));
+        }
+        at += header + len;
+    }
+    None
+}
+
+fn masked(first: u8, payload: &[u8]) -> Vec<u8> {
+    let mut frame = vec![first];
+    match payload.len() {
+        n if n < 126 => frame.push(0x80 | n as u8),
+        n if n < 65536 => {
+            frame.push(0x80 | 126);
+            frame.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            frame.push(0x80 | 127);
+            frame.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    frame.extend_from_slice(&[1, 2, 3, 4]);
+    frame.extend(
+        payload
+            .iter()
+            .enumerate()
+            .map(|(i, b)| b ^ [1, 2, 3, 4][i % 4]),
+    );
+    frame
+}
+
+#[test]
+fn websocket_frame_violations_close_with_their_codes() {
+    let gateway = Gateway::start(&["--shards", "2", "--max-message-bytes", "1024"]);
+    let mut watcher = bystander(&gateway);
+    let cases: [(Vec<u8>, u16, &str); 5] = [
+        (masked(0x81, &[b'a'; 2000]), 1009, "frame_too_big"),
+        (masked(0x82, b"bin"), 1003, "binary_frame"),
+        (masked(0x81, &[0xff, 0xfe]), 1007, "invalid_utf8"),
+        (vec![0x81, 0x01, b'a'], 1002, "ws_protocol_error"),
+        (masked(0xc1, b"x"), 1002, "ws_protocol_error"),
+    ];
+    for (frame, code, reason) in cases {
+        let before = gateway.metric(&format!("gateway_rejected_total{{reason=\"{reason}\"}}"));
+        let mut stream = raw_websocket(&gateway);
+        stream.write_all(&frame).unwrap();
+        assert_eq!(read_close_code(&mut stream), Some(code), "{reason}");
+        let after = gateway.wait_metric(
+            &format!("gateway_rejected_total{{reason=\"{reason}\"}}"),
+            before + 1.0,
+        );
+        assert_eq!(after, before + 1.0, "{reason} counted");
+    }
+    let mut fragmented = masked(0x01, &[b'a'; 600]);
+    fragmented.extend(masked(0x80, &[b'a'; 600]));
+    let mut stream = raw_websocket(&gateway);
+    stream.write_all(&fragmented).unwrap();
+    assert_eq!(
+        read_close_code(&mut stream),
+        Some(1009),
+        "a message over the limit in fragments"
+    );
+    assert_still_served(&gateway, &mut watcher);
+}
+
+#[test]
+fn pusher_level_refusals() {
+    let gateway = Gateway::start(&[]);
+    let mut watcher = bystander(&gateway);
+    for (url, code, reason) in [
+        (gateway.url("wrong-key"), 4001, "unknown_app"),
+        (
+            format!("ws://127.0.0.1:{}/app/app-key?protocol=3", gateway.port),
+            4007,
+            "unsupported_protocol",
+        ),
+    ] {
+        let (mut socket, _) = tungstenite::connect(url).unwrap();
+        let error = match socket.read().unwrap() {
+            Message::Text(text) => serde_json::from_str::<serde_json::Value>(&text).unwrap(),
+            other => panic!("expected pusher:error, got {other:?}"),
+        };
+        assert_eq!(error["event"], "pusher:error");
+        assert_eq!(error["data"]["code"], code);
+        let mut client = common::Client {
+            socket,
+            socket_id: String::new(),
+        };
+        assert_eq!(client.wait_close(), Ended::Closed(Some(code)));
+        assert_eq!(
+            gateway.wait_metric(
+                &format!("gateway_rejected_total{{reason=\"{reason}\"}}"),
+                1.0
+            ),
+            1.0
+        );
+    }
+
+    let mut client = gateway.client();
+    let answer = client.subscribe("bad name!");
+    assert_eq!(answer["event"], "pusher:subscription_error");
+    assert_eq!(answer["data"]["status"], 400);
+    assert_eq!(client.next_event()["data"]["code"], 4009);
+
+    client.send(json!({"event": "pusher:subscribe", "data": {"channel": "private-x", "auth": "app-key:00ff"}}));
+    let answer = client.next_event();
+    assert_eq!(
+        (answer["event"].as_str(), answer["data"]["type"].as_str()),
+        (Some("pusher:subscription_error"), Some("AuthError"))
+    );
+    assert_eq!(client.next_event()["data"]["code"], 4009);
+
+    let answer = client.subscribe("presence-room");
+    assert_eq!(answer["event"], "pusher:subscription_error");
+    client.next_event();
+
+    client.send(json!({"event": "pusher:signin", "data": {}}));
+    assert_eq!(client.next_event()["event"], "pusher:error");
+    client.socket.send(Message::text("not json")).unwrap();
+    assert_eq!(client.next_event()["event"], "pusher:error");
+
+    for reason in [
+        "bad_channel",
+        "subscription_auth",
+        "presence_unsupported",
+        "unsupported_event",
+        "bad_message",
+    ] {
+        assert_eq!(
+            gateway.metric(&format!("gateway_rejected_total{{reason=\"{reason}\"}}")),
+            1.0,
+            "{reason}"
+        );
+    }
+    assert_eq!(
+        client.subscribe("fine")["event"],
+        "pusher_internal:subscription_succeeded",
+        "the connection survives"
+    );
+    assert_still_served(&gateway, &mut watcher);
+}
+
+#[test]
+fn upgrade_and_request_head_limits() {
+    let gateway = Gateway::start(&["--head-timeout", "1"]);
+    let mut watcher = bystander(&gateway);
+    let upgrade = |headers: &str| {
+        common::raw_http(
+            gateway.port,
+            &format!("GET /app/app-key HTTP/1.1\r\nHost: x\r\n{headers}\r\n"),
+        )
+    };
+    let key = "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n";
+    assert_eq!(
+        upgrade(&format!(
+            "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 8\r\n{key}"
+        ))
+        .0,
+        426
+    );
+    assert_eq!(
+        upgrade("Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n").0,
+        400
+    );
+    assert_eq!(
+        upgrade(&format!(
+            "Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n{key}"
+        ))
+        .0,
+        426
+    );
+    assert_eq!(
+        gateway.metric("gateway_rejected_total{reason=\"bad_upgrade\"}"),
+        3.0
+    );
+
+    let huge = format!(
+        "GET /health HTTP/1.1\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(9000)
+    );
+    assert_eq!(common::raw_http(gateway.port, &huge).0, 431);
+    assert_eq!(
+        gateway.metric("gateway_rejected_total{reason=\"head_too_large\"}"),
+        1.0
+    );
+
+    assert_eq!(
+        common::raw_http(gateway.port, "GET /nowhere HTTP/1.1\r\n\r\n").0,
+        404
+    );
+
+    let mut slow = TcpStream::connect(("127.0.0.1", gateway.port)).unwrap();
+    slow.write_all(b"GET /health HTTP/1.1\r\n").unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut buf = [0u8; 16];
+    assert_eq!(
+        slow.read(&mut buf).unwrap_or(0),
+        0,
+        "an unfinished head is closed"
+    );
+    assert_eq!(
+        gateway.wait_metric("gateway_rejected_total{reason=\"head_timeout\"}", 1.0),
+        1.0
+    );
+    assert_still_served(&gateway, &mut watcher);
+}
+
+#[test]
+fn silent_clients_are_closed_with_4201() {
+    let gateway = Gateway::start(&["--activity-timeout", "1", "--inactivity-timeout", "2"]);
+    let mut silent = gateway.client();
+    silent.set_timeout(Duration::from_secs(6));
+    assert_eq!(silent.wait_close(), Ended::Closed(Some(4201)));
+    assert_eq!(
+        gateway.metric("gateway_disconnects_total{reason=\"activity_timeout\"}"),
+        1.0
+    );
+}
+
+#[test]
+fn client_events_over_the_rate_get_4301() {
+    let gateway = Gateway::start(&["--client-event-rate", "3"]);
+    let mut sender = gateway.client();
+    let mut receiver = gateway.client();
+    for client in [&mut sender, &mut receiver] {
+        assert_eq!(
+            client.subscribe("private-chat")["event"],
+            "pusher_internal:subscription_succeeded"
+        );
+    }
+    for n in 0..5 {
+        sender.send(json!({"event": "client-typing", "channel": "private-chat", "data": {"n": n}}));
+    }
+    for n in 0..3 {
+        let event = receiver.next_event();
+        assert_eq!(
+            (event["event"].as_str(), event["data"]["n"].as_i64()),
+            (Some("client-typing"), Some(n))
+        );
+    }
+    for _ in 0..2 {
+        let error = sender.next_event();
+        assert_eq!(error["data"]["code"], 4301, "{error}");
+    }
+    assert_eq!(
+        gateway.metric("gateway_rejected_total{reason=\"client_event_rate\"}"),
+        2.0
+    );
+    sender.send(json!({"event": "client-x", "channel": "public", "data": {}}));
+    assert_eq!(
+        sender.next_event()["event"],
+        "pusher:error",
+        "not on public channels"
+    );
+}
+
+#[test]
+fn a_subscriber_that_falls_behind_is_closed_with_4100() {
+    let gateway = Gateway::start(&["--shards", "2", "--outbound-queue-bytes", "65536"]);
+    let mut watcher = bystander(&gateway);
+    let mut laggard = gateway.client();
+    assert_eq!(
+        laggard.subscribe("firehose")["event"],
+        "pusher_internal:subscription_succeeded"
+    );
+    assert_eq!(
+        watcher.subscribe("firehose")["event"],
+        "pusher_internal:subscription_succeeded"
+    );
+    // The laggard stops reading; the kernel buffers fill, then its queue, then it is closed.
+    let data = "x".repeat(10_000);
+    let batch: Vec<serde_json::Value> = (0..10)
+        .map(|_| json!({"name": "bulk", "channel": "firehose", "data": data}))
+        .collect();
+    let body = json!({ "batch": batch }).to_string();
+    let mut received = 0;
+    for _ in 0..200 {
+        let (status, _) = gateway.api("POST", "/apps/1/batch_events", &[], &body);
+        assert_eq!(status, 200);
+        for _ in 0..10 {
+            assert_eq!(watcher.next_event()["event"], "bulk");
+            received += 1;
+        }
+        if gateway.metric("gateway_slow_consumer_disconnects_total") >= 1.0 {
+            break;
+        }
+    }
+    assert_eq!(
+        gateway.metric("gateway_slow_consumer_disconnects_total"),
+        1.0
+    );
+    assert_eq!(
+        gateway.metric("gateway_disconnects_total{reason=\"slow_consumer\"}"),
+        1.0
+    );
+    laggard.set_timeout(Duration::from_secs(10));
+    assert_eq!(laggard.wait_close(), Ended::Closed(Some(4100)));
+    assert!(received > 0);
+    assert_still_served(&gateway, &mut watcher);
+}
