@@ -39,7 +39,7 @@ pub async fn refuse_over_capacity(shard: Rc<Shard>, stream: TcpStream, _open: Op
 }
 
 /// Serves one accepted connection until it closes.
-pub async fn serve(shard: Rc<Shard>, stream: TcpStream, _open: OpenSocket) {
+pub async fn serve(shard: Rc<Shard>, stream: TcpStream, open: OpenSocket) {
     let fd = stream.as_raw_fd();
     let head_timeout = Duration::from_secs(shard.node.config.head_timeout);
     let mut pending = Vec::new();
@@ -66,35 +66,49 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, _open: OpenSocket) {
                     HeadError::TooLarge(_) => Rejection::HeadTooLarge,
                     _ => Rejection::BadRequest,
                 });
-                respond(
-                    &shard,
-                    &stream,
-                    fd,
-                    &Response::text(error.status(), error.to_string()),
-                    false,
-                )
-                .await;
+                let response = Response::text(error.status(), error.to_string());
+                Box::pin(respond(&shard, &stream, fd, &response, false)).await;
                 return;
             }
         };
         pending.drain(..head_len);
         let route = Route::of(head.path());
         if let Route::Client { app_key } = route {
-            return session::upgrade(shard, stream, head, app_key, pending).await;
+            // The session gets a task of its own, sized for a long idle life, instead of
+            // living inside this one, which is sized for HTTP requests.
+            monoio::spawn(session::upgrade(
+                shard, stream, head, app_key, pending, open,
+            ));
+            return;
         }
-        let keep_alive = head.keep_alive();
-        let response = match read_body(&shard, &stream, fd, &head, &mut pending, head_timeout).await
-        {
-            Ok(body) => answer(&shard, &route, &head, &body).await,
-            Err(response) => {
-                respond(&shard, &stream, fd, &response, false).await;
-                return;
-            }
-        };
-        if !respond(&shard, &stream, fd, &response, keep_alive).await || !keep_alive {
+        // Boxed: API requests are rare next to WebSocket upgrades, and unboxed their state
+        // would make every connection's first task several kilobytes.
+        let more = Box::pin(api_request(&shard, &stream, &head, &route, &mut pending)).await;
+        if !more {
             return;
         }
     }
+}
+
+/// Reads the body, answers one HTTP request and says whether the connection stays open.
+async fn api_request(
+    shard: &Shard,
+    stream: &TcpStream,
+    head: &RequestHead,
+    route: &Route,
+    pending: &mut Vec<u8>,
+) -> bool {
+    let fd = stream.as_raw_fd();
+    let timeout = Duration::from_secs(shard.node.config.head_timeout);
+    let keep_alive = head.keep_alive();
+    let response = match read_body(shard, stream, fd, head, pending, timeout).await {
+        Ok(body) => answer(shard, route, head, &body).await,
+        Err(response) => {
+            respond(shard, stream, fd, &response, false).await;
+            return false;
+        }
+    };
+    respond(shard, stream, fd, &response, keep_alive).await && keep_alive
 }
 
 async fn read_request(

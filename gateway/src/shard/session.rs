@@ -7,12 +7,11 @@ use std::rc::Rc;
 use std::task::Poll;
 use std::time::Duration;
 
-use futures_util::FutureExt;
 use monoio::net::TcpStream;
 
 use super::conn::{Conn, Flush};
 use super::http::{respond_and_close, write_raw};
-use super::{io, Shard};
+use super::{io, OpenSocket, Shard};
 use crate::admin::stats::{self, Disconnect, Rejection};
 use crate::http::api::parse_query;
 use crate::http::response::switching_protocols;
@@ -34,6 +33,7 @@ pub async fn upgrade(
     head: RequestHead,
     app_key: String,
     leftover: Vec<u8>,
+    open: OpenSocket,
 ) {
     let accept = match accept_upgrade(&head.method, |name| head.header(name)) {
         Ok(accept) => accept,
@@ -42,7 +42,7 @@ pub async fn upgrade(
             let response = Response::text(error.status(), error.to_string())
                 .with_header("Sec-WebSocket-Version", "13")
                 .with_header("Upgrade", "websocket");
-            return respond_and_close(&shard, &stream, &response).await;
+            return Box::pin(respond_and_close(&shard, &stream, &response)).await;
         }
     };
     let protocol = parse_query(head.query())
@@ -51,7 +51,9 @@ pub async fn upgrade(
         .map_or(Ok(7), |(_, v)| v.parse::<u8>());
     drop(head);
     shard.stats().http_status(101);
-    if !write_raw(&stream, &switching_protocols(&accept)).await {
+    let accepted = Box::pin(write_raw(&stream, &switching_protocols(&accept))).await;
+    drop(accept);
+    if !accepted {
         return;
     }
     let config = &shard.node.config;
@@ -78,13 +80,19 @@ pub async fn upgrade(
         let mut bytes = text_frame(&message::error(Some(code), &reason)).to_vec();
         bytes.extend_from_slice(&close_frame(code, &reason));
         let fd = stream.as_raw_fd();
-        if io::send_all(&stream, fd, &bytes).await.is_ok() {
-            linger(&stream, fd).await;
-        }
-        return;
+        return Box::pin(close_with(&stream, fd, bytes)).await;
     }
     let app = config.app_by_key(&app_key).map_or(0, |(index, _)| index);
-    run(shard, stream, app, leftover).await;
+    drop(app_key);
+    // Whatever the head read left over holds the first frames; an empty one keeps no memory.
+    let mut leftover = leftover;
+    leftover.shrink_to_fit();
+    let reader = Reader {
+        carry: leftover,
+        assembler: Assembler::default(),
+    };
+    // A task of its own again: this one's state is sized for the upgrade, not for idling.
+    monoio::spawn(run(shard, stream, app, reader, open));
 }
 
 /// What woke a session.
@@ -102,7 +110,13 @@ struct Reader {
     assembler: Assembler,
 }
 
-async fn run(shard: Rc<Shard>, stream: TcpStream, app: usize, leftover: Vec<u8>) {
+async fn run(
+    shard: Rc<Shard>,
+    stream: TcpStream,
+    app: usize,
+    mut reader: Reader,
+    _open: OpenSocket,
+) {
     let fd = stream.as_raw_fd();
     let (id, socket_id) = shard.next_socket_id();
     let conn = Rc::new(Conn::new(id, app, socket_id, fd, shard.now()));
@@ -110,10 +124,6 @@ async fn run(shard: Rc<Shard>, stream: TcpStream, app: usize, leftover: Vec<u8>)
     let established =
         message::connection_established(&socket_id.to_string(), shard.node.config.activity_timeout);
     shard.send(&conn, text_frame(&established));
-    let mut reader = Reader {
-        carry: leftover,
-        assembler: Assembler::default(),
-    };
     if !reader.carry.is_empty() {
         let mut carry = std::mem::take(&mut reader.carry);
         let used = process(&shard, &conn, &mut carry, &mut reader.assembler);
@@ -121,16 +131,15 @@ async fn run(shard: Rc<Shard>, stream: TcpStream, app: usize, leftover: Vec<u8>)
     }
 
     let mut readable = pin!(stream.readable(false));
-    let mut writable = pin!(stream.writable(false).fuse());
-    let mut blocked = false;
+    // Only while the socket's send buffer is full; boxed so idle sessions do not carry it.
+    let mut writable = None;
     let reason = loop {
-        if !blocked && conn.has_outbound() {
+        if writable.is_none() && conn.has_outbound() {
             match conn.flush() {
                 Ok((flushed, written)) => {
                     stats::add(&shard.stats().bytes_out, written as u64);
                     if flushed == Flush::Blocked {
-                        blocked = true;
-                        writable.set(stream.writable(false).fuse());
+                        writable = Some(Box::pin(stream.writable(false)));
                     }
                 }
                 Err(_) => break Disconnect::ClientGone,
@@ -143,12 +152,12 @@ async fn run(shard: Rc<Shard>, stream: TcpStream, app: usize, leftover: Vec<u8>)
             if let Poll::Ready(result) = readable.as_mut().poll(cx) {
                 return Poll::Ready(Wake::Readable(result));
             }
-            if blocked {
-                if let Poll::Ready(result) = writable.as_mut().poll(cx) {
+            if let Some(waiting) = writable.as_mut() {
+                if let Poll::Ready(result) = waiting.as_mut().poll(cx) {
                     return Poll::Ready(Wake::Writable(result));
                 }
             }
-            if (!blocked && conn.has_outbound()) || conn.close_requested().is_some() {
+            if (writable.is_none() && conn.has_outbound()) || conn.close_requested().is_some() {
                 return Poll::Ready(Wake::Queued);
             }
             conn.park(cx.waker());
@@ -162,7 +171,7 @@ async fn run(shard: Rc<Shard>, stream: TcpStream, app: usize, leftover: Vec<u8>)
                     break Disconnect::ClientGone;
                 }
             }
-            Wake::Writable(Ok(())) => blocked = false,
+            Wake::Writable(Ok(())) => writable = None,
             Wake::Readable(Err(_)) | Wake::Writable(Err(_)) => break Disconnect::ClientGone,
             Wake::Queued => {}
         }
@@ -175,6 +184,12 @@ async fn run(shard: Rc<Shard>, stream: TcpStream, app: usize, leftover: Vec<u8>)
         .close_requested()
         .map_or(codes::WS_NORMAL, |(code, _)| code);
     shard.send(&conn, close_frame(code, ""));
+    // Boxed: the closing steps are rare, and unboxed they would grow every idle session's task.
+    Box::pin(finish_close(&stream, fd, &conn)).await;
+}
+
+/// Writes what is queued (ending with the close frame), then lingers for the client's close.
+async fn finish_close(stream: &TcpStream, fd: RawFd, conn: &Conn) {
     let finish = async {
         loop {
             match conn.flush() {
@@ -189,7 +204,14 @@ async fn run(shard: Rc<Shard>, stream: TcpStream, app: usize, leftover: Vec<u8>)
         }
     };
     if matches!(monoio::time::timeout(CLOSE_LINGER, finish).await, Ok(true)) {
-        linger(&stream, fd).await;
+        linger(stream, fd).await;
+    }
+}
+
+/// Sends a Pusher error and close frame on a session refused at its start.
+async fn close_with(stream: &TcpStream, fd: RawFd, bytes: Vec<u8>) {
+    if io::send_all(stream, fd, &bytes).await.is_ok() {
+        linger(stream, fd).await;
     }
 }
 
