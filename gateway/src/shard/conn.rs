@@ -12,9 +12,17 @@ use bytes::{Buf, Bytes};
 use crate::admin::stats::Disconnect;
 use crate::protocol::SocketId;
 use crate::shard::io as socket;
+use crate::ws::Assembler;
 
 /// Most frames handed to one sendmsg.
 const MAX_IOVECS: usize = 64;
+
+/// Bytes of a frame that straddles two reads, and a fragmented message in progress. Exists only
+/// while one of them does.
+pub struct Reader {
+    pub carry: Vec<u8>,
+    pub assembler: Assembler,
+}
 
 /// What a flush achieved.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,6 +51,7 @@ pub struct Conn {
     /// Shard clock second of the last frame received.
     last_seen: Cell<u32>,
     pub subscriptions: RefCell<Vec<Box<str>>>,
+    pub reader: RefCell<Option<Box<Reader>>>,
     /// Client events in the current second: (second, count).
     client_events: Cell<(u32, u32)>,
 }
@@ -61,6 +70,7 @@ impl Conn {
             close: Cell::new(None),
             last_seen: Cell::new(now),
             subscriptions: RefCell::new(Vec::new()),
+            reader: RefCell::new(None),
             client_events: Cell::new((0, 0)),
         }
     }

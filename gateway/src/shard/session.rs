@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use monoio::net::TcpStream;
 
+use super::conn::Reader;
 use super::conn::{Conn, Flush};
 use super::http::{respond_and_close, write_raw};
 use super::{io, OpenSocket, Shard};
@@ -87,12 +88,8 @@ pub async fn upgrade(
     // Whatever the head read left over holds the first frames; an empty one keeps no memory.
     let mut leftover = leftover;
     leftover.shrink_to_fit();
-    let reader = Reader {
-        carry: leftover,
-        assembler: Assembler::default(),
-    };
     // A task of its own again: this one's state is sized for the upgrade, not for idling.
-    monoio::spawn(run(shard, stream, app, reader, open));
+    monoio::spawn(run(shard, stream, app, leftover, open));
 }
 
 /// What woke a session.
@@ -102,38 +99,50 @@ enum Wake {
     Queued,
 }
 
-/// Bytes of a frame that straddles two reads, and a fragmented message in progress. Both are
-/// empty, and hold no memory, while the connection is idle.
-#[derive(Default)]
-struct Reader {
-    carry: Vec<u8>,
-    assembler: Assembler,
-}
-
-async fn run(
+/// Not an `async fn`: its arguments would be stored twice in the future (once as captured, once
+/// as locals), and this future lives as long as the connection.
+fn run(
     shard: Rc<Shard>,
     stream: TcpStream,
     app: usize,
-    mut reader: Reader,
-    _open: OpenSocket,
-) {
-    let fd = stream.as_raw_fd();
-    let (id, socket_id) = shard.next_socket_id();
-    let conn = Rc::new(Conn::new(id, app, socket_id, fd, shard.now()));
-    shard.register(conn.clone());
-    let established =
-        message::connection_established(&socket_id.to_string(), shard.node.config.activity_timeout);
-    shard.send(&conn, text_frame(&established));
-    if !reader.carry.is_empty() {
-        let mut carry = std::mem::take(&mut reader.carry);
-        let used = process(&shard, &conn, &mut carry, &mut reader.assembler);
-        reader.carry = carry.split_off(used);
+    leftover: Vec<u8>,
+    open: OpenSocket,
+) -> impl Future<Output = ()> {
+    async move {
+        let _open = open;
+        let fd = stream.as_raw_fd();
+        let (id, socket_id) = shard.next_socket_id();
+        let conn = Rc::new(Conn::new(id, app, socket_id, fd, shard.now()));
+        shard.register(conn.clone());
+        let established = message::connection_established(
+            &socket_id.to_string(),
+            shard.node.config.activity_timeout,
+        );
+        shard.send(&conn, text_frame(&established));
+        if !leftover.is_empty() {
+            handle_bytes(&shard, &conn, leftover);
+        }
+        // A future of its own, so that what lives across the idle wait is only what waiting needs.
+        let reason = pump(&shard, &stream, &conn).await;
+        shard.unregister(&conn, reason);
+        if reason == Disconnect::ClientGone {
+            return;
+        }
+        let code = conn
+            .close_requested()
+            .map_or(codes::WS_NORMAL, |(code, _)| code);
+        shard.send(&conn, close_frame(code, ""));
+        // Boxed: the closing steps are rare, and unboxed they would grow every idle session's task.
+        Box::pin(finish_close(&stream, fd, &conn)).await;
     }
+}
 
+/// Moves frames both ways until the session ends; returns why it ended.
+async fn pump(shard: &Shard, stream: &TcpStream, conn: &Conn) -> Disconnect {
     let mut readable = pin!(stream.readable(false));
     // Only while the socket's send buffer is full; boxed so idle sessions do not carry it.
     let mut writable = None;
-    let reason = loop {
+    loop {
         if writable.is_none() && conn.has_outbound() {
             match conn.flush() {
                 Ok((flushed, written)) => {
@@ -142,11 +151,11 @@ async fn run(
                         writable = Some(Box::pin(stream.writable(false)));
                     }
                 }
-                Err(_) => break Disconnect::ClientGone,
+                Err(_) => return Disconnect::ClientGone,
             }
         }
         if let Some((_, reason)) = conn.close_requested() {
-            break reason;
+            return reason;
         }
         let wake = poll_fn(|cx| {
             if let Poll::Ready(result) = readable.as_mut().poll(cx) {
@@ -167,25 +176,15 @@ async fn run(
         match wake {
             Wake::Readable(Ok(())) => {
                 readable.set(stream.readable(false));
-                if !read(&shard, &conn, &mut reader) {
-                    break Disconnect::ClientGone;
+                if !read(shard, conn) {
+                    return Disconnect::ClientGone;
                 }
             }
             Wake::Writable(Ok(())) => writable = None,
-            Wake::Readable(Err(_)) | Wake::Writable(Err(_)) => break Disconnect::ClientGone,
+            Wake::Readable(Err(_)) | Wake::Writable(Err(_)) => return Disconnect::ClientGone,
             Wake::Queued => {}
         }
-    };
-    shard.unregister(&conn, reason);
-    if reason == Disconnect::ClientGone {
-        return;
     }
-    let code = conn
-        .close_requested()
-        .map_or(codes::WS_NORMAL, |(code, _)| code);
-    shard.send(&conn, close_frame(code, ""));
-    // Boxed: the closing steps are rare, and unboxed they would grow every idle session's task.
-    Box::pin(finish_close(&stream, fd, &conn)).await;
 }
 
 /// Writes what is queued (ending with the close frame), then lingers for the client's close.
@@ -239,7 +238,7 @@ async fn linger(stream: &TcpStream, fd: RawFd) {
 
 /// Reads what the socket has into the shard's scratch buffer and handles every whole frame.
 /// False when the client has gone.
-fn read(shard: &Shard, conn: &Conn, reader: &mut Reader) -> bool {
+fn read(shard: &Shard, conn: &Conn) -> bool {
     let mut scratch = shard.scratch.borrow_mut();
     for _ in 0..READS_PER_WAKE {
         let n = match io::recv(conn.fd(), &mut scratch) {
@@ -251,17 +250,22 @@ fn read(shard: &Shard, conn: &Conn, reader: &mut Reader) -> bool {
         };
         stats::add(&shard.stats().bytes_in, n as u64);
         conn.touch(shard.now());
-        if reader.carry.is_empty() {
-            let used = process(shard, conn, &mut scratch[..n], &mut reader.assembler);
-            if used < n {
-                reader.carry = scratch[used..n].to_vec();
+        let mut slot = conn.reader.borrow_mut();
+        match slot.as_mut() {
+            None => {
+                let mut assembler = Assembler::default();
+                let used = process(shard, conn, &mut scratch[..n], &mut assembler);
+                if used < n || !assembler.is_idle() {
+                    *slot = Some(Box::new(Reader {
+                        carry: scratch[used..n].to_vec(),
+                        assembler,
+                    }));
+                }
             }
-        } else {
-            reader.carry.extend_from_slice(&scratch[..n]);
-            let used = process(shard, conn, &mut reader.carry, &mut reader.assembler);
-            reader.carry.drain(..used);
-            if reader.carry.is_empty() {
-                reader.carry = Vec::new();
+            Some(reader) => {
+                reader.carry.extend_from_slice(&scratch[..n]);
+                drop(slot);
+                read_carried(shard, conn);
             }
         }
         if conn.close_requested().is_some() || n < scratch.len() {
@@ -269,6 +273,30 @@ fn read(shard: &Shard, conn: &Conn, reader: &mut Reader) -> bool {
         }
     }
     true
+}
+
+/// Handles bytes that arrived with the request head.
+fn handle_bytes(shard: &Shard, conn: &Conn, bytes: Vec<u8>) {
+    *conn.reader.borrow_mut() = Some(Box::new(Reader {
+        carry: bytes,
+        assembler: Assembler::default(),
+    }));
+    read_carried(shard, conn);
+}
+
+/// Handles the whole frames among the bytes carried over from earlier reads, and lets the
+/// reader go once nothing is in flight: an idle connection keeps no buffer.
+fn read_carried(shard: &Shard, conn: &Conn) {
+    let mut slot = conn.reader.borrow_mut();
+    let Some(reader) = slot.as_mut() else {
+        return;
+    };
+    let Reader { carry, assembler } = &mut **reader;
+    let used = process(shard, conn, carry, assembler);
+    carry.drain(..used);
+    if carry.is_empty() && assembler.is_idle() {
+        *slot = None;
+    }
 }
 
 /// Decodes and handles the whole frames at the start of `buf`; returns the bytes used.

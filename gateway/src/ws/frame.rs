@@ -133,6 +133,11 @@ pub struct Assembler {
 }
 
 impl Assembler {
+    /// Whether no fragmented message is in flight.
+    pub fn is_idle(&self) -> bool {
+        self.partial.is_none()
+    }
+
     /// Feeds one decoded frame; returns a message when one is complete.
     pub fn push<'a>(
         &mut self,

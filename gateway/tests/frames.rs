@@ -1,0 +1,69 @@
+//! Frames that arrive in pieces: split across reads, fragmented, or sent with the request head.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use common::Gateway;
+
+const UPGRADE: &str = "GET /app/app-key?protocol=7 HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+
+fn masked(first: u8, payload: &[u8]) -> Vec<u8> {
+    let mask = [9, 8, 7, 6];
+    let mut frame = vec![first];
+    if payload.len() < 126 {
+        frame.push(0x80 | payload.len() as u8);
+    } else {
+        frame.push(0x80 | 126);
+        frame.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+    }
+    frame.extend_from_slice(&mask);
+    frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    frame
+}
+
+/// Reads until `needle` has been seen in the server's output.
+fn read_until(stream: &mut TcpStream, needle: &str) -> String {
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&seen).contains(needle) {
+        let n = stream.read(&mut buf).expect("server answers in time");
+        assert!(n > 0, "server closed before sending {needle}");
+        seen.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8_lossy(&seen).into_owned()
+}
+
+#[test]
+fn frames_split_across_reads_fragmented_or_sent_with_the_head_are_understood() {
+    let gateway = Gateway::start(&[]);
+    let mut stream = TcpStream::connect(("127.0.0.1", gateway.port)).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let ping = masked(0x81, br#"{"event":"pusher:ping","data":{}}"#);
+    let mut opening = UPGRADE.as_bytes().to_vec();
+    opening.extend_from_slice(&ping);
+    stream.write_all(&opening).unwrap();
+    read_until(&mut stream, "pusher:pong");
+
+    let subscribe = masked(0x81, &format!(r#"{{"event":"pusher:subscribe","data":{{"channel":"{}"}}}}"#, "a".repeat(150)).into_bytes());
+    for piece in subscribe.chunks(7) {
+        stream.write_all(piece).unwrap();
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    read_until(&mut stream, "subscription_succeeded");
+
+    let message = br#"{"event":"pusher:subscribe","data":{"channel":"fragmented"}}"#;
+    let (first, rest) = message.split_at(20);
+    let (middle, last) = rest.split_at(15);
+    stream.write_all(&masked(0x01, first)).unwrap();
+    std::thread::sleep(Duration::from_millis(20));
+    stream.write_all(&masked(0x89, b"between")).unwrap();
+    stream.write_all(&masked(0x00, middle)).unwrap();
+    std::thread::sleep(Duration::from_millis(20));
+    stream.write_all(&masked(0x80, last)).unwrap();
+    let answer = read_until(&mut stream, "\"fragmented\"");
+    assert!(answer.contains("between"), "the ping inside the fragments was answered");
+    assert!(answer.contains("subscription_succeeded"));
+}
