@@ -40,14 +40,23 @@ fn read_until(stream: &mut TcpStream, needle: &str) -> String {
 fn frames_split_across_reads_fragmented_or_sent_with_the_head_are_understood() {
     let gateway = Gateway::start(&[]);
     let mut stream = TcpStream::connect(("127.0.0.1", gateway.port)).unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
     let ping = masked(0x81, br#"{"event":"pusher:ping","data":{}}"#);
     let mut opening = UPGRADE.as_bytes().to_vec();
     opening.extend_from_slice(&ping);
     stream.write_all(&opening).unwrap();
     read_until(&mut stream, "pusher:pong");
 
-    let subscribe = masked(0x81, &format!(r#"{{"event":"pusher:subscribe","data":{{"channel":"{}"}}}}"#, "a".repeat(150)).into_bytes());
+    let subscribe = masked(
+        0x81,
+        &format!(
+            r#"{{"event":"pusher:subscribe","data":{{"channel":"{}"}}}}"#,
+            "a".repeat(150)
+        )
+        .into_bytes(),
+    );
     for piece in subscribe.chunks(7) {
         stream.write_all(piece).unwrap();
         std::thread::sleep(Duration::from_millis(5));
@@ -64,6 +73,9 @@ fn frames_split_across_reads_fragmented_or_sent_with_the_head_are_understood() {
     std::thread::sleep(Duration::from_millis(20));
     stream.write_all(&masked(0x80, last)).unwrap();
     let answer = read_until(&mut stream, "\"fragmented\"");
-    assert!(answer.contains("between"), "the ping inside the fragments was answered");
+    assert!(
+        answer.contains("between"),
+        "the ping inside the fragments was answered"
+    );
     assert!(answer.contains("subscription_succeeded"));
 }

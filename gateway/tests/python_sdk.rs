@@ -7,67 +7,13 @@
 
 mod common;
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
 use common::Gateway;
 
-/// sdk_compat.py gives up after 60 s on its own; this is the backstop.
-const SCRIPT_TIMEOUT: Duration = Duration::from_secs(120);
-
 /// sdk_compat.py runs 35 checks today; far fewer means some were skipped.
 const MIN_CHECKS: u32 = 30;
-
-/// What a finished script printed.
-struct Output {
-    success: bool,
-    status: String,
-    stdout: String,
-    stderr: String,
-}
-
-/// Runs a command to completion (killing it after `timeout`), collecting both output streams.
-fn run_script(mut command: Command, timeout: Duration) -> Output {
-    let description = format!("{command:?}");
-    let mut child = command
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run {description}: {e}"));
-    let mut stdout = child.stdout.take().unwrap();
-    let mut stderr = child.stderr.take().unwrap();
-    let stdout_reader = std::thread::spawn(move || {
-        let mut text = String::new();
-        let _ = stdout.read_to_string(&mut text);
-        text
-    });
-    let stderr_reader = std::thread::spawn(move || {
-        let mut text = String::new();
-        let _ = stderr.read_to_string(&mut text);
-        text
-    });
-    let deadline = Instant::now() + timeout;
-    let (success, status) = loop {
-        if let Some(status) = child.try_wait().expect("waiting for the script") {
-            break (status.success(), status.to_string());
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            break (false, format!("killed after {} s", timeout.as_secs()));
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    Output {
-        success,
-        status,
-        stdout: stdout_reader.join().unwrap(),
-        stderr: stderr_reader.join().unwrap(),
-    }
-}
 
 fn py_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -115,23 +61,5 @@ fn the_python_server_sdk_works_against_the_gateway() {
         .arg(dir.join("sdk_compat.py"))
         .arg(gateway.port.to_string())
         .current_dir(&dir);
-    let output = run_script(command, SCRIPT_TIMEOUT);
-
-    println!("--- sdk_compat.py stdout ---\n{}", output.stdout);
-    println!("--- sdk_compat.py stderr ---\n{}", output.stderr);
-    assert!(
-        output.success,
-        "sdk_compat.py failed ({}):\n{}{}",
-        output.status, output.stderr, output.stdout
-    );
-    let last = output.stdout.lines().last().unwrap_or("");
-    let count: u32 = last
-        .strip_prefix("ok ")
-        .and_then(|rest| rest.strip_suffix(" checks"))
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("sdk_compat.py should end with `ok N checks`, printed {last:?}"));
-    assert!(
-        count >= MIN_CHECKS,
-        "sdk_compat.py ran only {count} checks (expected at least {MIN_CHECKS})"
-    );
+    common::script::run_compat("sdk_compat.py", command, MIN_CHECKS);
 }

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicI64, AtomicU64};
 
 use hdrhistogram::Histogram;
 
-use super::stats::{Disconnect, Rejection, HTTP_STATUSES};
+use super::stats::{Disconnect, Labelled, Rejection, ShardStats, HTTP_STATUSES};
 use crate::node::Node;
 
 fn header(out: &mut String, name: &str, kind: &str, help: &str) {
@@ -19,7 +19,7 @@ fn per_shard(
     node: &Node,
     name: &str,
     help: &str,
-    pick: fn(&super::stats::ShardStats) -> &AtomicU64,
+    pick: fn(&ShardStats) -> &AtomicU64,
 ) {
     header(out, name, "counter", help);
     for (index, shard) in node.shards.iter().enumerate() {
@@ -32,11 +32,26 @@ fn per_shard(
 }
 
 /// Sum over shards of one slot of a labelled counter array.
-fn summed(node: &Node, pick: impl Fn(&super::stats::ShardStats) -> &AtomicU64) -> u64 {
+fn summed(node: &Node, pick: impl Fn(&ShardStats) -> &AtomicU64) -> u64 {
     node.shards
         .iter()
         .map(|s| pick(&s.stats).load(Relaxed))
         .sum()
+}
+
+/// One line a reason, summed over shards.
+fn by_reason<L: Labelled>(
+    out: &mut String,
+    node: &Node,
+    name: &str,
+    help: &str,
+    pick: fn(&ShardStats) -> &[AtomicU64],
+) {
+    header(out, name, "counter", help);
+    for reason in L::ALL {
+        let total = summed(node, |s| &pick(s)[reason.index()]);
+        let _ = writeln!(out, "{name}{{reason=\"{}\"}} {total}", reason.label());
+    }
 }
 
 fn gauge(value: &AtomicI64) -> i64 {
@@ -87,20 +102,13 @@ pub fn render(node: &Node, latency: &Histogram<u64>) -> String {
         "WebSocket sessions opened.",
         |s| &s.connects,
     );
-    header(
+    by_reason::<Disconnect>(
         &mut out,
+        node,
         "gateway_disconnects_total",
-        "counter",
         "WebSocket sessions closed, by reason.",
+        |s| &s.disconnects,
     );
-    for reason in Disconnect::ALL {
-        let total = summed(node, |s| &s.disconnects[*reason as usize]);
-        let _ = writeln!(
-            out,
-            "gateway_disconnects_total{{reason=\"{}\"}} {total}",
-            reason.label()
-        );
-    }
     per_shard(
         &mut out,
         node,
@@ -161,20 +169,13 @@ pub fn render(node: &Node, latency: &Histogram<u64>) -> String {
             "gateway_http_requests_total{{status=\"{status}\"}} {total}"
         );
     }
-    header(
+    by_reason::<Rejection>(
         &mut out,
+        node,
         "gateway_rejected_total",
-        "counter",
         "Bad input and limits answered with an error, by reason.",
+        |s| &s.rejected,
     );
-    for reason in Rejection::ALL {
-        let total = summed(node, |s| &s.rejected[*reason as usize]);
-        let _ = writeln!(
-            out,
-            "gateway_rejected_total{{reason=\"{}\"}} {total}",
-            reason.label()
-        );
-    }
     header(
         &mut out,
         "gateway_fanout_latency_seconds",

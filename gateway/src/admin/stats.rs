@@ -3,18 +3,30 @@
 
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 
+/// A reason a counter is kept for, as a Prometheus label.
+pub trait Labelled: Copy + 'static {
+    const ALL: &'static [Self];
+    /// The Prometheus label value.
+    fn label(self) -> &'static str;
+    /// The slot of its counter.
+    fn index(self) -> usize;
+}
+
 macro_rules! labelled {
     ($(#[$doc:meta])* $name:ident { $($variant:ident => $label:literal),+ $(,)? }) => {
         $(#[$doc])*
         #[derive(Debug, Clone, Copy, PartialEq, Eq)]
         pub enum $name { $($variant),+ }
 
-        impl $name {
-            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+        impl Labelled for $name {
+            const ALL: &'static [$name] = &[$($name::$variant),+];
 
-            /// The Prometheus label value.
-            pub fn label(self) -> &'static str {
+            fn label(self) -> &'static str {
                 match self { $($name::$variant => $label),+ }
+            }
+
+            fn index(self) -> usize {
+                self as usize
             }
         }
     };
@@ -108,12 +120,12 @@ impl ShardStats {
     }
 
     pub fn reject(&self, reason: Rejection) {
-        self.rejected[reason as usize].fetch_add(1, Relaxed);
+        self.rejected[reason.index()].fetch_add(1, Relaxed);
     }
 
     pub fn disconnect(&self, app: usize, reason: Disconnect) {
         self.connections[app].fetch_sub(1, Relaxed);
-        self.disconnects[reason as usize].fetch_add(1, Relaxed);
+        self.disconnects[reason.index()].fetch_add(1, Relaxed);
     }
 
     pub fn connect(&self, app: usize) {

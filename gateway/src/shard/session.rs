@@ -101,7 +101,10 @@ enum Wake {
 
 /// Not an `async fn`: its arguments would be stored twice in the future (once as captured, once
 /// as locals), and this future lives as long as the connection.
-#[expect(clippy::manual_async_fn, reason = "async fn would store the arguments twice")]
+#[expect(
+    clippy::manual_async_fn,
+    reason = "async fn would store the arguments twice"
+)]
 fn run(
     shard: Rc<Shard>,
     stream: TcpStream,
