@@ -83,6 +83,14 @@ pub struct Config {
     /// Client events one connection may send per second (more closes with 4301).
     pub client_event_rate: u32,
     pub log_format: LogFormat,
+    /// TLS port on every shard beside the plaintext one; 0 means no TLS.
+    pub tls_port: u16,
+    /// PEM certificate chain, leaf first.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub tls_key: Option<PathBuf>,
+    /// Seconds a client has to finish the TLS handshake.
+    pub tls_handshake_timeout: u64,
     pub apps: Vec<App>,
 }
 
@@ -106,6 +114,10 @@ impl Default for Config {
             max_request_body_bytes: 256 * 1024,
             client_event_rate: 10,
             log_format: LogFormat::Text,
+            tls_port: 0,
+            tls_cert: None,
+            tls_key: None,
+            tls_handshake_timeout: 10,
             apps: vec![App::development()],
         }
     }
@@ -131,7 +143,7 @@ pub enum ConfigError {
 }
 
 /// The settings that take one scalar value, in the order `--help` lists them.
-pub const SETTINGS: [(&str, &str); 20] = [
+pub const SETTINGS: [(&str, &str); 24] = [
     ("bind", "address the client port listens on (0.0.0.0)"),
     ("port", "WebSocket and HTTP API port (6001)"),
     ("admin_bind", "address of the admin port (127.0.0.1)"),
@@ -179,6 +191,16 @@ pub const SETTINGS: [(&str, &str); 20] = [
         "client events per second per connection, else 4301 (10)",
     ),
     ("log_format", "text or json (text)"),
+    (
+        "tls_port",
+        "TLS port beside the plaintext one, off when 0 (0)",
+    ),
+    ("tls_cert", "PEM certificate chain for the TLS port"),
+    ("tls_key", "PEM private key for the TLS port"),
+    (
+        "tls_handshake_timeout",
+        "seconds to finish a TLS handshake (10)",
+    ),
     ("app_id", "id of the first app (1)"),
     ("app_key", "key of the first app (app-key)"),
     ("app_secret", "secret of the first app (app-secret)"),
@@ -276,6 +298,10 @@ impl Config {
                     _ => return Err(invalid(key, value, "expected text or json")),
                 }
             }
+            "tls_port" => self.tls_port = parse(key, value)?,
+            "tls_cert" => self.tls_cert = Some(PathBuf::from(value)),
+            "tls_key" => self.tls_key = Some(PathBuf::from(value)),
+            "tls_handshake_timeout" => self.tls_handshake_timeout = parse(key, value)?,
             "app_id" => self.first_app().id = value.to_owned(),
             "app_key" => self.first_app().key = value.to_owned(),
             "app_secret" => self.first_app().secret = value.to_owned(),
@@ -299,6 +325,7 @@ impl Config {
             ("outbound_queue_bytes", self.outbound_queue_bytes),
             ("inbox_capacity", self.inbox_capacity),
             ("head_timeout", self.head_timeout as usize),
+            ("tls_handshake_timeout", self.tls_handshake_timeout as usize),
             ("max_event_data_bytes", self.max_event_data_bytes),
             ("max_request_body_bytes", self.max_request_body_bytes),
         ];
@@ -322,6 +349,27 @@ impl Config {
                 "admin_port",
                 &self.admin_port.to_string(),
                 "same as port",
+            ));
+        }
+        if self.tls_port != 0 && [self.port, self.admin_port].contains(&self.tls_port) {
+            return Err(invalid(
+                "tls_port",
+                &self.tls_port.to_string(),
+                "same as port or admin_port",
+            ));
+        }
+        if self.tls_port != 0 && (self.tls_cert.is_none() || self.tls_key.is_none()) {
+            return Err(invalid(
+                "tls_port",
+                &self.tls_port.to_string(),
+                "needs tls_cert and tls_key",
+            ));
+        }
+        if self.port == 0 && self.tls_port == 0 {
+            return Err(invalid(
+                "port",
+                "0",
+                "with tls_port 0 too, nothing would listen",
             ));
         }
         if self.apps.is_empty() {
@@ -473,6 +521,33 @@ mod tests {
             error.to_string().contains("/nonexistent/gateway.json"),
             "{error}"
         );
+    }
+
+    #[test]
+    fn tls_needs_its_files_and_a_port_of_its_own() {
+        let error = Config::load(&args(&["--tls-port", "6443"]), []).unwrap_err();
+        assert!(error.to_string().contains("needs tls_cert"), "{error}");
+        let error = Config::load(
+            &args(&["--tls-port", "6001", "--tls-cert", "c", "--tls-key", "k"]),
+            [],
+        )
+        .unwrap_err();
+        assert!(error.to_string().contains("tls_port"), "{error}");
+        let error = Config::load(&args(&["--port", "0"]), []).unwrap_err();
+        assert!(
+            error.to_string().contains("nothing would listen"),
+            "{error}"
+        );
+        let config = Config::load(
+            &args(&["--port", "0", "--tls-port", "443"]),
+            env(&[
+                ("GATEWAY_TLS_CERT", "/c.pem"),
+                ("GATEWAY_TLS_KEY", "/k.pem"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!((config.port, config.tls_port), (0, 443));
+        assert_eq!(config.tls_cert, Some(PathBuf::from("/c.pem")));
     }
 
     #[test]

@@ -12,4 +12,5 @@ pub mod node;
 pub mod protocol;
 pub mod server;
 pub mod shard;
+pub mod tls;
 pub mod ws;

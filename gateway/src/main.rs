@@ -10,7 +10,8 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn usage() -> String {
     let mut text = String::from(
         "gateway: a WebSocket gateway speaking the Pusher Channels protocol\n\n\
-         usage: gateway [--config FILE] [--SETTING VALUE]...\n\n\
+         usage: gateway [--config FILE] [--SETTING VALUE]...\n\
+         \x20      gateway cert [--dir DIR] [NAME...]   (a development CA and certificate)\n\n\
          Every setting can also be given in the JSON config file (snake_case key) or as an\n\
          environment variable GATEWAY_UPPER_CASE. Flags override the environment, which\n\
          overrides the file.\n\nsettings:\n",
@@ -21,8 +22,52 @@ fn usage() -> String {
     text
 }
 
+/// `gateway cert [--dir DIR] [NAME...]`: a development CA and a certificate for the names.
+fn make_certificate(args: &[String]) -> ExitCode {
+    let mut dir = std::path::PathBuf::from("certs");
+    let mut names = Vec::new();
+    let mut args = args.iter();
+    while let Some(arg) = args.next() {
+        match (arg.as_str(), args.as_slice().first()) {
+            ("--dir", Some(value)) => {
+                dir = value.into();
+                args.next();
+            }
+            (name, _) if !name.starts_with('-') => names.push(name.to_string()),
+            _ => {
+                eprintln!("usage: gateway cert [--dir DIR] [NAME...]");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    if names.is_empty() {
+        names = vec!["localhost".into(), "127.0.0.1".into(), "::1".into()];
+    }
+    match gateway::tls::write_development_certificates(&dir, &names) {
+        Ok(made) => {
+            println!(
+                "wrote {} (trust this CA in clients), {} and {}\n\
+                 run: gateway --tls-port 6443 --tls-cert {} --tls-key {}",
+                made.ca.display(),
+                made.chain.display(),
+                made.key.display(),
+                made.chain.display(),
+                made.key.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("gateway cert: {error}");
+            ExitCode::from(1)
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("cert") {
+        return make_certificate(&args[1..]);
+    }
     if args.iter().any(|a| a == "--help" || a == "-h") {
         print!("{}", usage());
         return ExitCode::SUCCESS;

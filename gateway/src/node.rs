@@ -2,11 +2,20 @@
 //! and node-wide state. Read-mostly; the few mutable parts are atomics.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
 use crate::admin::stats::ShardStats;
 use crate::bus::InboxSender;
 use crate::config::Config;
+use crate::tls::CertStore;
+
+/// TLS for the node: the configuration every handshake uses, and the certificate behind it.
+#[derive(Debug)]
+pub struct NodeTls {
+    pub config: Arc<rustls::ServerConfig>,
+    pub store: Arc<CertStore>,
+}
 
 /// The way to reach one shard.
 #[derive(Debug)]
@@ -29,6 +38,7 @@ pub struct Node {
     /// Sockets open now, for the node limit.
     pub open_sockets: AtomicUsize,
     pub shards: Vec<ShardLink>,
+    pub tls: Option<NodeTls>,
     draining: AtomicBool,
     ready: AtomicBool,
 }
@@ -39,6 +49,7 @@ impl Node {
         io_driver: &'static str,
         max_connections: usize,
         shards: Vec<ShardLink>,
+        tls: Option<NodeTls>,
     ) -> Node {
         Node {
             config,
@@ -48,6 +59,7 @@ impl Node {
             max_connections,
             open_sockets: AtomicUsize::new(0),
             shards,
+            tls,
             draining: AtomicBool::new(false),
             ready: AtomicBool::new(false),
         }

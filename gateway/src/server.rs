@@ -5,12 +5,14 @@ use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 
 use crate::admin::stats::ShardStats;
 use crate::bus;
 use crate::config::Config;
-use crate::node::{Node, ShardLink};
+use crate::node::{Node, NodeTls, ShardLink};
+use crate::shard::Listeners;
+use crate::tls::CertStore;
 
 /// Descriptors kept back from the connection ceiling for the runtime itself (io_uring rings,
 /// event fds, listeners, the admin port, logs).
@@ -18,6 +20,8 @@ const RESERVED_FDS_BASE: u64 = 32;
 const RESERVED_FDS_PER_SHARD: u64 = 8;
 /// Pending connections each listener's kernel queue holds (capped by net.core.somaxconn).
 const LISTEN_BACKLOG: i32 = 4096;
+/// How often the certificate files are checked for changes.
+const CERT_POLL_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
@@ -26,6 +30,8 @@ pub enum StartError {
     PortInUse { bind: std::net::IpAddr, port: u16 },
     #[error("cannot listen on {addr}: {source}")]
     Listen { addr: SocketAddr, source: io::Error },
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
     #[error("cannot start thread {name}: {source}")]
     Thread { name: String, source: io::Error },
 }
@@ -141,14 +147,15 @@ pub fn run(config: Config) -> Result<(), StartError> {
         "epoll"
     };
 
-    let listeners: Vec<Option<TcpListener>> = if config.port == 0 {
-        (0..shard_count).map(|_| None).collect()
-    } else {
-        let addr = SocketAddr::new(config.bind, config.port);
-        ensure_port_free(addr)?;
-        (0..shard_count)
-            .map(|_| shard_listener(addr).map(Some))
-            .collect::<Result<_, _>>()?
+    let plain = bind_shard_listeners(config.bind, config.port, shard_count)?;
+    let tls_listeners = bind_shard_listeners(config.bind, config.tls_port, shard_count)?;
+    let tls = match (&config.tls_cert, &config.tls_key) {
+        (Some(cert), Some(key)) if config.tls_port != 0 => {
+            let store = Arc::new(CertStore::load(cert, key)?);
+            let config = crate::tls::server_config(store.clone())?;
+            Some(NodeTls { config, store })
+        }
+        _ => None,
     };
     let admin = admin_listener(SocketAddr::new(config.admin_bind, config.admin_port))?;
 
@@ -165,7 +172,7 @@ pub fn run(config: Config) -> Result<(), StartError> {
     if config.uses_default_secret() {
         tracing::warn!("!!! an app uses the published development secret \"app-secret\": anyone can sign its requests; set app_secret or an apps list before exposing this gateway !!!");
     }
-    let node = Arc::new(Node::new(config, io_driver, max_connections, links));
+    let node = Arc::new(Node::new(config, io_driver, max_connections, links, tls));
     tracing::info!(
         shards = shard_count,
         io_driver,
@@ -173,19 +180,23 @@ pub fn run(config: Config) -> Result<(), StartError> {
         max_connections,
         listen = %if node.config.port == 0 { "off".to_string() } else { SocketAddr::new(node.config.bind, node.config.port).to_string() },
         admin = %SocketAddr::new(node.config.admin_bind, node.config.admin_port),
-        tls = "off",
+        tls = %if node.tls.is_some() { SocketAddr::new(node.config.bind, node.config.tls_port).to_string() } else { "off".to_string() },
         "gateway started"
     );
 
     let mut shards = Vec::new();
-    for (index, (inbox, listener)) in inboxes.into_iter().zip(listeners).enumerate() {
+    let listeners = plain
+        .into_iter()
+        .zip(tls_listeners)
+        .map(|(plain, tls)| Listeners { plain, tls });
+    for (index, (inbox, listeners)) in inboxes.into_iter().zip(listeners).enumerate() {
         let node = node.clone();
         let core = cores.get(index % cores.len().max(1)).copied();
         shards.push(spawn(format!("shard-{index}"), move || {
             if let Some(core) = core {
                 core_affinity::set_for_current(core);
             }
-            if let Err(e) = crate::shard::run(node, index, inbox, listener) {
+            if let Err(e) = crate::shard::run(node, index, inbox, listeners) {
                 tracing::error!(shard = index, error = %e, "shard stopped");
             }
         })?);
@@ -198,6 +209,10 @@ pub fn run(config: Config) -> Result<(), StartError> {
     })?;
     let signal_node = node.clone();
     spawn("signals".into(), move || watch_signals(&signal_node))?;
+    if let Some(tls) = &node.tls {
+        let store = tls.store.clone();
+        spawn("cert-watch".into(), move || watch_certificate_files(&store))?;
+    }
     node.set_ready();
 
     for shard in shards {
@@ -207,9 +222,40 @@ pub fn run(config: Config) -> Result<(), StartError> {
     Ok(())
 }
 
-/// The first SIGTERM or SIGINT starts the drain; a second one exits at once.
+/// One listener a shard on `port`, or none when the port is 0 (that listener is off).
+fn bind_shard_listeners(
+    bind: std::net::IpAddr,
+    port: u16,
+    shards: usize,
+) -> Result<Vec<Option<TcpListener>>, StartError> {
+    if port == 0 {
+        return Ok((0..shards).map(|_| None).collect());
+    }
+    let addr = SocketAddr::new(bind, port);
+    ensure_port_free(addr)?;
+    (0..shards)
+        .map(|_| shard_listener(addr).map(Some))
+        .collect()
+}
+
+/// Reloads the certificate when its files change on disk.
+fn watch_certificate_files(store: &CertStore) {
+    let mut seen = store.files_changed_at();
+    loop {
+        std::thread::sleep(CERT_POLL_INTERVAL);
+        let now = store.files_changed_at();
+        if now.is_some() && now != seen {
+            seen = now;
+            // A refusal is logged and counted by the store; the old certificate stays.
+            let _ = store.reload();
+        }
+    }
+}
+
+/// The first SIGTERM or SIGINT starts the drain; a second one exits at once. SIGHUP reloads
+/// the TLS certificate.
 fn watch_signals(node: &Node) {
-    let mut signals = match signal_hook::iterator::Signals::new([SIGTERM, SIGINT]) {
+    let mut signals = match signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP]) {
         Ok(signals) => signals,
         Err(e) => {
             tracing::error!(error = %e, "cannot watch signals; SIGTERM will kill without a drain");
@@ -217,6 +263,15 @@ fn watch_signals(node: &Node) {
         }
     };
     for signal in signals.forever() {
+        if signal == SIGHUP {
+            match &node.tls {
+                Some(tls) => {
+                    let _ = tls.store.reload();
+                }
+                None => tracing::info!("SIGHUP: no TLS certificate to reload"),
+            }
+            continue;
+        }
         if node.start_drain() {
             tracing::info!(
                 signal,

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicI64, AtomicU64};
 
 use hdrhistogram::Histogram;
 
-use super::stats::{Disconnect, Labelled, Rejection, ShardStats, HTTP_STATUSES};
+use super::stats::{Disconnect, Labelled, Rejection, ShardStats, TlsFailure, HTTP_STATUSES};
 use crate::node::Node;
 
 fn header(out: &mut String, name: &str, kind: &str, help: &str) {
@@ -176,6 +176,37 @@ pub fn render(node: &Node, latency: &Histogram<u64>) -> String {
         "Bad input and limits answered with an error, by reason.",
         |s| &s.rejected,
     );
+    per_shard(
+        &mut out,
+        node,
+        "gateway_tls_handshakes_total",
+        "TLS handshakes completed.",
+        |s| &s.tls_handshakes,
+    );
+    by_reason::<TlsFailure>(
+        &mut out,
+        node,
+        "gateway_tls_handshake_failures_total",
+        "TLS handshakes that failed, by reason.",
+        |s| &s.tls_failures,
+    );
+    if let Some(tls) = &node.tls {
+        for (name, help, value) in [
+            (
+                "gateway_tls_cert_reloads_total",
+                "Certificate reloads that took effect.",
+                &tls.store.reloads,
+            ),
+            (
+                "gateway_tls_cert_reload_failures_total",
+                "Certificate reloads refused (the old one stayed).",
+                &tls.store.reload_failures,
+            ),
+        ] {
+            header(&mut out, name, "counter", help);
+            let _ = writeln!(out, "{name} {}", value.load(Relaxed));
+        }
+    }
     header(
         &mut out,
         "gateway_fanout_latency_seconds",

@@ -74,6 +74,16 @@ labelled! {
     }
 }
 
+labelled! {
+    /// Why a TLS handshake did not complete.
+    TlsFailure {
+        Timeout => "timeout",
+        PlainHttp => "plain_http",
+        Protocol => "protocol",
+        Closed => "closed",
+    }
+}
+
 /// HTTP statuses counted one by one; anything else is counted as "other".
 pub const HTTP_STATUSES: [u16; 14] = [
     101, 200, 400, 401, 403, 404, 405, 411, 413, 426, 429, 431, 500, 503,
@@ -96,6 +106,8 @@ pub struct ShardStats {
     pub slow_consumer_disconnects: AtomicU64,
     /// Messages other threads could not put in this shard's full inbox.
     pub inbox_drops: AtomicU64,
+    pub tls_handshakes: AtomicU64,
+    pub tls_failures: Box<[AtomicU64]>,
 }
 
 fn counters(n: usize) -> Box<[AtomicU64]> {
@@ -116,11 +128,17 @@ impl ShardStats {
             bytes_out: AtomicU64::new(0),
             slow_consumer_disconnects: AtomicU64::new(0),
             inbox_drops: AtomicU64::new(0),
+            tls_handshakes: AtomicU64::new(0),
+            tls_failures: counters(TlsFailure::ALL.len()),
         }
     }
 
     pub fn reject(&self, reason: Rejection) {
         self.rejected[reason.index()].fetch_add(1, Relaxed);
+    }
+
+    pub fn tls_failure(&self, reason: TlsFailure) {
+        self.tls_failures[reason.index()].fetch_add(1, Relaxed);
     }
 
     pub fn disconnect(&self, app: usize, reason: Disconnect) {

@@ -12,10 +12,13 @@ use bytes::{Buf, Bytes};
 use crate::admin::stats::Disconnect;
 use crate::protocol::SocketId;
 use crate::shard::io as socket;
+use crate::shard::transport::TlsSession;
 use crate::ws::Assembler;
 
 /// Most frames handed to one sendmsg.
 const MAX_IOVECS: usize = 64;
+/// Ciphertext gathered before one send on a TLS connection.
+const TLS_BATCH_BYTES: usize = 64 * 1024;
 
 /// Bytes of a frame that straddles two reads, and a fragmented message in progress. Exists only
 /// while one of them does.
@@ -40,6 +43,8 @@ pub struct Conn {
     pub app: usize,
     pub socket_id: SocketId,
     fd: RawFd,
+    /// Frames go out encrypted, by the session task only.
+    tls: bool,
     outbound: RefCell<VecDeque<Bytes>>,
     queued_bytes: Cell<usize>,
     /// Whether the first queued frame is partly written, so it must be finished before anything
@@ -57,12 +62,13 @@ pub struct Conn {
 }
 
 impl Conn {
-    pub fn new(id: u64, app: usize, socket_id: SocketId, fd: RawFd, now: u32) -> Conn {
+    pub fn new(id: u64, app: usize, socket_id: SocketId, fd: RawFd, tls: bool, now: u32) -> Conn {
         Conn {
             id,
             app,
             socket_id,
             fd,
+            tls,
             outbound: RefCell::new(VecDeque::new()),
             queued_bytes: Cell::new(0),
             front_started: Cell::new(false),
@@ -106,6 +112,10 @@ impl Conn {
 
     pub fn fd(&self) -> RawFd {
         self.fd
+    }
+
+    pub fn is_tls(&self) -> bool {
+        self.tls
     }
 
     pub fn close_requested(&self) -> Option<(u16, Disconnect)> {
@@ -188,10 +198,52 @@ impl Conn {
                 }
             }
         }
+        Self::release_burst(&mut outbound);
+        Ok((Flush::Drained, written))
+    }
+
+    /// Encrypts queued frames for this connection, batching records into the shard's buffer so
+    /// that one system call carries many of them. Ciphertext the socket does not take stays with
+    /// the TLS session and goes first next time.
+    pub fn flush_tls(
+        &self,
+        tls: &mut TlsSession,
+        cipher: &mut Vec<u8>,
+    ) -> io::Result<(Flush, usize)> {
+        if !tls.send_outgoing(self.fd)? {
+            return Ok((Flush::Blocked, 0));
+        }
+        let mut written = 0;
+        loop {
+            cipher.clear();
+            {
+                let mut outbound = self.outbound.borrow_mut();
+                while cipher.len() < TLS_BATCH_BYTES {
+                    let Some(frame) = outbound.pop_front() else {
+                        break;
+                    };
+                    self.queued_bytes.set(self.queued_bytes.get() - frame.len());
+                    tls.encrypt(&frame, cipher)
+                        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+                }
+                if cipher.is_empty() {
+                    Self::release_burst(&mut outbound);
+                    return Ok((Flush::Drained, written));
+                }
+            }
+            let sent = socket::send_some(self.fd, cipher)?;
+            written += sent;
+            if sent < cipher.len() {
+                tls.keep_outgoing(&cipher[sent..]);
+                return Ok((Flush::Blocked, written));
+            }
+        }
+    }
+
+    fn release_burst(outbound: &mut VecDeque<Bytes>) {
         if outbound.capacity() > 64 {
             // A burst grew the queue; give the memory back now that it is idle.
             *outbound = VecDeque::new();
         }
-        Ok((Flush::Drained, written))
     }
 }

@@ -1,16 +1,15 @@
 //! The first bytes of every connection: the request head, then either a WebSocket session or
 //! HTTP API requests on a keep-alive connection.
 
-use std::os::fd::{AsRawFd, RawFd};
 use std::rc::Rc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use monoio::net::TcpStream;
 
-use super::io;
 use super::session;
+use super::transport::{HandshakeFailure, Transport};
 use super::{OpenSocket, Shard};
-use crate::admin::stats::Rejection;
+use crate::admin::stats::{self, Rejection, TlsFailure};
 use crate::http::api::{self, ApiError, Route};
 use crate::http::{HeadError, RequestHead, Response};
 use crate::protocol::message;
@@ -24,25 +23,43 @@ const KEEP_ALIVE_IDLE: Duration = Duration::from_secs(60);
 /// How reading a request ended when it did not yield one.
 enum ReadFailure {
     Closed,
-    TimedOut,
     Head(HeadError),
 }
 
-/// Answers 503 to a connection over the node's limit.
-pub async fn refuse_over_capacity(shard: Rc<Shard>, stream: TcpStream, _open: OpenSocket) {
+/// Answers 503 to a connection over the node's limit (a TLS one is closed: answering would take
+/// a handshake, which is the work being refused).
+pub async fn refuse_over_capacity(
+    shard: Rc<Shard>,
+    stream: TcpStream,
+    tls: bool,
+    _open: OpenSocket,
+) {
+    if tls {
+        return;
+    }
     let response = Response::text(
         503,
         "over capacity: this node holds its maximum of connections",
     )
     .with_header("Retry-After", "1");
-    respond(&shard, &stream, stream.as_raw_fd(), &response, false).await;
+    respond(&shard, &stream, &mut Transport::Plain, &response, false).await;
 }
 
 /// Serves one accepted connection until it closes.
-pub async fn serve(shard: Rc<Shard>, stream: TcpStream, open: OpenSocket) {
-    let fd = stream.as_raw_fd();
-    let head_timeout = Duration::from_secs(shard.node.config.head_timeout);
+pub async fn serve(
+    shard: Rc<Shard>,
+    stream: TcpStream,
+    mut transport: Transport,
+    open: OpenSocket,
+) {
     let mut pending = Vec::new();
+    if transport.is_tls() {
+        match Box::pin(handshake(&shard, &stream, &mut transport)).await {
+            Some(early) => pending = early,
+            None => return,
+        }
+    }
+    let head_timeout = Duration::from_secs(shard.node.config.head_timeout);
     let mut first = true;
     loop {
         if !first && pending.is_empty() {
@@ -52,12 +69,15 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, open: OpenSocket) {
             }
         }
         first = false;
-        let read =
-            monoio::time::timeout(head_timeout, read_request(&stream, fd, &mut pending)).await;
+        let read = monoio::time::timeout(
+            head_timeout,
+            read_request(&stream, &mut transport, &mut pending),
+        )
+        .await;
         let (head, head_len) = match read {
             Ok(Ok(found)) => found,
             Ok(Err(ReadFailure::Closed)) => return,
-            Err(_) | Ok(Err(ReadFailure::TimedOut)) => {
+            Err(_) => {
                 shard.reject(Rejection::HeadTimeout);
                 return;
             }
@@ -67,7 +87,7 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, open: OpenSocket) {
                     _ => Rejection::BadRequest,
                 });
                 let response = Response::text(error.status(), error.to_string());
-                Box::pin(respond(&shard, &stream, fd, &response, false)).await;
+                Box::pin(respond(&shard, &stream, &mut transport, &response, false)).await;
                 return;
             }
         };
@@ -77,43 +97,77 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, open: OpenSocket) {
             // The session gets a task of its own, sized for a long idle life, instead of
             // living inside this one, which is sized for HTTP requests.
             monoio::spawn(session::upgrade(
-                shard, stream, head, app_key, pending, open,
+                shard, stream, transport, head, app_key, pending, open,
             ));
             return;
         }
         // Boxed: API requests are rare next to WebSocket upgrades, and unboxed their state
         // would make every connection's first task several kilobytes.
-        let more = Box::pin(api_request(&shard, &stream, &head, &route, &mut pending)).await;
+        let more = Box::pin(api_request(
+            &shard,
+            &stream,
+            &mut transport,
+            &head,
+            &route,
+            &mut pending,
+        ))
+        .await;
         if !more {
             return;
         }
     }
 }
 
+/// Runs the TLS handshake within its time limit, counting how it ends. Returns the application
+/// data that came with it, or nothing when it failed.
+async fn handshake(
+    shard: &Shard,
+    stream: &TcpStream,
+    transport: &mut Transport,
+) -> Option<Vec<u8>> {
+    let limit = Duration::from_secs(shard.node.config.tls_handshake_timeout);
+    let stats = shard.stats();
+    let failure = match monoio::time::timeout(limit, transport.handshake(stream)).await {
+        Ok(Ok(early)) => {
+            stats::add(&stats.tls_handshakes, 1);
+            return Some(early);
+        }
+        Err(_) => TlsFailure::Timeout,
+        Ok(Err(HandshakeFailure::PlainHttp)) => TlsFailure::PlainHttp,
+        Ok(Err(HandshakeFailure::Protocol(error))) => {
+            tracing::debug!(shard = shard.index, %error, "TLS handshake refused");
+            TlsFailure::Protocol
+        }
+        Ok(Err(HandshakeFailure::Closed)) => TlsFailure::Closed,
+    };
+    stats.tls_failure(failure);
+    None
+}
+
 /// Reads the body, answers one HTTP request and says whether the connection stays open.
 async fn api_request(
     shard: &Shard,
     stream: &TcpStream,
+    transport: &mut Transport,
     head: &RequestHead,
     route: &Route,
     pending: &mut Vec<u8>,
 ) -> bool {
-    let fd = stream.as_raw_fd();
     let timeout = Duration::from_secs(shard.node.config.head_timeout);
     let keep_alive = head.keep_alive();
-    let response = match read_body(shard, stream, fd, head, pending, timeout).await {
+    let response = match read_body(shard, stream, transport, head, pending, timeout).await {
         Ok(body) => answer(shard, route, head, &body).await,
         Err(response) => {
-            respond(shard, stream, fd, &response, false).await;
+            respond(shard, stream, transport, &response, false).await;
             return false;
         }
     };
-    respond(shard, stream, fd, &response, keep_alive).await && keep_alive
+    respond(shard, stream, transport, &response, keep_alive).await && keep_alive
 }
 
 async fn read_request(
     stream: &TcpStream,
-    fd: RawFd,
+    transport: &mut Transport,
     pending: &mut Vec<u8>,
 ) -> Result<(RequestHead, usize), ReadFailure> {
     loop {
@@ -124,12 +178,9 @@ async fn read_request(
                 Err(error) => return Err(ReadFailure::Head(error)),
             }
         }
-        match io::recv_into(stream, fd, pending, 4096).await {
+        match transport.read_some(stream, pending, 4096).await {
             Ok(0) | Err(_) => return Err(ReadFailure::Closed),
             Ok(_) => {}
-        }
-        if pending.len() > MAX_HEAD_BYTES + 4096 {
-            return Err(ReadFailure::TimedOut);
         }
     }
 }
@@ -138,7 +189,7 @@ async fn read_request(
 async fn read_body(
     shard: &Shard,
     stream: &TcpStream,
-    fd: RawFd,
+    transport: &mut Transport,
     head: &RequestHead,
     pending: &mut Vec<u8>,
     timeout: Duration,
@@ -158,7 +209,7 @@ async fn read_body(
     let fill = async {
         while pending.len() < length {
             let want = (length - pending.len()).min(64 * 1024);
-            if !matches!(io::recv_into(stream, fd, pending, want).await, Ok(n) if n > 0) {
+            if !matches!(transport.read_some(stream, pending, want).await, Ok(n) if n > 0) {
                 return false;
             }
         }
@@ -174,28 +225,18 @@ async fn read_body(
 }
 
 /// Writes a response; false when the client has gone.
-async fn respond(
+pub(super) async fn respond(
     shard: &Shard,
     stream: &TcpStream,
-    fd: RawFd,
+    transport: &mut Transport,
     response: &Response,
     keep_alive: bool,
 ) -> bool {
     shard.stats().http_status(response.status);
-    io::send_all(stream, fd, &response.to_bytes(keep_alive))
+    transport
+        .write_all(stream, &response.to_bytes(keep_alive))
         .await
         .is_ok()
-}
-
-/// Writes the upgrade refusal or acceptance head of a WebSocket.
-pub async fn write_raw(stream: &TcpStream, bytes: &[u8]) -> bool {
-    io::send_all(stream, stream.as_raw_fd(), bytes)
-        .await
-        .is_ok()
-}
-
-pub(super) async fn respond_and_close(shard: &Shard, stream: &TcpStream, response: &Response) {
-    respond(shard, stream, stream.as_raw_fd(), response, false).await;
 }
 
 async fn answer(shard: &Shard, route: &Route, head: &RequestHead, body: &[u8]) -> Response {

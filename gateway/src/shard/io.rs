@@ -38,6 +38,20 @@ pub fn send_vectored(fd: RawFd, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
     result(n)
 }
 
+/// Writes as much of `bytes` as the socket takes without waiting; how much that was.
+pub fn send_some(fd: RawFd, mut bytes: &[u8]) -> io::Result<usize> {
+    let total = bytes.len();
+    while !bytes.is_empty() {
+        match send_vectored(fd, &[IoSlice::new(bytes)]) {
+            Ok(n) => bytes = &bytes[n..],
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(total - bytes.len())
+}
+
 /// Stops sending (a FIN after what is queued) while still reading the peer's close.
 pub fn shutdown_write(fd: RawFd) {
     // SAFETY: shutdown takes no pointers; on a closed or bad descriptor it only returns an error,

@@ -6,6 +6,7 @@ mod conn;
 mod http;
 pub(crate) mod io;
 mod session;
+pub mod transport;
 
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap};
@@ -27,6 +28,7 @@ use crate::node::Node;
 use crate::protocol::{codes, ChannelKind, SocketId};
 
 pub use conn::Conn;
+use transport::{TlsSession, Transport};
 
 /// Bytes read from a socket at once; also the largest frame that needs no extra buffer.
 const SCRATCH_BYTES: usize = 64 * 1024;
@@ -46,6 +48,8 @@ pub struct Shard {
     next_id: Cell<u64>,
     /// Where every connection on this shard reads into.
     scratch: RefCell<Vec<u8>>,
+    /// Ciphertext on its way in or out of TLS connections.
+    tls_scratch: RefCell<Vec<u8>>,
     /// Fanout latency in microseconds, from publish to queued on this shard's subscribers.
     latency: RefCell<Histogram<u64>>,
     started: Instant,
@@ -63,6 +67,7 @@ impl Shard {
             conns: RefCell::new(HashMap::new()),
             next_id: Cell::new(1),
             scratch: RefCell::new(vec![0; SCRATCH_BYTES]),
+            tls_scratch: RefCell::new(Vec::new()),
             latency: RefCell::new(
                 Histogram::new_with_bounds(1, 60_000_000, 3).expect("static histogram bounds"),
             ),
@@ -114,11 +119,14 @@ impl Shard {
         if conn.enqueue(frame.clone(), limit) {
             return true;
         }
-        if let Ok((_, written)) = conn.flush() {
-            stats::add(&self.stats().bytes_out, written as u64);
-            if conn.enqueue(frame, limit) {
-                return true;
-            }
+        // TLS connections are written by their own task, which holds their TLS state.
+        let flushed = !conn.is_tls()
+            && conn.flush().is_ok_and(|(_, written)| {
+                stats::add(&self.stats().bytes_out, written as u64);
+                true
+            });
+        if flushed && conn.enqueue(frame, limit) {
+            return true;
         }
         conn.request_close(codes::OVER_CAPACITY, Disconnect::SlowConsumer);
         stats::add(&self.stats().slow_consumer_disconnects, 1);
@@ -265,12 +273,18 @@ impl Shard {
     }
 }
 
+/// A shard's listeners: plaintext, TLS, either or both.
+pub struct Listeners {
+    pub plain: Option<std::net::TcpListener>,
+    pub tls: Option<std::net::TcpListener>,
+}
+
 /// Runs a shard on the current thread until the node has drained.
 pub fn run(
     node: Arc<Node>,
     index: usize,
     inbox: Inbox,
-    listener: Option<std::net::TcpListener>,
+    listeners: Listeners,
 ) -> std::io::Result<()> {
     let mut runtime = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
         .enable_timer()
@@ -278,9 +292,17 @@ pub fn run(
         .build()?;
     runtime.block_on(async move {
         let shard = Rc::new(Shard::new(node, index));
-        if let Some(listener) = listener {
+        if let Some(listener) = listeners.plain {
             let listener = monoio::net::TcpListener::from_std(listener)?;
-            monoio::spawn(accept_loop(shard.clone(), listener));
+            monoio::spawn(accept_loop(shard.clone(), listener, None));
+        }
+        if let (Some(listener), Some(tls)) = (listeners.tls, &shard.node.tls) {
+            let listener = monoio::net::TcpListener::from_std(listener)?;
+            monoio::spawn(accept_loop(
+                shard.clone(),
+                listener,
+                Some(tls.config.clone()),
+            ));
         }
         monoio::spawn(inbox_loop(shard.clone(), inbox));
         monoio::spawn(sweep_loop(shard.clone()));
@@ -316,7 +338,11 @@ impl Drop for OpenSocket {
     }
 }
 
-async fn accept_loop(shard: Rc<Shard>, listener: monoio::net::TcpListener) {
+async fn accept_loop(
+    shard: Rc<Shard>,
+    listener: monoio::net::TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
+) {
     loop {
         let accepted = monoio::select! {
             accepted = listener.accept() => accepted,
@@ -342,11 +368,22 @@ async fn accept_loop(shard: Rc<Shard>, listener: monoio::net::TcpListener) {
         let guard = OpenSocket(node.clone());
         if open >= node.max_connections {
             shard.reject(Rejection::OverCapacity);
-            monoio::spawn(http::refuse_over_capacity(shard.clone(), stream, guard));
+            let refusal = http::refuse_over_capacity(shard.clone(), stream, tls.is_some(), guard);
+            monoio::spawn(refusal);
             continue;
         }
         let _ = stream.set_nodelay(true);
-        monoio::spawn(http::serve(shard.clone(), stream, guard));
+        let transport = match &tls {
+            None => Transport::Plain,
+            Some(config) => match TlsSession::new(config.clone()) {
+                Ok(session) => Transport::Tls(Box::new(session)),
+                Err(error) => {
+                    tracing::warn!(shard = shard.index, %error, "cannot start a TLS session");
+                    continue;
+                }
+            },
+        };
+        monoio::spawn(http::serve(shard.clone(), stream, transport, guard));
     }
 }
 

@@ -1,7 +1,7 @@
 //! A WebSocket session: the upgrade, then frames in and Pusher events out until it closes.
 
 use std::future::{poll_fn, Future};
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::AsRawFd;
 use std::pin::pin;
 use std::rc::Rc;
 use std::task::Poll;
@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use monoio::net::TcpStream;
 
-use super::conn::Reader;
-use super::conn::{Conn, Flush};
-use super::http::{respond_and_close, write_raw};
+use super::conn::{Conn, Flush, Reader};
+use super::http::respond;
+use super::transport::{TlsSession, Transport};
 use super::{io, OpenSocket, Shard};
 use crate::admin::stats::{self, Disconnect, Rejection};
 use crate::http::api::parse_query;
@@ -31,6 +31,7 @@ const READS_PER_WAKE: usize = 4;
 pub async fn upgrade(
     shard: Rc<Shard>,
     stream: TcpStream,
+    mut transport: Transport,
     head: RequestHead,
     app_key: String,
     leftover: Vec<u8>,
@@ -43,7 +44,8 @@ pub async fn upgrade(
             let response = Response::text(error.status(), error.to_string())
                 .with_header("Sec-WebSocket-Version", "13")
                 .with_header("Upgrade", "websocket");
-            return Box::pin(respond_and_close(&shard, &stream, &response)).await;
+            Box::pin(respond(&shard, &stream, &mut transport, &response, false)).await;
+            return;
         }
     };
     let protocol = parse_query(head.query())
@@ -52,9 +54,12 @@ pub async fn upgrade(
         .map_or(Ok(7), |(_, v)| v.parse::<u8>());
     drop(head);
     shard.stats().http_status(101);
-    let accepted = Box::pin(write_raw(&stream, &switching_protocols(&accept))).await;
+    let switching = switching_protocols(&accept);
     drop(accept);
-    if !accepted {
+    if Box::pin(transport.write_all(&stream, &switching))
+        .await
+        .is_err()
+    {
         return;
     }
     let config = &shard.node.config;
@@ -80,8 +85,7 @@ pub async fn upgrade(
         shard.reject(rejection);
         let mut bytes = text_frame(&message::error(Some(code), &reason)).to_vec();
         bytes.extend_from_slice(&close_frame(code, &reason));
-        let fd = stream.as_raw_fd();
-        return Box::pin(close_with(&stream, fd, bytes)).await;
+        return Box::pin(close_with(&stream, &mut transport, bytes)).await;
     }
     let app = config.app_by_key(&app_key).map_or(0, |(index, _)| index);
     drop(app_key);
@@ -89,7 +93,7 @@ pub async fn upgrade(
     let mut leftover = leftover;
     leftover.shrink_to_fit();
     // A task of its own again: this one's state is sized for the upgrade, not for idling.
-    monoio::spawn(run(shard, stream, app, leftover, open));
+    monoio::spawn(run(shard, stream, transport, app, leftover, open));
 }
 
 /// What woke a session.
@@ -108,6 +112,7 @@ enum Wake {
 fn run(
     shard: Rc<Shard>,
     stream: TcpStream,
+    mut transport: Transport,
     app: usize,
     leftover: Vec<u8>,
     open: OpenSocket,
@@ -116,7 +121,14 @@ fn run(
         let _open = open;
         let fd = stream.as_raw_fd();
         let (id, socket_id) = shard.next_socket_id();
-        let conn = Rc::new(Conn::new(id, app, socket_id, fd, shard.now()));
+        let conn = Rc::new(Conn::new(
+            id,
+            app,
+            socket_id,
+            fd,
+            transport.is_tls(),
+            shard.now(),
+        ));
         shard.register(conn.clone());
         let established = message::connection_established(
             &socket_id.to_string(),
@@ -127,7 +139,7 @@ fn run(
             handle_bytes(&shard, &conn, leftover);
         }
         // A future of its own, so that what lives across the idle wait is only what waiting needs.
-        let reason = pump(&shard, &stream, &conn).await;
+        let reason = pump(&shard, &stream, &conn, &mut transport).await;
         shard.unregister(&conn, reason);
         if reason == Disconnect::ClientGone {
             return;
@@ -137,24 +149,40 @@ fn run(
             .map_or(codes::WS_NORMAL, |(code, _)| code);
         shard.send(&conn, close_frame(code, ""));
         // Boxed: the closing steps are rare, and unboxed they would grow every idle session's task.
-        Box::pin(finish_close(&stream, fd, &conn)).await;
+        Box::pin(finish_close(&shard, &stream, &conn, &mut transport)).await;
     }
 }
 
+/// Writes queued frames: shared bytes as they are, or encrypted for this connection.
+fn flush(shard: &Shard, conn: &Conn, transport: &mut Transport) -> std::io::Result<Flush> {
+    let (flushed, written) = match transport {
+        Transport::Plain => conn.flush()?,
+        Transport::Tls(tls) => conn.flush_tls(tls, &mut shard.tls_scratch.borrow_mut())?,
+    };
+    stats::add(&shard.stats().bytes_out, written as u64);
+    Ok(flushed)
+}
+
+/// Whether anything waits to be written.
+fn has_output(conn: &Conn, transport: &Transport) -> bool {
+    conn.has_outbound() || matches!(transport, Transport::Tls(tls) if tls.has_outgoing())
+}
+
 /// Moves frames both ways until the session ends; returns why it ended.
-async fn pump(shard: &Shard, stream: &TcpStream, conn: &Conn) -> Disconnect {
+async fn pump(
+    shard: &Shard,
+    stream: &TcpStream,
+    conn: &Conn,
+    transport: &mut Transport,
+) -> Disconnect {
     let mut readable = pin!(stream.readable(false));
     // Only while the socket's send buffer is full; boxed so idle sessions do not carry it.
     let mut writable = None;
     loop {
-        if writable.is_none() && conn.has_outbound() {
-            match conn.flush() {
-                Ok((flushed, written)) => {
-                    stats::add(&shard.stats().bytes_out, written as u64);
-                    if flushed == Flush::Blocked {
-                        writable = Some(Box::pin(stream.writable(false)));
-                    }
-                }
+        if writable.is_none() && has_output(conn, transport) {
+            match flush(shard, conn, transport) {
+                Ok(Flush::Drained) => {}
+                Ok(Flush::Blocked) => writable = Some(Box::pin(stream.writable(false))),
                 Err(_) => return Disconnect::ClientGone,
             }
         }
@@ -170,7 +198,9 @@ async fn pump(shard: &Shard, stream: &TcpStream, conn: &Conn) -> Disconnect {
                     return Poll::Ready(Wake::Writable(result));
                 }
             }
-            if (writable.is_none() && conn.has_outbound()) || conn.close_requested().is_some() {
+            if (writable.is_none() && has_output(conn, transport))
+                || conn.close_requested().is_some()
+            {
                 return Poll::Ready(Wake::Queued);
             }
             conn.park(cx.waker());
@@ -180,7 +210,11 @@ async fn pump(shard: &Shard, stream: &TcpStream, conn: &Conn) -> Disconnect {
         match wake {
             Wake::Readable(Ok(())) => {
                 readable.set(stream.readable(false));
-                if !read(shard, conn) {
+                let alive = match transport {
+                    Transport::Plain => read(shard, conn),
+                    Transport::Tls(tls) => read_tls(shard, conn, tls),
+                };
+                if !alive {
                     return Disconnect::ClientGone;
                 }
             }
@@ -192,12 +226,12 @@ async fn pump(shard: &Shard, stream: &TcpStream, conn: &Conn) -> Disconnect {
 }
 
 /// Writes what is queued (ending with the close frame), then lingers for the client's close.
-async fn finish_close(stream: &TcpStream, fd: RawFd, conn: &Conn) {
+async fn finish_close(shard: &Shard, stream: &TcpStream, conn: &Conn, transport: &mut Transport) {
     let finish = async {
         loop {
-            match conn.flush() {
-                Ok((Flush::Drained, _)) => return true,
-                Ok((Flush::Blocked, _)) => {
+            match flush(shard, conn, transport) {
+                Ok(Flush::Drained) => return true,
+                Ok(Flush::Blocked) => {
                     if stream.writable(false).await.is_err() {
                         return false;
                     }
@@ -207,21 +241,22 @@ async fn finish_close(stream: &TcpStream, fd: RawFd, conn: &Conn) {
         }
     };
     if matches!(monoio::time::timeout(CLOSE_LINGER, finish).await, Ok(true)) {
-        linger(stream, fd).await;
+        linger(stream, transport).await;
     }
 }
 
 /// Sends a Pusher error and close frame on a session refused at its start.
-async fn close_with(stream: &TcpStream, fd: RawFd, bytes: Vec<u8>) {
-    if io::send_all(stream, fd, &bytes).await.is_ok() {
-        linger(stream, fd).await;
+async fn close_with(stream: &TcpStream, transport: &mut Transport, bytes: Vec<u8>) {
+    if transport.write_all(stream, &bytes).await.is_ok() {
+        linger(stream, transport).await;
     }
 }
 
 /// After our close frame: stop sending and wait briefly for the client to close, so that the
 /// close frame is not lost to a reset.
-async fn linger(stream: &TcpStream, fd: RawFd) {
-    io::shutdown_write(fd);
+async fn linger(stream: &TcpStream, transport: &mut Transport) {
+    transport.shutdown(stream).await;
+    let fd = stream.as_raw_fd();
     let drain = async {
         let mut sink = [0u8; 512];
         loop {
@@ -254,29 +289,84 @@ fn read(shard: &Shard, conn: &Conn) -> bool {
         };
         stats::add(&shard.stats().bytes_in, n as u64);
         conn.touch(shard.now());
-        let mut slot = conn.reader.borrow_mut();
-        match slot.as_mut() {
-            None => {
-                let mut assembler = Assembler::default();
-                let used = process(shard, conn, &mut scratch[..n], &mut assembler);
-                if used < n || !assembler.is_idle() {
-                    *slot = Some(Box::new(Reader {
-                        carry: scratch[used..n].to_vec(),
-                        assembler,
-                    }));
-                }
-            }
-            Some(reader) => {
-                reader.carry.extend_from_slice(&scratch[..n]);
-                drop(slot);
-                read_carried(shard, conn);
-            }
-        }
+        consume(shard, conn, &mut scratch[..n]);
         if conn.close_requested().is_some() || n < scratch.len() {
             return true;
         }
     }
     true
+}
+
+/// Reads ciphertext into the shard's TLS buffer, decrypts it and handles the frames inside.
+/// False when the client has gone or broke the TLS protocol.
+fn read_tls(shard: &Shard, conn: &Conn, tls: &mut TlsSession) -> bool {
+    let mut cipher = shard.tls_scratch.borrow_mut();
+    cipher.clear();
+    cipher.extend_from_slice(&tls.take_incoming());
+    for _ in 0..READS_PER_WAKE {
+        let start = cipher.len();
+        cipher.resize(start + super::SCRATCH_BYTES, 0);
+        let n = match io::recv(conn.fd(), &mut cipher[start..]) {
+            Ok(0) => return false,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                cipher.truncate(start);
+                break;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {
+                cipher.truncate(start);
+                continue;
+            }
+            Err(_) => return false,
+        };
+        cipher.truncate(start + n);
+        stats::add(&shard.stats().bytes_in, n as u64);
+        conn.touch(shard.now());
+        let Ok(used) = tls.absorb(&mut cipher, &mut |plain| consume_plain(shard, conn, plain))
+        else {
+            return false;
+        };
+        cipher.drain(..used);
+        if tls.peer_closed() {
+            return false;
+        }
+        if conn.close_requested().is_some() || n < super::SCRATCH_BYTES {
+            break;
+        }
+    }
+    if !cipher.is_empty() {
+        tls.keep_incoming(&cipher);
+    }
+    true
+}
+
+/// Handles decrypted bytes: copied into the shard's scratch buffer, where frames are unmasked.
+fn consume_plain(shard: &Shard, conn: &Conn, plain: &[u8]) {
+    let mut scratch = shard.scratch.borrow_mut();
+    scratch[..plain.len()].copy_from_slice(plain);
+    consume(shard, conn, &mut scratch[..plain.len()]);
+}
+
+/// Handles the bytes of one read, with whatever an earlier read left incomplete.
+fn consume(shard: &Shard, conn: &Conn, bytes: &mut [u8]) {
+    let mut slot = conn.reader.borrow_mut();
+    match slot.as_mut() {
+        None => {
+            let mut assembler = Assembler::default();
+            let used = process(shard, conn, bytes, &mut assembler);
+            if used < bytes.len() || !assembler.is_idle() {
+                *slot = Some(Box::new(Reader {
+                    carry: bytes[used..].to_vec(),
+                    assembler,
+                }));
+            }
+        }
+        Some(reader) => {
+            reader.carry.extend_from_slice(bytes);
+            drop(slot);
+            read_carried(shard, conn);
+        }
+    }
 }
 
 /// Handles bytes that arrived with the request head.

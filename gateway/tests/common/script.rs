@@ -1,6 +1,7 @@
 //! Runs a compatibility script written against an official SDK and checks what it reports.
 
 use std::io::Read;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -77,4 +78,68 @@ pub fn run_compat(name: &str, command: Command, min_checks: u32) {
         count >= min_checks,
         "{name} ran only {count} checks (expected at least {min_checks})"
     );
+}
+
+/// The directory of the Node compatibility scripts.
+pub fn js_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests")
+        .join("js")
+}
+
+/// Fails, saying how to fix it, when Node or the npm packages are missing.
+pub fn require_node_and_modules(dir: &Path) {
+    let modules = dir.join("node_modules");
+    for package in ["pusher-js", "pusher"] {
+        assert!(
+            modules.join(package).join("package.json").is_file(),
+            "{} is missing npm package `{package}`: run `scripts/test` (it runs `npm ci` in {}), \
+             or run `npm ci` there yourself",
+            modules.display(),
+            dir.display(),
+        );
+    }
+    let node = Command::new("node").arg("--version").output();
+    assert!(
+        matches!(&node, Ok(output) if output.status.success()),
+        "`node` is not runnable ({node:?}): install Node.js (18 or newer) to run the pusher-js compatibility test",
+    );
+}
+
+/// The directory of the Python compatibility scripts.
+pub fn py_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests")
+        .join("py")
+}
+
+/// The Python interpreter: `PYTHON`, or python3.
+pub fn python() -> String {
+    std::env::var("PYTHON").unwrap_or_else(|_| "python3".to_string())
+}
+
+/// Fails, saying how to fix it, when Python or its packages are missing.
+pub fn require_python_packages(dir: &Path) {
+    let probe = Command::new(python())
+        .args(["-c", "import pusher, websockets.sync.client"])
+        .current_dir(dir)
+        .output();
+    match probe {
+        Ok(output) if output.status.success() => {}
+        Ok(output) => panic!(
+            "the Python packages for this test are missing ({}): run `scripts/test`, or \
+             `{} -m pip install -r {}`",
+            String::from_utf8_lossy(&output.stderr)
+                .trim()
+                .lines()
+                .last()
+                .unwrap_or(""),
+            python(),
+            dir.join("requirements.txt").display(),
+        ),
+        Err(e) => panic!(
+            "cannot run `{}` ({e}): install Python 3 to run the Python SDK test",
+            python()
+        ),
+    }
 }

@@ -1,0 +1,450 @@
+//! The TLS listener: real TLS clients, protocol versions and ALPN, resumption across shards,
+//! certificate reload, and bad input on the TLS port.
+
+mod common;
+
+use std::io::{BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{free_port, Gateway};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::CertificateDer;
+use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
+use serde_json::json;
+use tungstenite::{Message, WebSocket};
+
+type TlsStream = StreamOwned<ClientConnection, TcpStream>;
+
+/// A fresh directory with a development CA, chain and key made by `gateway cert`.
+fn certificates(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("gateway-tls-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let status = Command::new(env!("CARGO_BIN_EXE_gateway"))
+        .args(["cert", "--dir", dir.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    dir
+}
+
+struct TlsGateway {
+    gateway: Gateway,
+    tls_port: u16,
+}
+
+fn start(certs: &Path, extra: &[&str]) -> TlsGateway {
+    let tls_port = free_port();
+    let mut args = vec![
+        "--tls-port".to_string(),
+        tls_port.to_string(),
+        "--tls-cert".into(),
+        certs.join("chain.pem").to_str().unwrap().into(),
+        "--tls-key".into(),
+        certs.join("key.pem").to_str().unwrap().into(),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    TlsGateway {
+        gateway: Gateway::start(&args),
+        tls_port,
+    }
+}
+
+fn client_config(ca: &Path) -> Arc<ClientConfig> {
+    let mut roots = RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca).unwrap() {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Arc::new(
+        ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    )
+}
+
+fn tls_connect(config: &Arc<ClientConfig>, port: u16) -> std::io::Result<TlsStream> {
+    let tcp = TcpStream::connect(("127.0.0.1", port))?;
+    tcp.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let conn = ClientConnection::new(config.clone(), "localhost".try_into().unwrap()).unwrap();
+    let mut stream = StreamOwned::new(conn, tcp);
+    while stream.conn.is_handshaking() {
+        stream.conn.complete_io(&mut stream.sock)?;
+    }
+    Ok(stream)
+}
+
+fn leaf_of(stream: &TlsStream) -> Vec<u8> {
+    stream.conn.peer_certificates().unwrap()[0].to_vec()
+}
+
+/// A Pusher client over TLS, subscribed to `channel`.
+fn wss_client(stream: TlsStream, port: u16, channel: &str) -> WebSocket<TlsStream> {
+    let url = format!("wss://localhost:{port}/app/app-key?protocol=7");
+    let (mut socket, _) = tungstenite::client(url, stream).unwrap();
+    let next = |socket: &mut WebSocket<TlsStream>| -> serde_json::Value {
+        match socket.read().unwrap() {
+            Message::Text(text) => serde_json::from_str(&text).unwrap(),
+            other => panic!("unexpected {other:?}"),
+        }
+    };
+    assert_eq!(next(&mut socket)["event"], "pusher:connection_established");
+    let subscribe = json!({"event": "pusher:subscribe", "data": {"channel": channel}});
+    socket.send(Message::text(subscribe.to_string())).unwrap();
+    assert_eq!(
+        next(&mut socket)["event"],
+        "pusher_internal:subscription_succeeded"
+    );
+    socket
+}
+
+fn next_event(socket: &mut WebSocket<TlsStream>) -> serde_json::Value {
+    loop {
+        match socket.read().unwrap() {
+            Message::Text(text) => return serde_json::from_str(&text).unwrap(),
+            Message::Ping(_) | Message::Pong(_) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn python_websockets_receives_a_published_event_over_wss() {
+    let dir = common::script::py_dir();
+    common::script::require_python_packages(&dir);
+    let certs = certificates("python");
+    let tls = start(&certs, &["--shards", "2"]);
+    let mut child = Command::new(common::script::python())
+        .arg(dir.join("wss_client.py"))
+        .arg(format!(
+            "wss://localhost:{}/app/app-key?protocol=7",
+            tls.tls_port
+        ))
+        .arg(certs.join("ca.pem"))
+        .arg("secure-news")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap());
+    assert_eq!(common::read_line(&mut lines).trim(), "subscribed");
+    tls.gateway.publish("secure-news", "story", "over tls");
+    let event: serde_json::Value = serde_json::from_str(&common::read_line(&mut lines)).unwrap();
+    assert_eq!(
+        (event["event"].as_str(), event["data"].as_str()),
+        (Some("story"), Some("over tls"))
+    );
+    assert!(child.wait().unwrap().success());
+}
+
+#[test]
+fn pusher_js_with_force_tls_and_the_server_sdk_over_https() {
+    let dir = common::script::js_dir();
+    common::script::require_node_and_modules(&dir);
+    let certs = certificates("pusher-js");
+    let tls = start(&certs, &["--shards", "2"]);
+    let mut command = Command::new("node");
+    command
+        .arg(dir.join("wss.mjs"))
+        .arg(tls.tls_port.to_string())
+        .env("NODE_EXTRA_CA_CERTS", certs.join("ca.pem"))
+        .current_dir(&dir);
+    common::script::run_compat("wss.mjs", command, 7);
+}
+
+fn s_client(port: u16, flags: &[&str]) -> String {
+    let output = Command::new("openssl")
+        .args([
+            "s_client",
+            "-connect",
+            &format!("127.0.0.1:{port}"),
+            "-servername",
+            "localhost",
+        ])
+        .args(flags)
+        .stdin(Stdio::null())
+        .output()
+        .expect("openssl is installed");
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+#[test]
+fn only_tls_1_2_and_1_3_are_spoken_with_alpn_http_1_1() {
+    let certs = certificates("versions");
+    let tls = start(&certs, &[]);
+    for old in ["-tls1", "-tls1_1"] {
+        let output = s_client(tls.tls_port, &[old]);
+        assert!(
+            !output.contains("Cipher is TLS")
+                && !output.contains("New, TLSv1.0")
+                && output.contains("Cipher is (NONE)"),
+            "{old} refused:\n{output}"
+        );
+    }
+    for (flag, version) in [("-tls1_2", "TLSv1.2"), ("-tls1_3", "TLSv1.3")] {
+        let output = s_client(tls.tls_port, &[flag, "-alpn", "http/1.1"]);
+        assert!(
+            output.contains(&format!("Protocol  : {version}"))
+                || output.contains(&format!("New, {version}")),
+            "{flag}:\n{output}"
+        );
+        assert!(
+            output.contains("ALPN protocol: http/1.1"),
+            "{flag}:\n{output}"
+        );
+    }
+}
+
+#[test]
+fn sessions_resume_on_every_shard() {
+    let certs = certificates("resume");
+    let tls = start(&certs, &["--shards", "2"]);
+    let config = client_config(&certs.join("ca.pem"));
+    let mut resumed = 0;
+    for attempt in 0..12 {
+        let mut stream = tls_connect(&config, tls.tls_port).unwrap();
+        if stream.conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
+            resumed += 1;
+        }
+        stream
+            .write_all(b"GET /health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut response = String::new();
+        let _ = stream.read_to_string(&mut response);
+        assert!(
+            response.starts_with("HTTP/1.1 200"),
+            "attempt {attempt}: {response}"
+        );
+    }
+    assert_eq!(resumed, 11, "every connection after the first resumed");
+    for shard in 0..2 {
+        let handshakes = tls.gateway.metric(&format!(
+            "gateway_tls_handshakes_total{{shard=\"{shard}\"}}"
+        ));
+        assert!(handshakes > 0.0, "shard {shard} handled handshakes");
+    }
+}
+
+fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_reloaded_certificate_serves_new_handshakes_and_a_broken_one_is_refused() {
+    let certs = certificates("reload");
+    let tls = start(&certs, &[]);
+    let old_config = client_config(&certs.join("ca.pem"));
+    let old_stream = tls_connect(&old_config, tls.tls_port).unwrap();
+    let old_leaf = leaf_of(&old_stream);
+    let mut old_client = wss_client(old_stream, tls.tls_port, "updates");
+
+    let fresh = certificates("reload-new");
+    for file in ["chain.pem", "key.pem"] {
+        std::fs::copy(fresh.join(file), certs.join(file)).unwrap();
+    }
+    // SAFETY: kill takes no pointers; the pid is our own child's.
+    unsafe { libc::kill(tls.gateway.child.id() as i32, libc::SIGHUP) };
+    wait_for("the reload", || {
+        tls.gateway.metric("gateway_tls_cert_reloads_total") >= 1.0
+    });
+
+    let new_config = client_config(&fresh.join("ca.pem"));
+    let new_stream = tls_connect(&new_config, tls.tls_port).unwrap();
+    assert_ne!(
+        leaf_of(&new_stream),
+        old_leaf,
+        "new handshakes get the new certificate"
+    );
+    tls.gateway.publish("updates", "still", "here");
+    assert_eq!(
+        next_event(&mut old_client)["event"],
+        "still",
+        "the old connection is untouched"
+    );
+
+    std::fs::write(
+        certs.join("chain.pem"),
+        "-----BEGIN CERTIFICATE-----\nbroken\n-----END CERTIFICATE-----\n",
+    )
+    .unwrap();
+    // SAFETY: as above.
+    unsafe { libc::kill(tls.gateway.child.id() as i32, libc::SIGHUP) };
+    wait_for("the refusal", || {
+        tls.gateway.metric("gateway_tls_cert_reload_failures_total") >= 1.0
+    });
+    let after = tls_connect(&new_config, tls.tls_port).unwrap();
+    assert_eq!(
+        leaf_of(&after),
+        leaf_of(&new_stream),
+        "the good certificate stays in service"
+    );
+}
+
+#[test]
+fn bad_input_on_the_tls_port_is_closed_and_counted() {
+    let certs = certificates("bad");
+    let tls = start(&certs, &["--tls-handshake-timeout", "1"]);
+    let config = client_config(&certs.join("ca.pem"));
+    let mut good = wss_client(
+        tls_connect(&config, tls.tls_port).unwrap(),
+        tls.tls_port,
+        "watch",
+    );
+
+    let closed_after = |bytes: &[u8]| {
+        let mut stream = TcpStream::connect(("127.0.0.1", tls.tls_port)).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        stream.write_all(bytes).unwrap();
+        let mut sink = Vec::new();
+        let _ = stream.read_to_end(&mut sink);
+        sink
+    };
+    closed_after(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n");
+    closed_after(&[0x16, 0x03, 0x01, 0x00, 0x05, 1, 2, 3, 4, 5]);
+    let stalled = TcpStream::connect(("127.0.0.1", tls.tls_port)).unwrap();
+    stalled
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut sink = [0u8; 16];
+    assert_eq!(
+        (&stalled).read(&mut sink).unwrap_or(0),
+        0,
+        "a stalled handshake is closed"
+    );
+
+    for reason in ["plain_http", "protocol", "timeout"] {
+        let metric = format!("gateway_tls_handshake_failures_total{{reason=\"{reason}\"}}");
+        assert_eq!(tls.gateway.wait_metric(&metric, 1.0), 1.0, "{reason}");
+    }
+    tls.gateway.publish("watch", "fine", "yes");
+    assert_eq!(
+        next_event(&mut good)["event"],
+        "fine",
+        "other TLS clients keep working"
+    );
+}
+
+/// Runs openssl to make a key in a given PEM form (`OUT` in the command stands for the key file)
+/// and a self-signed certificate for it.
+fn openssl_identity(dir: &Path, name: &str, key_command: &[&str]) -> (PathBuf, PathBuf) {
+    let key = dir.join(format!("{name}.key"));
+    let cert = dir.join(format!("{name}.pem"));
+    let key_path = key.to_str().unwrap();
+    let status = Command::new("openssl")
+        .args(
+            key_command
+                .iter()
+                .map(|arg| if *arg == "OUT" { key_path } else { arg }),
+        )
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success(), "openssl made the {name} key");
+    let status = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+            "-key",
+        ])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success(), "openssl made the {name} certificate");
+    (cert, key)
+}
+
+#[test]
+fn rsa_pkcs1_and_ec_sec1_keys_serve_handshakes() {
+    let dir = certificates("formats");
+    let cases: [(&str, &[&str], &str); 2] = [
+        (
+            "rsa",
+            &["genrsa", "-traditional", "-out", "OUT", "2048"],
+            "BEGIN RSA PRIVATE KEY",
+        ),
+        (
+            "ec",
+            &[
+                "ecparam",
+                "-name",
+                "prime256v1",
+                "-genkey",
+                "-noout",
+                "-out",
+                "OUT",
+            ],
+            "BEGIN EC PRIVATE KEY",
+        ),
+    ];
+    for (name, key_command, pem_label) in cases {
+        let (cert, key) = openssl_identity(&dir, name, key_command);
+        assert!(
+            std::fs::read_to_string(&key).unwrap().contains(pem_label),
+            "{name} key form"
+        );
+        let tls_port = free_port();
+        let gateway = Gateway::start(&[
+            "--tls-port",
+            &tls_port.to_string(),
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+        ]);
+        let output = s_client(tls_port, &["-tls1_3"]);
+        assert!(
+            output.contains("Protocol  : TLSv1.3") || output.contains("New, TLSv1.3"),
+            "{name}:\n{output}"
+        );
+        drop(gateway);
+    }
+}
+
+#[test]
+fn a_key_that_does_not_match_is_refused_at_start_naming_the_files() {
+    let first = certificates("mismatch-a");
+    let second = certificates("mismatch-b");
+    let output = Command::new(env!("CARGO_BIN_EXE_gateway"))
+        .args([
+            "--port",
+            &free_port().to_string(),
+            "--admin-port",
+            &free_port().to_string(),
+        ])
+        .args(["--tls-port", &free_port().to_string()])
+        .arg("--tls-cert")
+        .arg(first.join("chain.pem"))
+        .arg("--tls-key")
+        .arg(second.join("key.pem"))
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("does not match") && stderr.contains("key.pem"),
+        "{stderr}"
+    );
+}
