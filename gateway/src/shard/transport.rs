@@ -129,17 +129,6 @@ impl TlsSession {
                     }
                     false
                 }
-                ConnectionState::ReadEarlyData(mut records) => {
-                    while let Some(record) = records.next_record() {
-                        let AppDataRecord {
-                            discard: more,
-                            payload,
-                        } = record?;
-                        discard += more;
-                        on_plain(payload);
-                    }
-                    false
-                }
                 ConnectionState::EncodeTlsData(mut encoder) => {
                     append(
                         &mut self.outgoing,
@@ -159,6 +148,8 @@ impl TlsSession {
                     self.peer_closed = true;
                     true
                 }
+                // BlockedHandshake and WriteTraffic: nothing more to read until more arrives.
+                // (Early data stays off: ServerConfig::max_early_data_size is left at 0.)
                 _ => true,
             };
             used += discard;
