@@ -1,7 +1,8 @@
 //! A thread-per-core WebSocket gateway speaking the Pusher Channels protocol v7.
 //!
 //! The pure modules (`protocol`, `ws`, `http`, `channels`) hold what the protocols say and do no
-//! IO; the shell (`shard`, `bus`, `admin`, `server`) moves bytes on monoio runtimes, one per core.
+//! IO; the shell (`shard`, `bus`, `admin`, `server`) moves bytes on monoio runtimes, one per core,
+//! and `webhooks` sends events to apps' servers from a thread of its own.
 
 pub mod admin;
 pub mod bus;
@@ -13,4 +14,5 @@ pub mod protocol;
 pub mod server;
 pub mod shard;
 pub mod tls;
+pub mod webhooks;
 pub mod ws;

@@ -1,6 +1,8 @@
-//! A shard's channel registry: who is subscribed to what, and the last event of cache channels.
-//! No IO lives here.
+//! A shard's channel registry: who is subscribed to what, the last event of cache channels, the
+//! members of presence channels and the signed-in users. No IO lives here.
 
+pub mod presence;
 mod registry;
+pub mod users;
 
 pub use registry::{Registry, CACHE_TTL};

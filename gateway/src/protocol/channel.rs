@@ -3,6 +3,10 @@
 /// Longest channel name accepted, as Pusher documents it.
 pub const MAX_CHANNEL_NAME_LEN: usize = 164;
 
+/// The channel through which the HTTP API reaches one signed-in user: `#server-to-user-{id}`.
+/// Outside the name rules on purpose (`#` is reserved), so no client can make one up.
+pub const SERVER_TO_USER_PREFIX: &str = "#server-to-user-";
+
 /// What a channel name says about the channel, decided by its prefix.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ChannelKind {
@@ -100,6 +104,20 @@ pub fn validate_name(name: &str) -> Result<(), ChannelNameError> {
     }
 }
 
+/// The user a `#server-to-user-{id}` channel reaches, if the name is one.
+pub fn server_to_user(name: &str) -> Option<&str> {
+    name.strip_prefix(SERVER_TO_USER_PREFIX)
+        .filter(|id| !id.is_empty() && id.len() <= super::member::MAX_USER_ID_LEN)
+}
+
+/// Checks a channel name the HTTP API may publish to: a valid name, or a user's channel.
+pub fn validate_publish_name(name: &str) -> Result<(), ChannelNameError> {
+    if server_to_user(name).is_some() {
+        return Ok(());
+    }
+    validate_name(name)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -156,6 +174,21 @@ mod tests {
         assert_eq!(
             validate_name(&"a".repeat(165)),
             Err(ChannelNameError::TooLong)
+        );
+    }
+
+    #[test]
+    fn server_to_user_channels_are_for_the_api_only() {
+        assert_eq!(server_to_user("#server-to-user-u1"), Some("u1"));
+        assert_eq!(server_to_user("#server-to-user-"), None);
+        assert_eq!(server_to_user("server-to-user-u1"), None);
+        let long = format!("#server-to-user-{}", "u".repeat(129));
+        assert_eq!(server_to_user(&long), None);
+        assert_eq!(validate_publish_name("#server-to-user-a b"), Ok(()));
+        assert_eq!(validate_publish_name("news"), Ok(()));
+        assert_eq!(
+            validate_publish_name("#other"),
+            Err(ChannelNameError::BadCharacter)
         );
     }
 }

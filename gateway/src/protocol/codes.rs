@@ -20,6 +20,8 @@ pub const GOING_AWAY: u16 = 4200;
 pub const PONG_NOT_RECEIVED: u16 = 4201;
 /// Client events over the rate limit.
 pub const CLIENT_EVENT_RATE_LIMIT: u16 = 4301;
+/// A sign-in's watchlist is longer than the gateway keeps.
+pub const WATCHLIST_TOO_LONG: u16 = 4302;
 
 /// WebSocket: normal closure.
 pub const WS_NORMAL: u16 = 1000;

@@ -3,6 +3,7 @@
 
 pub mod channel;
 pub mod codes;
+pub mod member;
 pub mod message;
 pub mod signature;
 pub mod socket_id;

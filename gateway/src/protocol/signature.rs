@@ -57,6 +57,25 @@ pub fn verify_channel_auth(
         )
 }
 
+/// Checks a sign-in's `auth` field, which signs `"<socket_id>::user::<user_data>"`.
+pub fn verify_user_auth(
+    app_key: &str,
+    secret: &str,
+    socket_id: &str,
+    user_data: &str,
+    auth: &str,
+) -> bool {
+    let Some((key, signature)) = auth.split_once(':') else {
+        return false;
+    };
+    key == app_key
+        && verify(
+            secret,
+            &format!("{socket_id}::user::{user_data}"),
+            signature,
+        )
+}
+
 /// Hex MD5 of a request body, as `body_md5` carries it.
 pub fn body_md5(body: &[u8]) -> String {
     hex::encode(Md5::digest(body))
@@ -154,6 +173,22 @@ mod tests {
             Some("{}"),
             &auth
         ));
+    }
+
+    #[test]
+    fn user_auth_covers_socket_and_user_data() {
+        let data = r#"{"id":"u1"}"#;
+        let auth = format!("{KEY}:{}", sign(SECRET, &format!("1.1::user::{data}")));
+        assert!(verify_user_auth(KEY, SECRET, "1.1", data, &auth));
+        assert!(!verify_user_auth(KEY, SECRET, "1.2", data, &auth));
+        assert!(!verify_user_auth(
+            KEY,
+            SECRET,
+            "1.1",
+            r#"{"id":"u2"}"#,
+            &auth
+        ));
+        assert!(!verify_user_auth("other", SECRET, "1.1", data, &auth));
     }
 
     #[test]

@@ -228,6 +228,16 @@ pub fn text_frame(text: &str) -> Bytes {
     encode(0x1, text.as_bytes())
 }
 
+/// The text of a frame `text_frame` made, for reading back what a cache channel keeps.
+pub fn text_payload(frame: &[u8]) -> Option<&str> {
+    let header = match frame.get(1)? & 0x7f {
+        126 => 4,
+        127 => 10,
+        _ => 2,
+    };
+    std::str::from_utf8(frame.get(header..)?).ok()
+}
+
 /// A server pong frame echoing the ping's payload.
 pub fn pong_frame(payload: &[u8]) -> Bytes {
     encode(0xa, payload)
@@ -248,6 +258,15 @@ pub fn close_frame(code: u16, reason: &str) -> Bytes {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn text_frames_read_back() {
+        for len in [0, 125, 126, 65_535, 65_536] {
+            let text = "x".repeat(len);
+            assert_eq!(text_payload(&text_frame(&text)), Some(text.as_str()));
+        }
+        assert_eq!(text_payload(&[0x81]), None);
+    }
 
     const MAX: usize = 64 * 1024;
 
