@@ -9,6 +9,8 @@ use std::path::PathBuf;
 use serde::Deserialize;
 use serde_json::Value;
 
+use crate::webhooks::WebhookKind;
+
 /// The development app's secret; its use is warned about loudly.
 pub const DEFAULT_SECRET: &str = "app-secret";
 
@@ -23,21 +25,104 @@ pub struct App {
     pub enabled: bool,
     #[serde(default)]
     pub client_events: bool,
+    /// WebSocket connections the app may hold on this node; 0 means only the node's limit.
+    #[serde(default)]
+    pub max_connections: usize,
+    /// Client events per second per connection; the global `client_event_rate` when absent.
+    #[serde(default)]
+    pub client_event_rate: Option<u32>,
+    /// Browser origins allowed to connect (`https://app.example.com`, `https://*.example.com`,
+    /// `*`); empty means any origin, or none at all.
+    #[serde(default)]
+    pub allowed_origins: Vec<String>,
+    /// Where webhooks are POSTed; none are sent without it.
+    #[serde(default)]
+    pub webhook_url: Option<String>,
+    /// Which webhook events are sent; every kind but `subscription_count` when absent.
+    #[serde(default)]
+    pub webhook_events: Option<Vec<WebhookKind>>,
+    /// Whether subscribers get `pusher_internal:subscription_count` events.
+    #[serde(default)]
+    pub subscription_count_events: bool,
 }
 
 fn yes() -> bool {
     true
 }
 
+/// Whether an origin matches one `allowed_origins` entry.
+fn origin_matches(pattern: &str, origin: &str) -> bool {
+    if pattern == "*" {
+        return true;
+    }
+    let origin = origin.to_ascii_lowercase();
+    let pattern = pattern.to_ascii_lowercase();
+    match pattern.split_once("*.") {
+        Some((scheme, domain)) => origin
+            .strip_prefix(scheme)
+            .and_then(|host| host.strip_suffix(domain))
+            .is_some_and(|sub| sub.len() > 1 && sub.ends_with('.') && !sub.contains('/')),
+        None => pattern == origin,
+    }
+}
+
 impl App {
+    /// An enabled app with these credentials and every option at its default.
+    pub fn new(id: &str, key: &str, secret: &str) -> App {
+        App {
+            id: id.into(),
+            key: key.into(),
+            secret: secret.into(),
+            enabled: true,
+            client_events: false,
+            max_connections: 0,
+            client_event_rate: None,
+            allowed_origins: Vec::new(),
+            webhook_url: None,
+            webhook_events: None,
+            subscription_count_events: false,
+        }
+    }
+
     fn development() -> App {
         App {
-            id: "1".into(),
-            key: "app-key".into(),
-            secret: DEFAULT_SECRET.into(),
-            enabled: true,
             client_events: true,
+            ..App::new("1", "app-key", DEFAULT_SECRET)
         }
+    }
+
+    /// Whether a connection with this `Origin` header may open.
+    pub fn allows_origin(&self, origin: Option<&str>) -> bool {
+        if self.allowed_origins.is_empty() {
+            return true;
+        }
+        origin.is_some_and(|origin| {
+            self.allowed_origins
+                .iter()
+                .any(|pattern| origin_matches(pattern, origin.trim()))
+        })
+    }
+
+    /// Whether webhooks of this kind are sent.
+    pub fn wants_webhook(&self, kind: WebhookKind) -> bool {
+        self.webhook_url.is_some()
+            && match &self.webhook_events {
+                Some(kinds) => kinds.contains(&kind),
+                None => kind != WebhookKind::SubscriptionCount,
+            }
+    }
+
+    /// Whether node-wide subscription counts must be kept for this app: for subscription_count
+    /// events, or for the webhooks that report a channel filling or emptying.
+    pub fn counts_subscriptions(&self) -> bool {
+        self.subscription_count_events
+            || [
+                WebhookKind::ChannelOccupied,
+                WebhookKind::ChannelVacated,
+                WebhookKind::SubscriptionCount,
+            ]
+            .into_iter()
+            .any(|kind| self.wants_webhook(kind))
     }
 }
 
@@ -82,6 +167,10 @@ pub struct Config {
     pub max_request_body_bytes: usize,
     /// Client events one connection may send per second (more closes with 4301).
     pub client_event_rate: u32,
+    /// Users one presence channel holds (more are refused with a subscription_error).
+    pub max_presence_members: usize,
+    /// Webhook events waiting for the sender thread (more are dropped and counted).
+    pub webhook_queue_capacity: usize,
     pub log_format: LogFormat,
     /// TLS port on every shard beside the plaintext one; 0 means no TLS.
     pub tls_port: u16,
@@ -113,6 +202,8 @@ impl Default for Config {
             max_event_data_bytes: 10 * 1024,
             max_request_body_bytes: 256 * 1024,
             client_event_rate: 10,
+            max_presence_members: 100,
+            webhook_queue_capacity: 10_000,
             log_format: LogFormat::Text,
             tls_port: 0,
             tls_cert: None,
@@ -143,7 +234,7 @@ pub enum ConfigError {
 }
 
 /// The settings that take one scalar value, in the order `--help` lists them.
-pub const SETTINGS: [(&str, &str); 24] = [
+pub const SETTINGS: [(&str, &str); 26] = [
     ("bind", "address the client port listens on (0.0.0.0)"),
     ("port", "WebSocket and HTTP API port (6001)"),
     ("admin_bind", "address of the admin port (127.0.0.1)"),
@@ -189,6 +280,14 @@ pub const SETTINGS: [(&str, &str); 24] = [
     (
         "client_event_rate",
         "client events per second per connection, else 4301 (10)",
+    ),
+    (
+        "max_presence_members",
+        "users one presence channel holds (100)",
+    ),
+    (
+        "webhook_queue_capacity",
+        "webhook events waiting to be sent, else dropped (10000)",
     ),
     ("log_format", "text or json (text)"),
     (
@@ -291,6 +390,8 @@ impl Config {
             "max_event_data_bytes" => self.max_event_data_bytes = parse(key, value)?,
             "max_request_body_bytes" => self.max_request_body_bytes = parse(key, value)?,
             "client_event_rate" => self.client_event_rate = parse(key, value)?,
+            "max_presence_members" => self.max_presence_members = parse(key, value)?,
+            "webhook_queue_capacity" => self.webhook_queue_capacity = parse(key, value)?,
             "log_format" => {
                 self.log_format = match value {
                     "text" => LogFormat::Text,
@@ -328,6 +429,7 @@ impl Config {
             ("tls_handshake_timeout", self.tls_handshake_timeout as usize),
             ("max_event_data_bytes", self.max_event_data_bytes),
             ("max_request_body_bytes", self.max_request_body_bytes),
+            ("webhook_queue_capacity", self.webhook_queue_capacity),
         ];
         for (setting, value) in positive {
             if value == 0 {
@@ -392,6 +494,23 @@ impl Config {
                 return Err(ConfigError::Inconsistent(format!(
                     "apps[{i}]: id {} or key {} is used by another app",
                     app.id, app.key
+                )));
+            }
+            if let Some(url) = &app.webhook_url {
+                if !(url.starts_with("http://") || url.starts_with("https://")) {
+                    return Err(ConfigError::Inconsistent(format!(
+                        "apps[{i}].webhook_url {url:?} must start with http:// or https://"
+                    )));
+                }
+            }
+            if app.allowed_origins.iter().any(|o| o.trim().is_empty()) {
+                return Err(ConfigError::Inconsistent(format!(
+                    "apps[{i}].allowed_origins has an empty entry"
+                )));
+            }
+            if app.client_event_rate == Some(0) && app.client_events {
+                return Err(ConfigError::Inconsistent(format!(
+                    "apps[{i}].client_event_rate is 0: turn client_events off instead"
                 )));
             }
         }
@@ -548,6 +667,90 @@ mod tests {
         .unwrap();
         assert_eq!((config.port, config.tls_port), (0, 443));
         assert_eq!(config.tls_cert, Some(PathBuf::from("/c.pem")));
+    }
+
+    #[test]
+    fn per_app_settings_from_the_file() {
+        let dir = std::env::temp_dir().join(format!("gateway-apps-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("gateway.json");
+        std::fs::write(
+            &path,
+            r#"{"apps": [
+                {"id": "1", "key": "k1", "secret": "s1", "max_connections": 5,
+                 "client_event_rate": 3, "allowed_origins": ["https://a.example"],
+                 "webhook_url": "http://127.0.0.1:9/hooks",
+                 "webhook_events": ["channel_occupied", "member_added"],
+                 "subscription_count_events": true},
+                {"id": "2", "key": "k2", "secret": "s2"}
+            ]}"#,
+        )
+        .unwrap();
+        let config = Config::load(&args(&["--config", path.to_str().unwrap()]), []).unwrap();
+        let (one, two) = (&config.apps[0], &config.apps[1]);
+        assert_eq!((one.max_connections, one.client_event_rate), (5, Some(3)));
+        assert!(one.wants_webhook(WebhookKind::ChannelOccupied));
+        assert!(!one.wants_webhook(WebhookKind::ChannelVacated));
+        assert!(one.counts_subscriptions());
+        assert!(!two.wants_webhook(WebhookKind::ChannelOccupied), "no url");
+        assert!(!two.counts_subscriptions());
+        assert_eq!(two, &App::new("2", "k2", "s2"));
+
+        std::fs::write(
+            &path,
+            r#"{"apps": [{"id": "1", "key": "k", "secret": "s", "webhook_url": "ftp://x"}]}"#,
+        )
+        .unwrap();
+        let error = Config::load(&args(&["--config", path.to_str().unwrap()]), []).unwrap_err();
+        assert!(error.to_string().contains("webhook_url"), "{error}");
+        std::fs::write(
+            &path,
+            r#"{"apps": [{"id": "1", "key": "k", "secret": "s", "webhook_events": ["nope"]}]}"#,
+        )
+        .unwrap();
+        let error = Config::load(&args(&["--config", path.to_str().unwrap()]), []).unwrap_err();
+        assert!(error.to_string().contains("nope"), "{error}");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn webhook_events_default_to_all_but_subscription_count() {
+        let app = App {
+            webhook_url: Some("http://127.0.0.1:9/".into()),
+            ..App::new("1", "k", "s")
+        };
+        assert!(app.wants_webhook(WebhookKind::ChannelVacated));
+        assert!(app.wants_webhook(WebhookKind::CacheMiss));
+        assert!(!app.wants_webhook(WebhookKind::SubscriptionCount));
+    }
+
+    #[test]
+    fn origins() {
+        let app = App {
+            allowed_origins: vec![
+                "https://app.example.com".into(),
+                "https://*.example.org".into(),
+            ],
+            ..App::new("1", "k", "s")
+        };
+        assert!(app.allows_origin(Some("https://app.example.com")));
+        assert!(app.allows_origin(Some("HTTPS://APP.example.com")));
+        assert!(app.allows_origin(Some("https://a.example.org")));
+        assert!(app.allows_origin(Some("https://a.b.example.org")));
+        assert!(!app.allows_origin(Some("https://example.org")));
+        assert!(!app.allows_origin(Some("https://evilexample.org")));
+        assert!(!app.allows_origin(Some("http://a.example.org")));
+        assert!(!app.allows_origin(Some("https://app.example.com.evil")));
+        assert!(
+            !app.allows_origin(None),
+            "a list set means an Origin is needed"
+        );
+        assert!(App::new("1", "k", "s").allows_origin(None));
+        let any = App {
+            allowed_origins: vec!["*".into()],
+            ..App::new("1", "k", "s")
+        };
+        assert!(any.allows_origin(Some("https://whatever")));
     }
 
     #[test]

@@ -5,6 +5,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
+use crossbeam_channel::Sender;
+
 use crate::admin::stats::ShardStats;
 use crate::bus::InboxSender;
 use crate::config::Config;
@@ -16,6 +18,7 @@ pub struct NodeTls {
     pub config: Arc<rustls::ServerConfig>,
     pub store: Arc<CertStore>,
 }
+use crate::webhooks::{Job, WebhookStats};
 
 /// The way to reach one shard.
 #[derive(Debug)]
@@ -39,6 +42,9 @@ pub struct Node {
     pub open_sockets: AtomicUsize,
     pub shards: Vec<ShardLink>,
     pub tls: Option<NodeTls>,
+    /// The queue to the webhook sender thread, when some app has a webhook URL.
+    pub webhooks: Option<Sender<Job>>,
+    pub webhook_stats: WebhookStats,
     draining: AtomicBool,
     ready: AtomicBool,
 }
@@ -50,6 +56,7 @@ impl Node {
         max_connections: usize,
         shards: Vec<ShardLink>,
         tls: Option<NodeTls>,
+        webhooks: Option<Sender<Job>>,
     ) -> Node {
         Node {
             config,
@@ -60,6 +67,8 @@ impl Node {
             open_sockets: AtomicUsize::new(0),
             shards,
             tls,
+            webhooks,
+            webhook_stats: WebhookStats::default(),
             draining: AtomicBool::new(false),
             ready: AtomicBool::new(false),
         }
@@ -68,6 +77,16 @@ impl Node {
     /// Open WebSocket sessions across all shards.
     pub fn connections(&self) -> i64 {
         self.shards.iter().map(|s| s.stats.open_connections()).sum()
+    }
+
+    /// Open WebSocket sessions of one app across all shards. Read without coordination, so
+    /// connections opening at the same instant on several shards may pass an app's limit by
+    /// one each.
+    pub fn app_connections(&self, app: usize) -> i64 {
+        self.shards
+            .iter()
+            .map(|s| s.stats.connections[app].load(Ordering::Relaxed))
+            .sum()
     }
 
     pub fn is_draining(&self) -> bool {

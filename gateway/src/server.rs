@@ -169,10 +169,24 @@ pub fn run(config: Config) -> Result<(), StartError> {
             stats: ShardStats::new(config.apps.len()),
         })
         .collect();
+    // The sender thread and its queue exist only when some app wants webhooks.
+    let (webhooks, webhook_jobs) = if config.apps.iter().any(|a| a.webhook_url.is_some()) {
+        let (sender, receiver) = crate::webhooks::queue(config.webhook_queue_capacity);
+        (Some(sender), Some(receiver))
+    } else {
+        (None, None)
+    };
     if config.uses_default_secret() {
         tracing::warn!("!!! an app uses the published development secret \"app-secret\": anyone can sign its requests; set app_secret or an apps list before exposing this gateway !!!");
     }
-    let node = Arc::new(Node::new(config, io_driver, max_connections, links, tls));
+    let node = Arc::new(Node::new(
+        config,
+        io_driver,
+        max_connections,
+        links,
+        tls,
+        webhooks,
+    ));
     tracing::info!(
         shards = shard_count,
         io_driver,
@@ -207,6 +221,12 @@ pub fn run(config: Config) -> Result<(), StartError> {
             tracing::error!(error = %e, "admin port stopped");
         }
     })?;
+    if let Some(jobs) = webhook_jobs {
+        let webhook_node = node.clone();
+        spawn("webhooks".into(), move || {
+            crate::webhooks::run(webhook_node, jobs)
+        })?;
+    }
     let signal_node = node.clone();
     spawn("signals".into(), move || watch_signals(&signal_node))?;
     if let Some(tls) = &node.tls {

@@ -179,11 +179,13 @@ fn pusher_level_refusals() {
     );
     assert_eq!(client.next_event()["data"]["code"], 4009);
 
+    // Signed correctly, but with no channel_data and no sign-in to say who the member is.
     let answer = client.subscribe("presence-room");
     assert_eq!(answer["event"], "pusher:subscription_error");
+    assert_eq!(answer["data"]["type"], "InvalidChannelData");
     client.next_event();
 
-    client.send(json!({"event": "pusher:signin", "data": {}}));
+    client.send(json!({"event": "pusher:bogus", "data": {}}));
     assert_eq!(client.next_event()["event"], "pusher:error");
     client.socket.send(Message::text("not json")).unwrap();
     assert_eq!(client.next_event()["event"], "pusher:error");
@@ -191,7 +193,7 @@ fn pusher_level_refusals() {
     for reason in [
         "bad_channel",
         "subscription_auth",
-        "presence_unsupported",
+        "bad_channel_data",
         "unsupported_event",
         "bad_message",
     ] {

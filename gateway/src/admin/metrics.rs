@@ -153,6 +153,36 @@ pub fn render(node: &Node, latency: &Histogram<u64>) -> String {
     );
     header(
         &mut out,
+        "gateway_webhook_events_total",
+        "counter",
+        "Webhook events by outcome: sent, cancelled (undone within the hold, or repeated), failed (given up after retries), dropped (the sender's queue was full).",
+    );
+    let webhooks = &node.webhook_stats;
+    let dropped = summed(node, |s| &s.webhook_drops);
+    for (outcome, value) in [
+        ("sent", webhooks.sent.load(Relaxed)),
+        ("cancelled", webhooks.cancelled.load(Relaxed)),
+        ("failed", webhooks.failed.load(Relaxed)),
+        ("dropped", dropped),
+    ] {
+        let _ = writeln!(
+            out,
+            "gateway_webhook_events_total{{outcome=\"{outcome}\"}} {value}"
+        );
+    }
+    header(
+        &mut out,
+        "gateway_webhook_retries_total",
+        "counter",
+        "Webhook requests that failed and were scheduled again.",
+    );
+    let _ = writeln!(
+        out,
+        "gateway_webhook_retries_total {}",
+        webhooks.retries.load(Relaxed)
+    );
+    header(
+        &mut out,
         "gateway_http_requests_total",
         "counter",
         "HTTP responses by status.",

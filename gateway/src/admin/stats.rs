@@ -42,6 +42,7 @@ labelled! {
         ActivityTimeout => "activity_timeout",
         Drain => "drain",
         Refused => "refused",
+        Terminated => "terminated",
     }
 }
 
@@ -67,7 +68,17 @@ labelled! {
         BadMessage => "bad_message",
         BadChannel => "bad_channel",
         SubscriptionAuth => "subscription_auth",
-        PresenceUnsupported => "presence_unsupported",
+        BadChannelData => "bad_channel_data",
+        PresenceFull => "presence_members_limit",
+        UserIdTooLong => "user_id_too_long",
+        UserInfoTooLarge => "user_info_too_large",
+        ServerToUser => "server_to_user_channel",
+        SigninAuth => "signin_auth",
+        BadUserData => "bad_user_data",
+        AlreadySignedIn => "already_signed_in",
+        WatchlistTooLong => "watchlist_too_long",
+        AppOverQuota => "app_over_quota",
+        OriginNotAllowed => "origin_not_allowed",
         ClientEventRefused => "client_event_refused",
         ClientEventRate => "client_event_rate",
         UnsupportedEvent => "unsupported_event",
@@ -108,6 +119,8 @@ pub struct ShardStats {
     pub inbox_drops: AtomicU64,
     pub tls_handshakes: AtomicU64,
     pub tls_failures: Box<[AtomicU64]>,
+    /// Webhook events this shard could not put in the sender thread's full queue.
+    pub webhook_drops: AtomicU64,
 }
 
 fn counters(n: usize) -> Box<[AtomicU64]> {
@@ -130,6 +143,7 @@ impl ShardStats {
             inbox_drops: AtomicU64::new(0),
             tls_handshakes: AtomicU64::new(0),
             tls_failures: counters(TlsFailure::ALL.len()),
+            webhook_drops: AtomicU64::new(0),
         }
     }
 

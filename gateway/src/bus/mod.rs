@@ -13,6 +13,7 @@ use futures_channel::oneshot;
 use futures_util::task::AtomicWaker;
 use hdrhistogram::Histogram;
 
+use crate::channels::presence::RosterDelta;
 use crate::protocol::SocketId;
 
 /// An event on its way to a channel's subscribers, encoded once and shared by every shard.
@@ -24,6 +25,9 @@ pub struct Broadcast {
     pub frame: Bytes,
     /// The socket that must not receive it.
     pub except: Option<SocketId>,
+    /// Whether a cache channel keeps it for later subscribers (not client events nor the
+    /// gateway's own `pusher_internal:` events).
+    pub cache: bool,
     /// When it was published, for the fanout latency histogram.
     pub published: Instant,
 }
@@ -32,10 +36,25 @@ pub struct Broadcast {
 #[derive(Debug)]
 pub enum ShardMessage {
     Broadcast(Arc<Broadcast>),
-    /// Subscription counts of the app's occupied channels, or of one channel.
+    /// Another shard's (or, through a cluster layer, another node's) change to who is present.
+    Roster(Arc<RosterDelta>),
+    /// To the shard that keeps a channel's node-wide count: how many subscribers the sending
+    /// shard has now.
+    Subscribers {
+        app: usize,
+        channel: Box<str>,
+        shard: usize,
+        count: u64,
+    },
+    /// Close every socket signed in as this user, with 4009.
+    TerminateUser {
+        app: usize,
+        user_id: Arc<str>,
+    },
+    /// Subscription counts of the app's occupied channels, or of the named ones.
     ChannelCounts {
         app: usize,
-        channel: Option<Box<str>>,
+        channels: Option<Vec<Box<str>>>,
         reply: oneshot::Sender<Vec<(Box<str>, u64)>>,
     },
     /// A copy of the shard's fanout latency histogram (microseconds).

@@ -3,6 +3,11 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use indexmap::IndexMap;
+use serde_json::Value;
+
+use super::presence::Transition;
+use super::presence::{ChannelFull, LocalChange, PresenceChannel, RosterDelta, RosterKey, Source};
+use super::users::Users;
 
 /// How long a cache channel keeps its last event, as Pusher does.
 pub const CACHE_TTL: Duration = Duration::from_secs(30 * 60);
@@ -22,6 +27,9 @@ struct AppChannels<S> {
     /// Last event frame of each cache channel, kept whether or not anyone here is subscribed,
     /// so that the first subscriber on this shard gets it too.
     cached: HashMap<Box<str>, (Bytes, Instant)>,
+    /// Presence channels with members anywhere on the node.
+    presence: HashMap<Box<str>, PresenceChannel>,
+    users: Users,
 }
 
 impl<S> Registry<S> {
@@ -31,6 +39,8 @@ impl<S> Registry<S> {
                 .map(|_| AppChannels {
                     subscribed: HashMap::new(),
                     cached: HashMap::new(),
+                    presence: HashMap::new(),
+                    users: Users::default(),
                 })
                 .collect(),
         }
@@ -99,15 +109,95 @@ impl<S> Registry<S> {
         }
     }
 
-    /// A cache channel's latest event frame, if one was published within the TTL.
-    pub fn cached(&mut self, app: usize, channel: &str, now: Instant) -> Option<Bytes> {
+    /// A cache channel's latest event frame and how long it stays, if one was published within
+    /// the TTL.
+    pub fn cached(&mut self, app: usize, channel: &str, now: Instant) -> Option<(Bytes, Duration)> {
         let cached = &mut self.apps[app].cached;
         let (frame, stored) = cached.get(channel)?;
-        if now.duration_since(*stored) <= CACHE_TTL {
-            return Some(frame.clone());
+        let age = now.duration_since(*stored);
+        if age <= CACHE_TTL {
+            return Some((frame.clone(), CACHE_TTL - age));
         }
         cached.remove(channel);
         None
+    }
+
+    /// A local socket joins a presence channel as `user_id`; see `PresenceChannel::join`.
+    pub fn presence_join(
+        &mut self,
+        app: usize,
+        channel: &str,
+        socket: u64,
+        (user_id, info): (&str, &Value),
+        max_members: usize,
+        me: Source,
+    ) -> Result<Option<LocalChange>, ChannelFull> {
+        let channels = &mut self.apps[app].presence;
+        let presence = match channels.get_mut(channel) {
+            Some(presence) => presence,
+            None => channels.entry(channel.into()).or_default(),
+        };
+        let joined = presence.join(socket, user_id, info, max_members, me);
+        if presence.is_unused() {
+            channels.remove(channel);
+        }
+        joined
+    }
+
+    /// A local socket leaves a presence channel; returns its user and what leaving did.
+    pub fn presence_leave(
+        &mut self,
+        app: usize,
+        channel: &str,
+        socket: u64,
+        me: Source,
+    ) -> Option<(Box<str>, LocalChange)> {
+        let channels = &mut self.apps[app].presence;
+        let presence = channels.get_mut(channel)?;
+        let left = presence.leave(socket, me);
+        if presence.is_unused() {
+            channels.remove(channel);
+        }
+        left
+    }
+
+    /// A presence channel's node-wide members and local sockets, if it has any.
+    pub fn presence(&self, app: usize, channel: &str) -> Option<&PresenceChannel> {
+        self.apps[app].presence.get(channel)
+    }
+
+    /// Applies another source's change to a roster.
+    pub fn apply(&mut self, delta: &RosterDelta) -> Transition {
+        let app = &mut self.apps[delta.app];
+        match &delta.roster {
+            RosterKey::SignedIn => {
+                app.users
+                    .apply(&delta.user_id, delta.source, delta.joined.is_some())
+            }
+            RosterKey::Channel(channel) => {
+                let channels = &mut app.presence;
+                let presence = match channels.get_mut(&**channel) {
+                    Some(presence) => presence,
+                    None => channels.entry(channel.clone()).or_default(),
+                };
+                let transition =
+                    presence
+                        .roster
+                        .apply(&delta.user_id, delta.source, delta.joined.as_ref());
+                if presence.is_unused() {
+                    channels.remove(&**channel);
+                }
+                transition
+            }
+        }
+    }
+
+    pub fn users(&self, app: usize) -> &Users {
+        &self.apps[app].users
+    }
+
+    pub fn users_mut(&mut self, app: usize) -> &mut Users {
+        &mut self.apps[app].users
     }
 }
 
@@ -141,8 +231,11 @@ mod tests {
         registry.set_cached(0, "cache-a", Bytes::from_static(b"1"), start);
         registry.set_cached(0, "cache-a", Bytes::from_static(b"2"), start);
         assert_eq!(
-            registry.cached(0, "cache-a", start),
-            Some(Bytes::from_static(b"2"))
+            registry.cached(0, "cache-a", start + Duration::from_secs(60)),
+            Some((
+                Bytes::from_static(b"2"),
+                CACHE_TTL - Duration::from_secs(60)
+            ))
         );
         assert_eq!(
             registry.cached(0, "cache-a", start + CACHE_TTL + Duration::from_secs(1)),
@@ -152,6 +245,54 @@ mod tests {
             registry.cached(0, "cache-a", start),
             None,
             "expired entries are dropped"
+        );
+    }
+
+    #[test]
+    fn presence_channels_live_while_someone_is_present() {
+        let mut registry: Registry<()> = Registry::new(1);
+        let me = Source { node: 1, shard: 0 };
+        let other = Source { node: 1, shard: 1 };
+        let member = ("u1", &Value::Null);
+        let joined = registry.presence_join(0, "presence-a", 7, member, 100, me);
+        assert_eq!(
+            joined.map(|c| c.map(|c| c.transition)),
+            Ok(Some(Transition::Added))
+        );
+        assert_eq!(
+            registry
+                .presence(0, "presence-a")
+                .and_then(|p| p.user_of(7)),
+            Some("u1")
+        );
+        let delta = RosterDelta {
+            app: 0,
+            roster: RosterKey::Channel("presence-a".into()),
+            user_id: "u2".into(),
+            source: other,
+            joined: Some(Value::Null),
+        };
+        assert_eq!(registry.apply(&delta), Transition::Added);
+        assert_eq!(
+            registry.presence(0, "presence-a").map(|p| p.roster.len()),
+            Some(2)
+        );
+        let (user, change) = registry.presence_leave(0, "presence-a", 7, me).unwrap();
+        assert_eq!((&*user, change.transition), ("u1", Transition::Removed));
+        let left = RosterDelta {
+            joined: None,
+            ..delta
+        };
+        assert_eq!(registry.apply(&left), Transition::Removed);
+        assert!(
+            registry.presence(0, "presence-a").is_none(),
+            "dropped when empty"
+        );
+        let refused = registry.presence_join(0, "presence-b", 8, member, 0, me);
+        assert_eq!(refused, Err(ChannelFull(0)));
+        assert!(
+            registry.presence(0, "presence-b").is_none(),
+            "no empty channel left behind"
         );
     }
 }

@@ -58,6 +58,10 @@ pub enum Route {
         app_id: String,
         channel: String,
     },
+    TerminateConnections {
+        app_id: String,
+        user_id: String,
+    },
     Health,
     NotFound,
 }
@@ -86,6 +90,12 @@ impl Route {
                 app_id: decode(id),
                 channel: decode(name),
             },
+            ["apps", id, "users", user, "terminate_connections"] if !user.is_empty() => {
+                Route::TerminateConnections {
+                    app_id: decode(id),
+                    user_id: decode(user),
+                }
+            }
             ["health"] => Route::Health,
             _ => Route::NotFound,
         }
@@ -98,7 +108,8 @@ impl Route {
             | Route::BatchEvents { app_id }
             | Route::Channels { app_id }
             | Route::Channel { app_id, .. }
-            | Route::ChannelUsers { app_id, .. } => Some(app_id),
+            | Route::ChannelUsers { app_id, .. }
+            | Route::TerminateConnections { app_id, .. } => Some(app_id),
             Route::Client { .. } | Route::Health | Route::NotFound => None,
         }
     }
@@ -106,7 +117,9 @@ impl Route {
     /// The method the route answers to.
     pub fn method(&self) -> &'static str {
         match self {
-            Route::Events { .. } | Route::BatchEvents { .. } => "POST",
+            Route::Events { .. }
+            | Route::BatchEvents { .. }
+            | Route::TerminateConnections { .. } => "POST",
             _ => "GET",
         }
     }
@@ -184,6 +197,8 @@ pub struct Publish {
     pub channels: Vec<String>,
     /// The socket that must not receive it (the one that caused it).
     pub socket_id: Option<String>,
+    /// The channel attributes to answer with, when asked for.
+    pub info: Option<InfoFields>,
 }
 
 #[derive(Deserialize)]
@@ -193,6 +208,7 @@ struct RawPublish {
     channel: Option<String>,
     channels: Option<Vec<String>>,
     socket_id: Option<String>,
+    info: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -227,13 +243,19 @@ fn check_publish(raw: RawPublish, max_data: usize) -> Result<Publish, ApiError> 
         return Err(bad("channels must name 1 to 100 channels"));
     }
     for name in &channels {
-        channel::validate_name(name).map_err(|e| bad(&format!("channel {name:?}: {e}")))?;
+        channel::validate_publish_name(name).map_err(|e| bad(&format!("channel {name:?}: {e}")))?;
     }
+    let info = raw
+        .info
+        .as_deref()
+        .map(InfoFields::parse_list)
+        .transpose()?;
     Ok(Publish {
         name,
         data,
         channels,
         socket_id: raw.socket_id,
+        info,
     })
 }
 
@@ -260,9 +282,34 @@ pub fn parse_batch(body: &[u8], max_data: usize) -> Result<Vec<Publish>, ApiErro
         .collect()
 }
 
-/// The answer to a batch: one empty object per event.
-pub fn batch_response(events: usize) -> String {
-    json!({"batch": vec![json!({}); events]}).to_string()
+/// The answer to a publish: `{}`, or with `info`, the attributes of each channel published to.
+pub fn publish_response(
+    info: Option<InfoFields>,
+    states: &BTreeMap<String, ChannelState>,
+) -> String {
+    let Some(info) = info else {
+        return "{}".into();
+    };
+    let channels: Map<String, Value> = states
+        .iter()
+        .map(|(name, state)| (name.clone(), attributes(info, name, state)))
+        .collect();
+    json!({ "channels": channels }).to_string()
+}
+
+/// The answer to a batch: per event, `{}` or the attributes of its channel when it asked.
+pub fn batch_response(events: &[Publish], states: &BTreeMap<String, ChannelState>) -> String {
+    let answers: Vec<Value> = events
+        .iter()
+        .map(|event| {
+            let channel = event.channels.first().map_or("", String::as_str);
+            match (event.info, states.get(channel)) {
+                (Some(info), Some(state)) => attributes(info, channel, state),
+                _ => json!({}),
+            }
+        })
+        .collect();
+    json!({ "batch": answers }).to_string()
 }
 
 /// Which attributes a channel query asked for.
@@ -270,18 +317,22 @@ pub fn batch_response(events: usize) -> String {
 pub struct InfoFields {
     pub subscription_count: bool,
     pub user_count: bool,
+    pub cache: bool,
 }
 
 impl InfoFields {
+    /// The `info` query parameter.
     pub fn parse(params: &Params) -> Result<InfoFields, ApiError> {
+        InfoFields::parse_list(param(params, "info").unwrap_or(""))
+    }
+
+    /// A comma-separated list of attributes.
+    pub fn parse_list(list: &str) -> Result<InfoFields, ApiError> {
         let mut fields = InfoFields::default();
-        for attribute in param(params, "info")
-            .unwrap_or("")
-            .split(',')
-            .map(str::trim)
-        {
+        for attribute in list.split(',').map(str::trim) {
             match attribute {
-                "" | "cache" => {}
+                "" => {}
+                "cache" => fields.cache = true,
                 "subscription_count" => fields.subscription_count = true,
                 "user_count" => fields.user_count = true,
                 other => {
@@ -296,10 +347,28 @@ impl InfoFields {
     }
 }
 
-/// `GET /apps/{id}/channels`: occupied channels, filtered by prefix. `counts` maps each occupied
-/// channel to its subscription count.
+/// The last event a cache channel holds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CachedEvent {
+    pub event: Value,
+    pub data: Value,
+    /// Seconds it stays cached.
+    pub ttl: u64,
+}
+
+/// What the gateway knows about a channel, node-wide.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ChannelState {
+    /// Sockets subscribed.
+    pub subscriptions: u64,
+    /// Distinct users, on presence channels.
+    pub users: u64,
+    pub cached: Option<CachedEvent>,
+}
+
+/// `GET /apps/{id}/channels`: occupied channels, filtered by prefix.
 pub fn channels_response(
-    counts: &BTreeMap<String, u64>,
+    states: &BTreeMap<String, ChannelState>,
     params: &Params,
 ) -> Result<String, ApiError> {
     let prefix = param(params, "filter_by_prefix").unwrap_or("");
@@ -311,51 +380,67 @@ pub fn channels_response(
         ));
     }
     let mut channels = Map::new();
-    for (name, &count) in counts.range(prefix.to_owned()..) {
+    for (name, state) in states.range(prefix.to_owned()..) {
         if !name.starts_with(prefix) {
             break;
         }
-        channels.insert(name.clone(), attributes(info, count));
+        channels.insert(name.clone(), attributes(info, name, state));
     }
     Ok(json!({"channels": channels}).to_string())
 }
 
 /// `GET /apps/{id}/channels/{name}`.
-pub fn channel_response(channel: &str, count: u64, params: &Params) -> Result<String, ApiError> {
+pub fn channel_response(
+    channel: &str,
+    state: &ChannelState,
+    params: &Params,
+) -> Result<String, ApiError> {
     let info = InfoFields::parse(params)?;
-    if info.user_count && !ChannelKind::of(channel).is_presence() {
+    let kind = ChannelKind::of(channel);
+    if info.user_count && !kind.is_presence() {
         return Err(ApiError::new(
             400,
             "user_count is only for presence channels",
         ));
     }
-    let mut body = attributes(info, count);
-    body["occupied"] = Value::Bool(count > 0);
+    if info.cache && !kind.is_cache() {
+        return Err(ApiError::new(400, "cache is only for cache channels"));
+    }
+    let mut body = attributes(info, channel, state);
+    body["occupied"] = Value::Bool(state.subscriptions > 0);
     Ok(body.to_string())
 }
 
-/// Presence members are not tracked yet, so user counts are zero and member lists empty.
-fn attributes(info: InfoFields, count: u64) -> Value {
+/// The attributes asked for that apply to the channel.
+fn attributes(info: InfoFields, channel: &str, state: &ChannelState) -> Value {
+    let kind = ChannelKind::of(channel);
     let mut attributes = json!({});
     if info.subscription_count {
-        attributes["subscription_count"] = json!(count);
+        attributes["subscription_count"] = json!(state.subscriptions);
     }
-    if info.user_count {
-        attributes["user_count"] = json!(0);
+    if info.user_count && kind.is_presence() {
+        attributes["user_count"] = json!(state.users);
+    }
+    if let Some(cached) = state.cached.as_ref().filter(|_| info.cache) {
+        attributes["cache"] =
+            json!({"event": cached.event, "data": cached.data, "ttl": cached.ttl});
     }
     attributes
 }
 
 /// `GET /apps/{id}/channels/{name}/users`, for presence channels only.
-pub fn users_response(channel: &str) -> Result<String, ApiError> {
-    if ChannelKind::of(channel).is_presence() {
-        Ok(json!({"users": []}).to_string())
-    } else {
-        Err(ApiError::new(
+pub fn users_response<'a>(
+    channel: &str,
+    users: impl Iterator<Item = &'a str>,
+) -> Result<String, ApiError> {
+    if !ChannelKind::of(channel).is_presence() {
+        return Err(ApiError::new(
             400,
             "users are listed for presence channels only",
-        ))
+        ));
     }
+    let users: Vec<Value> = users.map(|id| json!({ "id": id })).collect();
+    Ok(json!({ "users": users }).to_string())
 }
 
 #[cfg(test)]
@@ -363,13 +448,7 @@ mod tests {
     use super::*;
 
     fn app() -> App {
-        App {
-            id: "3".into(),
-            key: "278d425bdf160c739803".into(),
-            secret: "7ad3773142a6692b25b8".into(),
-            enabled: true,
-            client_events: false,
-        }
+        App::new("3", "278d425bdf160c739803", "7ad3773142a6692b25b8")
     }
 
     fn signed(method: &str, path: &str, body: &[u8], timestamp: u64) -> Params {
@@ -415,6 +494,17 @@ mod tests {
                 app_id: "1".into(),
                 channel: "presence-x".into()
             }
+        );
+        assert_eq!(
+            Route::of("/apps/1/users/u%201/terminate_connections"),
+            Route::TerminateConnections {
+                app_id: "1".into(),
+                user_id: "u 1".into()
+            }
+        );
+        assert_eq!(
+            Route::of("/apps/1/users/u1/terminate_connections").method(),
+            "POST"
         );
         assert_eq!(Route::of("/health"), Route::Health);
         assert_eq!(Route::of("/app/"), Route::NotFound);
@@ -494,13 +584,38 @@ mod tests {
         let too_many: Vec<String> = (0..101).map(|i| format!("c{i}")).collect();
         let body = json!({"name": "e", "channels": too_many, "data": "d"}).to_string();
         assert_eq!(status(body.as_bytes()), 400);
+        assert_eq!(
+            status(br#"{"name":"e","channel":"a","data":"d","info":"bogus"}"#),
+            400
+        );
+        let to_user = parse_publish(
+            br##"{"name":"e","channel":"#server-to-user-u 1","data":"d","info":"user_count"}"##,
+            100,
+        )
+        .unwrap();
+        assert_eq!(to_user.channels, vec!["#server-to-user-u 1"]);
+        assert_eq!(
+            to_user.info,
+            Some(InfoFields {
+                user_count: true,
+                ..InfoFields::default()
+            })
+        );
     }
 
     #[test]
     fn batches() {
-        let body = br#"{"batch":[{"name":"e","channel":"a","data":"1"},{"name":"f","channel":"b","data":"2"}]}"#;
-        assert_eq!(parse_batch(body, 100).unwrap().len(), 2);
-        assert_eq!(batch_response(2), r#"{"batch":[{},{}]}"#);
+        let body = br#"{"batch":[{"name":"e","channel":"a","data":"1"},{"name":"f","channel":"presence-b","data":"2","info":"user_count,subscription_count"}]}"#;
+        let events = parse_batch(body, 100).unwrap();
+        assert_eq!(events.len(), 2);
+        let states = BTreeMap::from([
+            ("a".to_string(), state(1, 0)),
+            ("presence-b".to_string(), state(3, 2)),
+        ]);
+        assert_eq!(
+            batch_response(&events, &states),
+            r#"{"batch":[{},{"subscription_count":3,"user_count":2}]}"#
+        );
         let eleven: Vec<Value> = (0..11)
             .map(|_| json!({"name": "e", "channel": "a", "data": "1"}))
             .collect();
@@ -508,39 +623,92 @@ mod tests {
         assert_eq!(parse_batch(body.as_bytes(), 100).unwrap_err().status, 400);
     }
 
+    fn state(subscriptions: u64, users: u64) -> ChannelState {
+        ChannelState {
+            subscriptions,
+            users,
+            cached: None,
+        }
+    }
+
     #[test]
     fn channel_queries() {
-        let counts = BTreeMap::from([
-            ("a".to_string(), 2),
-            ("presence-r".into(), 1),
-            ("private-b".into(), 3),
+        let states = BTreeMap::from([
+            ("a".to_string(), state(2, 0)),
+            ("presence-r".into(), state(3, 2)),
+            ("private-b".into(), state(3, 0)),
         ]);
         let params = parse_query("filter_by_prefix=private-&info=subscription_count");
         assert_eq!(
-            channels_response(&counts, &params).unwrap(),
+            channels_response(&states, &params).unwrap(),
             r#"{"channels":{"private-b":{"subscription_count":3}}}"#
         );
         assert_eq!(
-            channels_response(&counts, &parse_query("info=user_count"))
+            channels_response(&states, &parse_query("info=user_count"))
                 .unwrap_err()
                 .status,
             400
         );
+        let params = parse_query("filter_by_prefix=presence-&info=user_count");
         assert_eq!(
-            channel_response("a", 2, &parse_query("info=subscription_count")).unwrap(),
+            channels_response(&states, &params).unwrap(),
+            r#"{"channels":{"presence-r":{"user_count":2}}}"#
+        );
+        assert_eq!(
+            channel_response("a", &state(2, 0), &parse_query("info=subscription_count")).unwrap(),
             r#"{"occupied":true,"subscription_count":2}"#
         );
         assert_eq!(
-            channel_response("a", 0, &Params::new()).unwrap(),
-            r#"{"occupied":false}"#
+            channel_response("presence-r", &state(3, 2), &parse_query("info=user_count")).unwrap(),
+            r#"{"occupied":true,"user_count":2}"#
         );
         assert_eq!(
-            channel_response("a", 0, &parse_query("info=bogus"))
-                .unwrap_err()
-                .status,
+            channel_response("a", &state(0, 0), &Params::new()).unwrap(),
+            r#"{"occupied":false}"#
+        );
+        for bad in ["info=bogus", "info=user_count", "info=cache"] {
+            assert_eq!(
+                channel_response("a", &state(0, 0), &parse_query(bad))
+                    .unwrap_err()
+                    .status,
+                400,
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            users_response("a", std::iter::empty()).unwrap_err().status,
             400
         );
-        assert_eq!(users_response("a").unwrap_err().status, 400);
-        assert_eq!(users_response("presence-a").unwrap(), r#"{"users":[]}"#);
+        assert_eq!(
+            users_response("presence-a", ["1", "2"].into_iter()).unwrap(),
+            r#"{"users":[{"id":"1"},{"id":"2"}]}"#
+        );
+    }
+
+    #[test]
+    fn cache_and_publish_info() {
+        let cached = ChannelState {
+            subscriptions: 1,
+            users: 0,
+            cached: Some(CachedEvent {
+                event: json!("score"),
+                data: json!("2-0"),
+                ttl: 1799,
+            }),
+        };
+        assert_eq!(
+            channel_response("cache-s", &cached, &parse_query("info=cache")).unwrap(),
+            r#"{"cache":{"data":"2-0","event":"score","ttl":1799},"occupied":true}"#
+        );
+        let states = BTreeMap::from([
+            ("a".to_string(), state(2, 0)),
+            ("presence-r".into(), state(3, 2)),
+        ]);
+        assert_eq!(publish_response(None, &states), "{}");
+        let info = InfoFields::parse_list("subscription_count,user_count").unwrap();
+        assert_eq!(
+            publish_response(Some(info), &states),
+            r#"{"channels":{"a":{"subscription_count":2},"presence-r":{"subscription_count":3,"user_count":2}}}"#
+        );
     }
 }

@@ -15,6 +15,11 @@ pub enum ClientMessage {
     Unsubscribe {
         channel: String,
     },
+    /// A user signs in: `auth` signs `user_data`, as the app's server issued them.
+    Signin {
+        auth: String,
+        user_data: String,
+    },
     /// A `client-` event to relay to the channel's other subscribers.
     ClientEvent {
         event: String,
@@ -75,6 +80,10 @@ impl ClientMessage {
             "pusher:unsubscribe" => ClientMessage::Unsubscribe {
                 channel: required(&data, "channel")?,
             },
+            "pusher:signin" => ClientMessage::Signin {
+                auth: required(&data, "auth")?,
+                user_data: required(&data, "user_data")?,
+            },
             name if name.starts_with("client-") => {
                 let Some(Value::String(channel)) = message.remove("channel") else {
                     return Err(MessageError::MissingField {
@@ -111,6 +120,71 @@ pub const PONG: &str = r#"{"event":"pusher:pong","data":{}}"#;
 pub fn subscription_succeeded(channel: &str) -> String {
     json!({"event": "pusher_internal:subscription_succeeded", "channel": channel, "data": "{}"})
         .to_string()
+}
+
+/// `pusher_internal:subscription_succeeded` for a presence channel: every member node-wide.
+pub fn presence_subscription_succeeded<'a>(
+    channel: &str,
+    members: impl Iterator<Item = (&'a str, &'a Value)>,
+) -> String {
+    let mut ids = Vec::new();
+    let mut hash = serde_json::Map::new();
+    for (id, info) in members {
+        ids.push(Value::String(id.to_owned()));
+        hash.insert(id.to_owned(), info.clone());
+    }
+    let count = ids.len();
+    let data = json!({"presence": {"ids": ids, "hash": hash, "count": count}}).to_string();
+    json!({"event": "pusher_internal:subscription_succeeded", "channel": channel, "data": data})
+        .to_string()
+}
+
+/// `pusher_internal:member_added`: a user's first socket joined the presence channel.
+pub fn member_added(channel: &str, user_id: &str, user_info: &Value) -> String {
+    let data = json!({"user_id": user_id, "user_info": user_info}).to_string();
+    json!({"event": "pusher_internal:member_added", "channel": channel, "data": data}).to_string()
+}
+
+/// `pusher_internal:member_removed`: a user's last socket left the presence channel.
+pub fn member_removed(channel: &str, user_id: &str) -> String {
+    let data = json!({ "user_id": user_id }).to_string();
+    json!({"event": "pusher_internal:member_removed", "channel": channel, "data": data}).to_string()
+}
+
+/// `pusher_internal:subscription_count`: how many sockets are subscribed node-wide.
+pub fn subscription_count(channel: &str, count: u64) -> String {
+    let data = json!({ "subscription_count": count }).to_string();
+    json!({"event": "pusher_internal:subscription_count", "channel": channel, "data": data})
+        .to_string()
+}
+
+/// `pusher:signin_success`, echoing the `user_data` the user signed in with.
+pub fn signin_success(user_data: &str) -> String {
+    json!({"event": "pusher:signin_success", "data": {"user_data": user_data}}).to_string()
+}
+
+/// Which watched users came online or went offline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Watch {
+    Online,
+    Offline,
+}
+
+/// `pusher_internal:watchlist_events`, in the shape pusher-js hands to `user.watchlist`. Lists
+/// without ids are left out.
+pub fn watchlist_events(events: &[(Watch, Vec<&str>)]) -> String {
+    let events: Vec<Value> = events
+        .iter()
+        .filter(|(_, ids)| !ids.is_empty())
+        .map(|(watch, ids)| {
+            let name = match watch {
+                Watch::Online => "online",
+                Watch::Offline => "offline",
+            };
+            json!({"name": name, "user_ids": ids})
+        })
+        .collect();
+    json!({"event": "pusher_internal:watchlist_events", "data": {"events": events}}).to_string()
 }
 
 /// `pusher:subscription_error`, in the shape pusher-js reports to the app.
@@ -177,9 +251,18 @@ mod tests {
             })
         );
         assert_eq!(
-            ClientMessage::parse(r#"{"event":"pusher:signin","data":{}}"#),
+            ClientMessage::parse(
+                r#"{"event":"pusher:signin","data":{"auth":"k:s","user_data":"{}"}}"#
+            ),
+            Ok(ClientMessage::Signin {
+                auth: "k:s".into(),
+                user_data: "{}".into()
+            })
+        );
+        assert_eq!(
+            ClientMessage::parse(r#"{"event":"pusher:bogus","data":{}}"#),
             Ok(ClientMessage::Unsupported {
-                event: "pusher:signin".into()
+                event: "pusher:bogus".into()
             })
         );
     }
@@ -196,6 +279,13 @@ mod tests {
             ClientMessage::parse(r#"{"event":"pusher:subscribe","data":{}}"#),
             Err(MessageError::MissingField {
                 field: "channel",
+                ..
+            })
+        ));
+        assert!(matches!(
+            ClientMessage::parse(r#"{"event":"pusher:signin","data":{"auth":"k:s"}}"#),
+            Err(MessageError::MissingField {
+                field: "user_data",
                 ..
             })
         ));
@@ -220,6 +310,60 @@ mod tests {
         assert_eq!(
             event,
             json!({"event": "e", "channel": "c", "data": "d", "user_id": "u"})
+        );
+    }
+
+    /// Server events whose `data` is a JSON string holding JSON, decoded.
+    fn inner(message: &str) -> (Value, Value) {
+        let outer: Value = serde_json::from_str(message).unwrap();
+        let data = serde_json::from_str(outer["data"].as_str().unwrap()).unwrap();
+        (outer, data)
+    }
+
+    #[test]
+    fn presence_messages() {
+        let info = json!({"name": "Ann"});
+        let null = Value::Null;
+        let members = [("u1", &info), ("u2", &null)];
+        let (outer, data) = inner(&presence_subscription_succeeded(
+            "presence-a",
+            members.into_iter(),
+        ));
+        assert_eq!(outer["event"], "pusher_internal:subscription_succeeded");
+        assert_eq!(outer["channel"], "presence-a");
+        assert_eq!(
+            data,
+            json!({"presence": {"ids": ["u1", "u2"], "hash": {"u1": {"name": "Ann"}, "u2": null}, "count": 2}})
+        );
+        let (outer, data) = inner(&member_added("presence-a", "u1", &info));
+        assert_eq!(outer["event"], "pusher_internal:member_added");
+        assert_eq!(data, json!({"user_id": "u1", "user_info": {"name": "Ann"}}));
+        let (outer, data) = inner(&member_removed("presence-a", "u1"));
+        assert_eq!(outer["event"], "pusher_internal:member_removed");
+        assert_eq!(data, json!({"user_id": "u1"}));
+        let (outer, data) = inner(&subscription_count("a", 3));
+        assert_eq!(
+            (outer["event"].as_str(), outer["channel"].as_str()),
+            (Some("pusher_internal:subscription_count"), Some("a"))
+        );
+        assert_eq!(data, json!({"subscription_count": 3}));
+    }
+
+    #[test]
+    fn user_messages() {
+        let success: Value = serde_json::from_str(&signin_success(r#"{"id":"u1"}"#)).unwrap();
+        assert_eq!(
+            success,
+            json!({"event": "pusher:signin_success", "data": {"user_data": "{\"id\":\"u1\"}"}})
+        );
+        let events: Value = serde_json::from_str(&watchlist_events(&[
+            (Watch::Online, vec!["u2"]),
+            (Watch::Offline, vec![]),
+        ]))
+        .unwrap();
+        assert_eq!(
+            events,
+            json!({"event": "pusher_internal:watchlist_events", "data": {"events": [{"name": "online", "user_ids": ["u2"]}]}})
         );
     }
 }

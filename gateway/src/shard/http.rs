@@ -1,8 +1,10 @@
 //! The first bytes of every connection: the request head, then either a WebSocket session or
 //! HTTP API requests on a keep-alive connection.
 
+use std::collections::BTreeMap;
 use std::rc::Rc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use monoio::net::TcpStream;
 
@@ -10,10 +12,11 @@ use super::session;
 use super::transport::{HandshakeFailure, Transport};
 use super::{OpenSocket, Shard};
 use crate::admin::stats::{self, Rejection, TlsFailure};
+use crate::bus::ShardMessage;
 use crate::http::api::{self, ApiError, Route};
 use crate::http::{HeadError, RequestHead, Response};
 use crate::protocol::message;
-use crate::ws::frame::text_frame;
+use crate::ws::frame::{text_frame, text_payload};
 
 /// Largest request head.
 pub const MAX_HEAD_BYTES: usize = 8 * 1024;
@@ -292,41 +295,135 @@ async fn api_call(
     let max_data = config.max_event_data_bytes;
     match route {
         Route::Events { .. } => {
-            publish(shard, app_index, api::parse_publish(body, max_data)?);
-            Ok("{}".into())
+            let event = api::parse_publish(body, max_data)?;
+            publish(shard, app_index, &event);
+            let states = match event.info {
+                Some(info) => channel_states(shard, app_index, Some(&event.channels), info).await?,
+                None => BTreeMap::new(),
+            };
+            Ok(api::publish_response(event.info, &states))
         }
         Route::BatchEvents { .. } => {
             let events = api::parse_batch(body, max_data)?;
-            let count = events.len();
-            for event in events {
+            for event in &events {
                 publish(shard, app_index, event);
             }
-            Ok(api::batch_response(count))
+            let asked: Vec<String> = events
+                .iter()
+                .filter(|e| e.info.is_some())
+                .flat_map(|e| e.channels.iter().cloned())
+                .collect();
+            let info = events.iter().filter_map(|e| e.info).fold(
+                api::InfoFields::default(),
+                |all, one| api::InfoFields {
+                    subscription_count: all.subscription_count || one.subscription_count,
+                    user_count: all.user_count || one.user_count,
+                    cache: all.cache || one.cache,
+                },
+            );
+            let states = if asked.is_empty() {
+                BTreeMap::new()
+            } else {
+                channel_states(shard, app_index, Some(&asked), info).await?
+            };
+            Ok(api::batch_response(&events, &states))
         }
         Route::Channels { .. } => {
-            let counts = shard.channel_counts(app_index, None).await?;
-            api::channels_response(&counts, &params)
+            let info = api::InfoFields::parse(&params)?;
+            let states = channel_states(shard, app_index, None, info).await?;
+            api::channels_response(&states, &params)
         }
         Route::Channel { channel, .. } => {
-            let counts = shard.channel_counts(app_index, Some(channel)).await?;
-            let count = counts.get(channel.as_str()).copied().unwrap_or(0);
-            api::channel_response(channel, count, &params)
+            let info = api::InfoFields::parse(&params)?;
+            let names = [channel.clone()];
+            let states = channel_states(shard, app_index, Some(&names), info).await?;
+            let state = states.get(channel.as_str()).cloned().unwrap_or_default();
+            api::channel_response(channel, &state, &params)
         }
-        Route::ChannelUsers { channel, .. } => api::users_response(channel),
+        Route::ChannelUsers { channel, .. } => {
+            let registry = shard.registry.borrow();
+            let members = registry.presence(app_index, channel);
+            let ids = members
+                .into_iter()
+                .flat_map(|p| p.roster.members().map(|(id, _)| id));
+            api::users_response(channel, ids)
+        }
+        Route::TerminateConnections { user_id, .. } => {
+            let user_id: Arc<str> = user_id.as_str().into();
+            for (index, link) in shard.node.shards.iter().enumerate() {
+                if index == shard.index {
+                    continue;
+                }
+                let message = ShardMessage::TerminateUser {
+                    app: app_index,
+                    user_id: user_id.clone(),
+                };
+                if link.inbox.send(message).is_err() {
+                    stats::add(&link.stats.inbox_drops, 1);
+                    return Err(ApiError::new(503, "a shard is overloaded; try again"));
+                }
+            }
+            shard.terminate_user(app_index, &user_id);
+            Ok("{}".into())
+        }
         Route::Client { .. } | Route::Health | Route::NotFound => {
             Err(ApiError::new(404, "not an API route"))
         }
     }
 }
 
-fn publish(shard: &Shard, app: usize, event: api::Publish) {
+/// What an API answer says about channels: node-wide subscription counts, plus user counts and
+/// cached events from this shard's replicas (every shard keeps both for the whole node).
+async fn channel_states(
+    shard: &Shard,
+    app: usize,
+    channels: Option<&[String]>,
+    info: api::InfoFields,
+) -> Result<BTreeMap<String, api::ChannelState>, ApiError> {
+    let names: Option<Vec<Box<str>>> =
+        channels.map(|names| names.iter().map(|n| n.as_str().into()).collect());
+    let counts = shard.channel_counts(app, names.as_deref()).await?;
+    let mut registry = shard.registry.borrow_mut();
+    let now = Instant::now();
+    Ok(counts
+        .into_iter()
+        .map(|(name, subscriptions)| {
+            let users = registry
+                .presence(app, &name)
+                .map_or(0, |p| p.roster.len() as u64);
+            let cached = info
+                .cache
+                .then(|| registry.cached(app, &name, now))
+                .flatten()
+                .and_then(|(frame, ttl)| cached_event(&frame, ttl));
+            let state = api::ChannelState {
+                subscriptions,
+                users,
+                cached,
+            };
+            (name, state)
+        })
+        .collect())
+}
+
+/// A cache channel's kept frame, read back into its event name and data.
+fn cached_event(frame: &[u8], ttl: Duration) -> Option<api::CachedEvent> {
+    let mut event: serde_json::Value = serde_json::from_str(text_payload(frame)?).ok()?;
+    Some(api::CachedEvent {
+        event: event["event"].take(),
+        data: event["data"].take(),
+        ttl: ttl.as_secs(),
+    })
+}
+
+fn publish(shard: &Shard, app: usize, event: &api::Publish) {
     let except = event
         .socket_id
         .as_deref()
         .and_then(crate::protocol::SocketId::parse);
-    let data = serde_json::Value::String(event.data);
+    let data = serde_json::Value::String(event.data.clone());
     for channel in &event.channels {
         let frame = text_frame(&message::channel_event(&event.name, channel, &data, None));
-        shard.publish(app, channel, frame, except);
+        shard.publish(app, channel, frame, except, true);
     }
 }

@@ -3,14 +3,17 @@
 //! only through its inbox.
 
 mod conn;
+mod counts;
 mod http;
 pub(crate) mod io;
+mod members;
 mod session;
 pub mod transport;
 
 use std::cell::{Cell, RefCell};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::poll_fn;
+use std::hash::{Hash, Hasher};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::task::{Poll, Waker};
@@ -22,10 +25,13 @@ use hdrhistogram::Histogram;
 
 use crate::admin::stats::{self, Disconnect, Rejection, ShardStats};
 use crate::bus::{Broadcast, Inbox, ShardMessage};
+use crate::channels::presence::Source;
 use crate::channels::Registry;
 use crate::http::api::ApiError;
 use crate::node::Node;
+use crate::protocol::channel::server_to_user;
 use crate::protocol::{codes, ChannelKind, SocketId};
+use crate::webhooks::{Job, WebhookEvent, WebhookKind};
 
 pub use conn::Conn;
 use transport::{TlsSession, Transport};
@@ -43,7 +49,14 @@ const DRAIN_GRACE: Duration = Duration::from_secs(3);
 pub struct Shard {
     pub index: usize,
     pub node: Arc<Node>,
+    /// This shard as a source of presence members and signed-in users.
+    me: Source,
     registry: RefCell<Registry<Rc<Conn>>>,
+    /// Node-wide subscriber counts of the channels this shard keeps them for (see `counts`),
+    /// by app.
+    counts: RefCell<Vec<HashMap<Box<str>, counts::Totals>>>,
+    /// Channels whose count changed since subscription counts were last sent, by app.
+    pending_counts: RefCell<Vec<HashSet<Box<str>>>>,
     conns: RefCell<HashMap<u64, Rc<Conn>>>,
     next_id: Cell<u64>,
     /// Where every connection on this shard reads into.
@@ -62,8 +75,14 @@ impl Shard {
         let apps = node.config.apps.len();
         Shard {
             index,
+            me: Source {
+                node: node.id,
+                shard: index as u32,
+            },
             node,
             registry: RefCell::new(Registry::new(apps)),
+            counts: RefCell::new((0..apps).map(|_| HashMap::new()).collect()),
+            pending_counts: RefCell::new((0..apps).map(|_| HashSet::new()).collect()),
             conns: RefCell::new(HashMap::new()),
             next_id: Cell::new(1),
             scratch: RefCell::new(vec![0; SCRATCH_BYTES]),
@@ -103,13 +122,46 @@ impl Shard {
     }
 
     fn unregister(&self, conn: &Conn, reason: Disconnect) {
-        let mut registry = self.registry.borrow_mut();
         for channel in conn.subscriptions.take() {
-            registry.unsubscribe(conn.app, &channel, conn.id);
+            self.remove_subscriber(conn, &channel);
         }
+        self.sign_out(conn);
         if self.conns.borrow_mut().remove(&conn.id).is_some() {
             self.stats().disconnect(conn.app, reason);
         }
+    }
+
+    /// Adds a subscriber to a channel; false if it already was one.
+    fn add_subscriber(&self, conn: &Conn, channel: &str) -> bool {
+        let conn_rc = self.conns.borrow().get(&conn.id).cloned();
+        let Some(conn_rc) = conn_rc else {
+            return false;
+        };
+        let added = self
+            .registry
+            .borrow_mut()
+            .subscribe(conn.app, channel, conn.id, conn_rc);
+        if added {
+            conn.subscriptions.borrow_mut().push(channel.into());
+            self.subscribers_changed(conn.app, channel);
+        }
+        added
+    }
+
+    /// Removes a subscriber from a channel (and from its members, on a presence channel). The
+    /// caller keeps `conn.subscriptions` in step.
+    fn remove_subscriber(&self, conn: &Conn, channel: &str) {
+        let removed = self
+            .registry
+            .borrow_mut()
+            .unsubscribe(conn.app, channel, conn.id);
+        if !removed {
+            return;
+        }
+        if ChannelKind::of(channel).is_presence() {
+            self.leave_presence(conn.app, channel, conn.id);
+        }
+        self.subscribers_changed(conn.app, channel);
     }
 
     /// Queues a frame to one connection, closing it as a slow consumer when its queue is full
@@ -133,14 +185,23 @@ impl Shard {
         false
     }
 
-    /// Sends an event to every subscriber of a channel on every shard. The frame is encoded
-    /// once by the caller and shared.
-    pub fn publish(&self, app: usize, channel: &str, frame: Bytes, except: Option<SocketId>) {
+    /// Sends an event to every subscriber of a channel on every shard (to a user's signed-in
+    /// sockets for `#server-to-user-{id}`). The frame is encoded once by the caller and shared.
+    /// `cache` says whether a cache channel keeps it.
+    pub fn publish(
+        &self,
+        app: usize,
+        channel: &str,
+        frame: Bytes,
+        except: Option<SocketId>,
+        cache: bool,
+    ) {
         let broadcast = Arc::new(Broadcast {
             app,
             channel: channel.into(),
             frame,
             except,
+            cache,
             published: Instant::now(),
         });
         self.deliver(&broadcast);
@@ -158,41 +219,123 @@ impl Shard {
 
     /// Queues a broadcast to this shard's subscribers of its channel.
     fn deliver(&self, broadcast: &Broadcast) {
-        if ChannelKind::of(&broadcast.channel).is_cache() {
-            self.registry.borrow_mut().set_cached(
-                broadcast.app,
-                &broadcast.channel,
-                broadcast.frame.clone(),
-                broadcast.published,
-            );
-        }
-        let registry = self.registry.borrow();
-        let mut delivered = 0;
-        for (id, conn) in registry.subscribers(broadcast.app, &broadcast.channel) {
-            let excluded = broadcast.except.is_some_and(|except| {
+        let excluded = |id: u64| {
+            broadcast.except.is_some_and(|except| {
                 except.local == id
                     && except.shard as usize == self.index
                     && except.node == self.node.id
-            });
-            if excluded || conn.close_requested().is_some() {
-                continue;
+            })
+        };
+        let delivered = if let Some(user_id) = server_to_user(&broadcast.channel) {
+            let registry = self.registry.borrow();
+            let sockets = registry.users(broadcast.app).sockets_of(user_id);
+            let ids = sockets.iter().copied().filter(|id| !excluded(*id));
+            self.send_to(ids, &broadcast.frame)
+        } else {
+            if broadcast.cache && ChannelKind::of(&broadcast.channel).is_cache() {
+                self.registry.borrow_mut().set_cached(
+                    broadcast.app,
+                    &broadcast.channel,
+                    broadcast.frame.clone(),
+                    broadcast.published,
+                );
             }
-            if self.send(conn, broadcast.frame.clone()) {
-                delivered += 1;
-            }
-        }
+            self.fan_out(
+                broadcast.app,
+                &broadcast.channel,
+                &broadcast.frame,
+                excluded,
+            )
+        };
         if delivered > 0 {
-            stats::add(&self.stats().messages_out, delivered);
             let micros = broadcast.published.elapsed().as_micros() as u64;
             self.latency.borrow_mut().saturating_record(micros.max(1));
         }
     }
 
-    /// Subscription counts across every shard: of all the app's occupied channels, or of one.
+    /// Queues a frame to this shard's subscribers of a channel, but not to `excluded` ones;
+    /// returns how many got it.
+    fn fan_out(
+        &self,
+        app: usize,
+        channel: &str,
+        frame: &Bytes,
+        excluded: impl Fn(u64) -> bool,
+    ) -> u64 {
+        let registry = self.registry.borrow();
+        let mut delivered = 0;
+        for (id, conn) in registry.subscribers(app, channel) {
+            if excluded(id) || conn.close_requested().is_some() {
+                continue;
+            }
+            if self.send(conn, frame.clone()) {
+                delivered += 1;
+            }
+        }
+        stats::add(&self.stats().messages_out, delivered);
+        delivered
+    }
+
+    /// Queues a frame to some of this shard's sockets, by connection number; returns how many
+    /// got it.
+    fn send_to(&self, ids: impl IntoIterator<Item = u64>, frame: &Bytes) -> u64 {
+        let conns = self.conns.borrow();
+        let mut delivered = 0;
+        for id in ids {
+            if let Some(conn) = conns.get(&id) {
+                if conn.close_requested().is_none() && self.send(conn, frame.clone()) {
+                    delivered += 1;
+                }
+            }
+        }
+        stats::add(&self.stats().messages_out, delivered);
+        delivered
+    }
+
+    /// The shard that decides node-wide things about a channel: its occupied / vacated and
+    /// member webhooks, and its subscription count. One per channel, so each is decided once.
+    fn owner(&self, app: usize, channel: &str) -> usize {
+        // SipHash with fixed keys: every shard computes the same owner.
+        let mut hasher = std::hash::DefaultHasher::new();
+        (app, channel).hash(&mut hasher);
+        (hasher.finish() % self.node.shards.len() as u64) as usize
+    }
+
+    /// Hands a webhook event to the sender thread if the app wants this kind; a full queue
+    /// drops it and counts it. `event` is only built when it will be sent.
+    fn webhook(&self, app: usize, kind: WebhookKind, event: impl FnOnce() -> WebhookEvent) {
+        if !self.node.config.apps[app].wants_webhook(kind) {
+            return;
+        }
+        let Some(queue) = &self.node.webhooks else {
+            return;
+        };
+        let job = Job {
+            app,
+            event: event(),
+        };
+        if queue.try_send(job).is_err() {
+            stats::add(&self.stats().webhook_drops, 1);
+        }
+    }
+
+    /// Closes every socket on this shard signed in as the user, with 4009.
+    fn terminate_user(&self, app: usize, user_id: &str) {
+        let registry = self.registry.borrow();
+        let conns = self.conns.borrow();
+        for id in registry.users(app).sockets_of(user_id) {
+            if let Some(conn) = conns.get(id) {
+                conn.request_close(codes::UNAUTHORIZED, Disconnect::Terminated);
+            }
+        }
+    }
+
+    /// Subscription counts across every shard: of all the app's occupied channels, or of the
+    /// named ones.
     pub async fn channel_counts(
         &self,
         app: usize,
-        channel: Option<&str>,
+        channels: Option<&[Box<str>]>,
     ) -> Result<BTreeMap<String, u64>, ApiError> {
         let mut replies = Vec::new();
         for (index, link) in self.node.shards.iter().enumerate() {
@@ -202,7 +345,7 @@ impl Shard {
             let (reply, receiver) = oneshot::channel();
             let message = ShardMessage::ChannelCounts {
                 app,
-                channel: channel.map(Into::into),
+                channels: channels.map(<[Box<str>]>::to_vec),
                 reply,
             };
             if link.inbox.send(message).is_err() {
@@ -212,7 +355,7 @@ impl Shard {
             replies.push(receiver);
         }
         let mut totals = BTreeMap::new();
-        for (name, count) in self.local_counts(app, channel) {
+        for (name, count) in self.local_counts(app, channels) {
             *totals.entry(name.into_string()).or_insert(0) += count;
         }
         for receiver in replies {
@@ -228,10 +371,13 @@ impl Shard {
         Ok(totals)
     }
 
-    fn local_counts(&self, app: usize, channel: Option<&str>) -> Vec<(Box<str>, u64)> {
+    fn local_counts(&self, app: usize, channels: Option<&[Box<str>]>) -> Vec<(Box<str>, u64)> {
         let registry = self.registry.borrow();
-        match channel {
-            Some(name) => vec![(name.into(), registry.count(app, name))],
+        match channels {
+            Some(names) => names
+                .iter()
+                .map(|name| (name.clone(), registry.count(app, name)))
+                .collect(),
             None => registry.counts(app).map(|(n, c)| (n.into(), c)).collect(),
         }
     }
@@ -239,13 +385,21 @@ impl Shard {
     fn handle_message(&self, message: ShardMessage) {
         match message {
             ShardMessage::Broadcast(broadcast) => self.deliver(&broadcast),
-            ShardMessage::ChannelCounts {
+            ShardMessage::Roster(delta) => self.apply_roster(&delta),
+            ShardMessage::Subscribers {
                 app,
                 channel,
+                shard,
+                count,
+            } => self.count_subscribers(app, &channel, shard, count),
+            ShardMessage::TerminateUser { app, user_id } => self.terminate_user(app, &user_id),
+            ShardMessage::ChannelCounts {
+                app,
+                channels,
                 reply,
             } => {
                 // The asker may have given up; nothing to do then.
-                let _ = reply.send(self.local_counts(app, channel.as_deref()));
+                let _ = reply.send(self.local_counts(app, channels.as_deref()));
             }
             ShardMessage::Latency { reply } => {
                 let _ = reply.send(self.latency.borrow().clone());
@@ -387,7 +541,8 @@ async fn accept_loop(
     }
 }
 
-/// Once a second: closes connections that have been silent too long.
+/// Once a second: closes connections that have been silent too long, and sends the
+/// subscription counts that changed (so a burst of subscriptions makes one event, not one each).
 async fn sweep_loop(shard: Rc<Shard>) {
     let limit = shard.node.config.inactivity_timeout;
     loop {
@@ -395,6 +550,7 @@ async fn sweep_loop(shard: Rc<Shard>) {
         if shard.node.is_draining() {
             return;
         }
+        shard.flush_subscription_counts();
         let now = shard.now();
         for conn in shard.conns.borrow().values() {
             if u64::from(conn.silent_for(now)) > limit {

@@ -17,8 +17,10 @@ use crate::admin::stats::{self, Disconnect, Rejection};
 use crate::http::api::parse_query;
 use crate::http::response::switching_protocols;
 use crate::http::{RequestHead, Response};
+use crate::protocol::member::{self, Member, MemberError};
 use crate::protocol::message::{self, ClientMessage};
 use crate::protocol::{channel, codes, signature, ChannelKind};
+use crate::webhooks::{WebhookEvent, WebhookKind};
 use crate::ws::frame::{close_frame, pong_frame, text_frame};
 use crate::ws::{accept_upgrade, Assembler, FrameHead, Message, WsError};
 
@@ -52,6 +54,7 @@ pub async fn upgrade(
         .into_iter()
         .find(|(k, _)| k == "protocol")
         .map_or(Ok(7), |(_, v)| v.parse::<u8>());
+    let origin = head.header("origin").map(str::to_owned);
     drop(head);
     shard.stats().http_status(101);
     let switching = switching_protocols(&accept);
@@ -79,8 +82,30 @@ pub async fn upgrade(
             Rejection::UnsupportedProtocol,
             "Unsupported protocol version".into(),
         )),
+        // Refused after the upgrade rather than with a 403 before it: a browser shows the
+        // reason, and pusher-js does not retry a 4009, whereas a failed upgrade is retried
+        // forever and explains nothing.
+        Some((_, app)) if !app.allows_origin(origin.as_deref()) => Some((
+            codes::UNAUTHORIZED,
+            Rejection::OriginNotAllowed,
+            format!(
+                "Origin {} is not allowed for this app",
+                origin.as_deref().unwrap_or("(none)")
+            ),
+        )),
+        Some((index, app))
+            if app.max_connections > 0
+                && shard.node.app_connections(index) >= app.max_connections as i64 =>
+        {
+            Some((
+                codes::OVER_QUOTA,
+                Rejection::AppOverQuota,
+                "App is over its connection quota".into(),
+            ))
+        }
         Some(_) => None,
     };
+    drop(origin);
     if let Some((code, rejection, reason)) = refusal {
         shard.reject(rejection);
         let mut bytes = text_frame(&message::error(Some(code), &reason)).to_vec();
@@ -472,12 +497,10 @@ fn handle_event(shard: &Shard, conn: &Conn, text: &str) {
             channel_data.as_deref(),
         ),
         Ok(ClientMessage::Unsubscribe { channel }) => {
-            shard
-                .registry
-                .borrow_mut()
-                .unsubscribe(conn.app, &channel, conn.id);
+            shard.remove_subscriber(conn, &channel);
             conn.subscriptions.borrow_mut().retain(|c| **c != *channel);
         }
+        Ok(ClientMessage::Signin { auth, user_data }) => signin(shard, conn, &auth, &user_data),
         Ok(ClientMessage::ClientEvent {
             event,
             channel,
@@ -509,81 +532,170 @@ fn refuse_subscription(
 }
 
 fn subscribe(shard: &Shard, conn: &Conn, name: &str, auth: Option<&str>, data: Option<&str>) {
+    let refuse = |rejection, kind_status, reason: &str| {
+        refuse_subscription(shard, conn, name, rejection, kind_status, reason)
+    };
+    if let Some(user_id) = channel::server_to_user(name) {
+        // pusher-js subscribes to its own user's channel after signing in; the gateway delivers
+        // to signed-in sockets whether or not they do, and only the HTTP API publishes there.
+        let own = shard
+            .registry
+            .borrow()
+            .users(conn.app)
+            .signed_in(conn.id)
+            .is_some_and(|user| &*user.user_id == user_id);
+        if own {
+            shard.send(conn, text_frame(&message::subscription_succeeded(name)));
+            return;
+        }
+        let reason = "a #server-to-user channel is only for the user signed in as that user";
+        return refuse(Rejection::ServerToUser, ("AuthError", 403), reason);
+    }
     if let Err(error) = channel::validate_name(name) {
         let reason = format!("invalid channel name {name:?}: {error}");
-        return refuse_subscription(
-            shard,
-            conn,
-            name,
-            Rejection::BadChannel,
-            ("InvalidChannel", 400),
-            &reason,
-        );
+        return refuse(Rejection::BadChannel, ("InvalidChannel", 400), &reason);
     }
     let kind = ChannelKind::of(name);
-    if kind.is_presence() {
-        let reason = "presence channels are not supported by this gateway yet";
-        return refuse_subscription(
-            shard,
-            conn,
-            name,
-            Rejection::PresenceUnsupported,
-            ("UnsupportedChannel", 501),
-            reason,
-        );
-    }
+    let app = &shard.node.config.apps[conn.app];
+    let socket_id = conn.socket_id.to_string();
     if kind.needs_auth() {
-        let app = &shard.node.config.apps[conn.app];
-        let socket_id = conn.socket_id.to_string();
+        let signed = data.filter(|_| kind.is_presence());
         let valid = auth.is_some_and(|auth| {
-            signature::verify_channel_auth(
-                &app.key,
-                &app.secret,
-                &socket_id,
-                name,
-                data.filter(|_| kind.is_presence()),
-                auth,
-            )
+            signature::verify_channel_auth(&app.key, &app.secret, &socket_id, name, signed, auth)
         });
         if !valid {
             let reason = format!("invalid signature for channel {name}");
-            return refuse_subscription(
-                shard,
-                conn,
-                name,
-                Rejection::SubscriptionAuth,
-                ("AuthError", 401),
-                &reason,
-            );
+            return refuse(Rejection::SubscriptionAuth, ("AuthError", 401), &reason);
         }
     }
-    let conn_rc = shard.conns.borrow().get(&conn.id).cloned();
-    let Some(conn_rc) = conn_rc else {
-        return;
-    };
-    if shard
-        .registry
-        .borrow_mut()
-        .subscribe(conn.app, name, conn.id, conn_rc)
-    {
-        conn.subscriptions.borrow_mut().push(name.into());
+    if kind.is_presence() {
+        let member = match presence_member(shard, conn, data) {
+            Ok(member) => member,
+            Err(error) => {
+                let rejection = match error {
+                    MemberError::IdTooLong => Rejection::UserIdTooLong,
+                    MemberError::InfoTooLarge => Rejection::UserInfoTooLarge,
+                    _ => Rejection::BadChannelData,
+                };
+                let reason = format!("invalid channel_data for {name}: {error}");
+                return refuse(rejection, ("InvalidChannelData", 400), &reason);
+            }
+        };
+        if let Err(full) = shard.join_presence(conn, name, &member) {
+            let reason = format!("cannot join {name}: {full}");
+            return refuse(Rejection::PresenceFull, ("LimitReached", 403), &reason);
+        }
     }
-    shard.send(conn, text_frame(&message::subscription_succeeded(name)));
+    shard.add_subscriber(conn, name);
+    let succeeded = if kind.is_presence() {
+        let registry = shard.registry.borrow();
+        let members = registry
+            .presence(conn.app, name)
+            .map(|p| p.roster.members());
+        message::presence_subscription_succeeded(name, members.into_iter().flatten())
+    } else {
+        message::subscription_succeeded(name)
+    };
+    shard.send(conn, text_frame(&succeeded));
     if kind.is_cache() {
         let cached = shard
             .registry
             .borrow_mut()
             .cached(conn.app, name, std::time::Instant::now());
-        let frame = cached.unwrap_or_else(|| text_frame(&message::cache_miss(name)));
+        match cached {
+            Some((frame, _)) => {
+                shard.send(conn, frame);
+            }
+            None => {
+                shard.send(conn, text_frame(&message::cache_miss(name)));
+                shard.webhook(conn.app, WebhookKind::CacheMiss, || {
+                    WebhookEvent::CacheMiss {
+                        channel: name.into(),
+                    }
+                });
+            }
+        }
+    }
+}
+
+/// Who a presence subscriber is: its channel_data, or, without one, the user it signed in as.
+fn presence_member(shard: &Shard, conn: &Conn, data: Option<&str>) -> Result<Member, MemberError> {
+    if let Some(data) = data {
+        return member::parse_channel_data(data);
+    }
+    let registry = shard.registry.borrow();
+    let user = registry
+        .users(conn.app)
+        .signed_in(conn.id)
+        .ok_or(MemberError::NoId("channel_data (or a sign-in)"))?;
+    Ok(Member {
+        user_id: user.user_id.to_string(),
+        user_info: user.user_info.clone(),
+    })
+}
+
+/// Refuses a sign-in with `pusher:error` 4009: the client learns why, and keeps its connection.
+fn refuse_signin(shard: &Shard, conn: &Conn, rejection: Rejection, reason: &str) {
+    shard.reject(rejection);
+    send_error(shard, conn, Some(codes::UNAUTHORIZED), reason);
+}
+
+fn signin(shard: &Shard, conn: &Conn, auth: &str, user_data: &str) {
+    let app = &shard.node.config.apps[conn.app];
+    let socket_id = conn.socket_id.to_string();
+    if !signature::verify_user_auth(&app.key, &app.secret, &socket_id, user_data, auth) {
+        return refuse_signin(
+            shard,
+            conn,
+            Rejection::SigninAuth,
+            "invalid signature for pusher:signin",
+        );
+    }
+    let user = match member::parse_user_data(user_data) {
+        Ok(user) => user,
+        Err(error) => {
+            let rejection = match error {
+                MemberError::IdTooLong => Rejection::UserIdTooLong,
+                MemberError::InfoTooLarge => Rejection::UserInfoTooLarge,
+                _ => Rejection::BadUserData,
+            };
+            return refuse_signin(
+                shard,
+                conn,
+                rejection,
+                &format!("invalid user_data: {error}"),
+            );
+        }
+    };
+    let truncated = user.watchlist_truncated;
+    let watchlist = match shard.sign_in(conn, user) {
+        Ok(watchlist) => watchlist,
+        Err(error) => {
+            return refuse_signin(shard, conn, Rejection::AlreadySignedIn, &error.to_string())
+        }
+    };
+    shard.send(conn, text_frame(&message::signin_success(user_data)));
+    if truncated {
+        shard.reject(Rejection::WatchlistTooLong);
+        let reason = format!(
+            "the watchlist holds more than {} user ids; only the first {} are watched",
+            member::MAX_WATCHLIST,
+            member::MAX_WATCHLIST
+        );
+        send_error(shard, conn, Some(codes::WATCHLIST_TOO_LONG), &reason);
+    }
+    if let Some(frame) = watchlist {
         shard.send(conn, frame);
     }
 }
 
 fn client_event(shard: &Shard, conn: &Conn, event: &str, name: &str, data: &serde_json::Value) {
     let config = &shard.node.config;
-    let refused = if !config.apps[conn.app].client_events {
+    let app = &config.apps[conn.app];
+    let kind = ChannelKind::of(name);
+    let refused = if !app.client_events {
         Some("client events are not enabled for this app")
-    } else if !ChannelKind::of(name).allows_client_events() {
+    } else if !kind.allows_client_events() {
         Some("client events are only accepted on private and presence channels")
     } else if !conn.is_subscribed(name) {
         Some("client events need a subscription to the channel")
@@ -594,14 +706,40 @@ fn client_event(shard: &Shard, conn: &Conn, event: &str, name: &str, data: &serd
         shard.reject(Rejection::ClientEventRefused);
         return send_error(shard, conn, None, reason);
     }
-    if !conn.allow_client_event(shard.now(), config.client_event_rate) {
+    let rate = app.client_event_rate.unwrap_or(config.client_event_rate);
+    if !conn.allow_client_event(shard.now(), rate) {
         shard.reject(Rejection::ClientEventRate);
-        let reason = format!(
-            "more than {} client events per second",
-            config.client_event_rate
-        );
+        let reason = format!("more than {rate} client events per second");
         return send_error(shard, conn, Some(codes::CLIENT_EVENT_RATE_LIMIT), &reason);
     }
-    let frame = text_frame(&message::channel_event(event, name, data, None));
-    shard.publish(conn.app, name, frame, Some(conn.socket_id));
+    // On presence channels the others learn who sent it.
+    let user_id: Option<Box<str>> = kind
+        .is_presence()
+        .then(|| {
+            let registry = shard.registry.borrow();
+            registry
+                .presence(conn.app, name)
+                .and_then(|p| p.user_of(conn.id))
+                .map(Into::into)
+        })
+        .flatten();
+    let frame = text_frame(&message::channel_event(
+        event,
+        name,
+        data,
+        user_id.as_deref(),
+    ));
+    shard.publish(conn.app, name, frame, Some(conn.socket_id), false);
+    shard.webhook(conn.app, WebhookKind::ClientEvent, || {
+        WebhookEvent::ClientEvent {
+            channel: name.into(),
+            event: event.into(),
+            data: match data {
+                serde_json::Value::String(text) => text.clone(),
+                other => other.to_string(),
+            },
+            socket_id: conn.socket_id.to_string(),
+            user_id,
+        }
+    });
 }

@@ -5,12 +5,14 @@
 
 mod event;
 pub mod outbox;
+mod worker;
 
 use std::sync::atomic::AtomicU64;
 
 use crossbeam_channel::{Receiver, Sender};
 
 pub use event::{WebhookEvent, WebhookKind};
+pub use worker::run;
 
 /// An event on its way from a shard to the sender thread.
 #[derive(Debug)]

@@ -1,0 +1,209 @@
+//! Presence members and signed-in users on a shard: joining and leaving here, telling the
+//! other shards (see `channels::presence` for how replicas stay consistent), and telling local
+//! sockets what changed node-wide.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use serde_json::Value;
+
+use super::{Conn, Shard};
+use crate::admin::stats;
+use crate::bus::ShardMessage;
+use crate::channels::presence::{ChannelFull, LocalChange, RosterDelta, RosterKey, Transition};
+use crate::channels::users::AlreadySignedIn;
+use crate::protocol::member::{Member, User};
+use crate::protocol::message::{self, Watch};
+use crate::webhooks::{WebhookEvent, WebhookKind};
+use crate::ws::frame::text_frame;
+
+impl Shard {
+    /// A local socket joins a presence channel's members. Its user's arrival node-wide is told
+    /// to the channel's other subscribers here, and to the other shards.
+    pub(super) fn join_presence(
+        &self,
+        conn: &Conn,
+        channel: &str,
+        member: &Member,
+    ) -> Result<(), ChannelFull> {
+        let joined = self.registry.borrow_mut().presence_join(
+            conn.app,
+            channel,
+            conn.id,
+            (&member.user_id, &member.user_info),
+            self.node.config.max_presence_members,
+            self.me,
+        )?;
+        if let Some(change) = joined {
+            let roster = RosterKey::Channel(channel.into());
+            self.share(
+                conn.app,
+                roster,
+                &member.user_id,
+                change,
+                Some(&member.user_info),
+            );
+            self.member_transition(
+                conn.app,
+                channel,
+                &member.user_id,
+                change.transition,
+                Some(conn.id),
+            );
+        }
+        Ok(())
+    }
+
+    /// A local socket leaves a presence channel's members.
+    pub(super) fn leave_presence(&self, app: usize, channel: &str, socket: u64) {
+        let left = self
+            .registry
+            .borrow_mut()
+            .presence_leave(app, channel, socket, self.me);
+        if let Some((user_id, change)) = left {
+            let roster = RosterKey::Channel(channel.into());
+            self.share(app, roster, &user_id, change, None);
+            self.member_transition(app, channel, &user_id, change.transition, None);
+        }
+    }
+
+    /// Signs a local socket in. Returns the frame that tells it its watchlist's current state,
+    /// when it watches anyone.
+    pub(super) fn sign_in(
+        &self,
+        conn: &Conn,
+        user: User,
+    ) -> Result<Option<Bytes>, AlreadySignedIn> {
+        let user_id = user.id.clone();
+        let change = self
+            .registry
+            .borrow_mut()
+            .users_mut(conn.app)
+            .sign_in(conn.id, user, self.me)?;
+        self.share(
+            conn.app,
+            RosterKey::SignedIn,
+            &user_id,
+            change,
+            Some(&Value::Null),
+        );
+        self.online_transition(conn.app, &user_id, change.transition);
+        let registry = self.registry.borrow();
+        let (online, offline) = registry.users(conn.app).watchlist_status(conn.id);
+        Ok((!online.is_empty() || !offline.is_empty()).then(|| {
+            text_frame(&message::watchlist_events(&[
+                (Watch::Online, online),
+                (Watch::Offline, offline),
+            ]))
+        }))
+    }
+
+    /// Forgets a closing socket's sign-in, if it had one.
+    pub(super) fn sign_out(&self, conn: &Conn) {
+        let signed_out = self
+            .registry
+            .borrow_mut()
+            .users_mut(conn.app)
+            .sign_out(conn.id, self.me);
+        if let Some((user_id, change)) = signed_out {
+            self.share(conn.app, RosterKey::SignedIn, &user_id, change, None);
+            self.online_transition(conn.app, &user_id, change.transition);
+        }
+    }
+
+    /// Applies another shard's change to a roster and tells local sockets what it changed.
+    pub(super) fn apply_roster(&self, delta: &RosterDelta) {
+        let transition = self.registry.borrow_mut().apply(delta);
+        match &delta.roster {
+            RosterKey::Channel(channel) => {
+                self.member_transition(delta.app, channel, &delta.user_id, transition, None)
+            }
+            RosterKey::SignedIn => self.online_transition(delta.app, &delta.user_id, transition),
+        }
+    }
+
+    /// Tells the other shards of this shard's change to a roster, when its own source changed:
+    /// `joined` is the user's info when it arrived here, `None` when it left.
+    fn share(
+        &self,
+        app: usize,
+        roster: RosterKey,
+        user_id: &str,
+        change: LocalChange,
+        joined: Option<&Value>,
+    ) {
+        if !change.share {
+            return;
+        }
+        let delta = Arc::new(RosterDelta {
+            app,
+            roster,
+            user_id: user_id.into(),
+            source: self.me,
+            joined: joined.cloned(),
+        });
+        for (index, link) in self.node.shards.iter().enumerate() {
+            if index != self.index
+                && link
+                    .inbox
+                    .send(ShardMessage::Roster(delta.clone()))
+                    .is_err()
+            {
+                stats::add(&link.stats.inbox_drops, 1);
+            }
+        }
+    }
+
+    /// Tells the channel's local subscribers (but `except`) that a user arrived or left
+    /// node-wide; the channel's owner shard also sends the webhook.
+    fn member_transition(
+        &self,
+        app: usize,
+        channel: &str,
+        user_id: &str,
+        transition: Transition,
+        except: Option<u64>,
+    ) {
+        let frame = match transition {
+            Transition::Unchanged => return,
+            Transition::Added => {
+                let registry = self.registry.borrow();
+                let info = registry
+                    .presence(app, channel)
+                    .and_then(|p| p.roster.info(user_id))
+                    .unwrap_or(&Value::Null);
+                text_frame(&message::member_added(channel, user_id, info))
+            }
+            Transition::Removed => text_frame(&message::member_removed(channel, user_id)),
+        };
+        self.fan_out(app, channel, &frame, |id| Some(id) == except);
+        if self.owner(app, channel) != self.index {
+            return;
+        }
+        let (channel, user_id): (Box<str>, Box<str>) = (channel.into(), user_id.into());
+        match transition {
+            Transition::Added => self.webhook(app, WebhookKind::MemberAdded, || {
+                WebhookEvent::MemberAdded { channel, user_id }
+            }),
+            _ => self.webhook(app, WebhookKind::MemberRemoved, || {
+                WebhookEvent::MemberRemoved { channel, user_id }
+            }),
+        }
+    }
+
+    /// Tells this shard's watchers of a user that it came online or went offline node-wide.
+    fn online_transition(&self, app: usize, user_id: &str, transition: Transition) {
+        let watch = match transition {
+            Transition::Unchanged => return,
+            Transition::Added => Watch::Online,
+            Transition::Removed => Watch::Offline,
+        };
+        let registry = self.registry.borrow();
+        let watchers = registry.users(app).watchers_of(user_id);
+        if watchers.is_empty() {
+            return;
+        }
+        let frame: Bytes = text_frame(&message::watchlist_events(&[(watch, vec![user_id])]));
+        self.send_to(watchers.iter().copied(), &frame);
+    }
+}
