@@ -36,6 +36,21 @@ pub struct Gateway {
 }
 
 impl Gateway {
+    /// Starts the binary with a config file holding `config` (a JSON object), plus flags.
+    pub fn start_with_config(config: &Value, extra: &[&str]) -> Gateway {
+        static FILES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = FILES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path =
+            std::env::temp_dir().join(format!("gateway-test-{}-{n}.json", std::process::id()));
+        std::fs::write(&path, config.to_string()).unwrap();
+        let mut args = vec!["--config", path.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        let gateway = Gateway::start(&args);
+        // Read once at start; not needed any more.
+        let _ = std::fs::remove_file(path);
+        gateway
+    }
+
     /// Starts the binary with extra flags and waits until /ready answers 200.
     pub fn start(extra: &[&str]) -> Gateway {
         let port = free_port();
@@ -80,17 +95,30 @@ impl Gateway {
 
     /// A connected Pusher client that has read its connection_established.
     pub fn client(&self) -> Client {
-        let (socket, _) = tungstenite::connect(self.url(KEY)).expect("websocket connects");
-        let mut client = Client {
-            socket,
-            socket_id: String::new(),
-        };
-        client.set_timeout(Duration::from_secs(5));
-        let established = client.next_event();
-        assert_eq!(established["event"], "pusher:connection_established");
-        let data: Value = serde_json::from_str(established["data"].as_str().unwrap()).unwrap();
-        client.socket_id = data["socket_id"].as_str().unwrap().to_string();
-        client
+        self.client_for(KEY)
+    }
+
+    /// A connected client of the app with this key.
+    pub fn client_for(&self, key: &str) -> Client {
+        let (socket, _) = tungstenite::connect(self.url(key)).expect("websocket connects");
+        Client::established(socket)
+    }
+
+    /// Clients of the default app, one on each of `shards` shards (the kernel picks the shard of
+    /// each connection, so some are opened and dropped until every shard has one).
+    pub fn client_per_shard(&self, shards: u32) -> Vec<Client> {
+        let mut found: Vec<Option<Client>> = (0..shards).map(|_| None).collect();
+        for _ in 0..200 {
+            let client = self.client();
+            let shard = client.shard() as usize;
+            if found[shard].is_none() {
+                found[shard] = Some(client);
+            }
+            if found.iter().all(Option::is_some) {
+                return found.into_iter().flatten().collect();
+            }
+        }
+        panic!("connections did not reach every shard");
     }
 
     /// The sum of every sample of a metric whose name and labels start with `prefix`.
@@ -244,7 +272,91 @@ pub enum Ended {
     TimedOut,
 }
 
+/// The auth string an app server signs for a subscription with the default app's secret.
+pub fn channel_auth(socket_id: &str, channel: &str, channel_data: Option<&str>) -> String {
+    let to_sign = signature::channel_auth_message(socket_id, channel, channel_data);
+    format!("{KEY}:{}", signature::sign(SECRET, &to_sign))
+}
+
+/// The auth string an app server signs for a sign-in with the default app's secret.
+pub fn user_auth(socket_id: &str, user_data: &str) -> String {
+    let signed = signature::sign(SECRET, &format!("{socket_id}::user::{user_data}"));
+    format!("{KEY}:{signed}")
+}
+
 impl Client {
+    /// Reads the connection_established a new connection starts with.
+    pub fn established(socket: WebSocket<MaybeTlsStream<TcpStream>>) -> Client {
+        let mut client = Client {
+            socket,
+            socket_id: String::new(),
+        };
+        client.set_timeout(Duration::from_secs(5));
+        let established = client.next_event();
+        assert_eq!(established["event"], "pusher:connection_established");
+        let data: Value = serde_json::from_str(established["data"].as_str().unwrap()).unwrap();
+        client.socket_id = data["socket_id"].as_str().unwrap().to_string();
+        client
+    }
+
+    /// The shard that holds this connection, from its socket id.
+    pub fn shard(&self) -> u32 {
+        let head: u64 = self.socket_id.split('.').next().unwrap().parse().unwrap();
+        (head % 1000) as u32
+    }
+
+    /// The next event if one comes within `timeout`.
+    pub fn event_within(&mut self, timeout: Duration) -> Option<Value> {
+        self.set_timeout(timeout);
+        let event = loop {
+            match self.socket.read() {
+                Ok(Message::Text(text)) => break Some(serde_json::from_str(&text).unwrap()),
+                Ok(Message::Ping(_) | Message::Pong(_)) => {}
+                Ok(other) => panic!("unexpected frame {other:?}"),
+                Err(tungstenite::Error::Io(e))
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    break None
+                }
+                Err(e) => panic!("connection failed: {e}"),
+            }
+        };
+        self.set_timeout(Duration::from_secs(5));
+        event
+    }
+
+    /// Next events until one named `name`, skipping others (such as subscription counts).
+    pub fn next_named(&mut self, name: &str) -> Value {
+        loop {
+            let event = self.next_event();
+            if event["event"] == name {
+                return event;
+            }
+        }
+    }
+
+    /// Subscribes to a presence channel as `user_id`; returns the answer.
+    pub fn join(&mut self, channel: &str, user_id: &str, user_info: Value) -> Value {
+        let channel_data = json!({"user_id": user_id, "user_info": user_info}).to_string();
+        let auth = channel_auth(&self.socket_id, channel, Some(&channel_data));
+        self.send(json!({"event": "pusher:subscribe", "data": {
+            "channel": channel, "auth": auth, "channel_data": channel_data}}));
+        self.next_event()
+    }
+
+    /// Signs in with this user data; returns the answer.
+    pub fn signin(&mut self, user_data: &Value) -> Value {
+        let user_data = user_data.to_string();
+        let auth = user_auth(&self.socket_id, &user_data);
+        self.send(
+            json!({"event": "pusher:signin", "data": {"auth": auth, "user_data": user_data}}),
+        );
+        self.next_event()
+    }
+
     pub fn set_timeout(&mut self, timeout: Duration) {
         if let MaybeTlsStream::Plain(stream) = self.socket.get_mut() {
             stream.set_read_timeout(Some(timeout)).unwrap();
@@ -287,8 +399,7 @@ impl Client {
 
     pub fn subscribe(&mut self, channel: &str) -> Value {
         let auth = if gateway::protocol::ChannelKind::of(channel).needs_auth() {
-            let to_sign = signature::channel_auth_message(&self.socket_id, channel, None);
-            json!(format!("{KEY}:{}", signature::sign(SECRET, &to_sign)))
+            json!(channel_auth(&self.socket_id, channel, None))
         } else {
             Value::Null
         };
