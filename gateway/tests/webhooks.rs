@@ -1,0 +1,340 @@
+//! Webhooks to a receiver on loopback that checks every signature: channel and member events
+//! decided once per node, the 3 s hold on departures (and its cancellation by a quick return),
+//! client events and cache misses, retries, and a full queue counted.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+
+use common::{Client, Gateway, KEY, SECRET};
+use gateway::protocol::signature;
+use serde_json::{json, Value};
+
+/// One webhook request as received, its signature checked.
+#[derive(Debug)]
+struct Hook {
+    events: Vec<Value>,
+    at: Instant,
+}
+
+/// A webhook endpoint on loopback. Answers 500 to the first `failures` requests, 200 after.
+struct Receiver {
+    port: u16,
+    hooks: mpsc::Receiver<Hook>,
+}
+
+impl Receiver {
+    fn start(failures: usize) -> Receiver {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (sender, hooks) = mpsc::channel();
+        let failures = Arc::new(AtomicUsize::new(failures));
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let sender = sender.clone();
+                let failures = failures.clone();
+                std::thread::spawn(move || serve(stream, &sender, &failures));
+            }
+        });
+        Receiver { port, hooks }
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/pusher/webhooks", self.port)
+    }
+
+    /// Every event received until `quiet` passes without a request, with when it came.
+    fn collect(&self, quiet: Duration) -> Vec<(Value, Instant)> {
+        let mut events = Vec::new();
+        while let Ok(hook) = self.hooks.recv_timeout(quiet) {
+            events.extend(hook.events.into_iter().map(|e| (e, hook.at)));
+        }
+        events
+    }
+
+    /// Waits for the next request's events.
+    fn next(&self) -> Hook {
+        self.hooks
+            .recv_timeout(Duration::from_secs(10))
+            .expect("a webhook arrives")
+    }
+}
+
+/// Serves one keep-alive connection: reads requests, checks them, answers.
+fn serve(stream: TcpStream, hooks: &mpsc::Sender<Hook>, failures: &AtomicUsize) {
+    let mut writer = stream.try_clone().unwrap();
+    let mut reader = BufReader::new(stream);
+    loop {
+        let mut request_line = String::new();
+        if reader.read_line(&mut request_line).unwrap_or(0) == 0 {
+            return;
+        }
+        assert!(
+            request_line.starts_with("POST /pusher/webhooks "),
+            "{request_line}"
+        );
+        let mut headers = Vec::new();
+        loop {
+            let mut line = String::new();
+            reader.read_line(&mut line).unwrap();
+            let line = line.trim_end();
+            if line.is_empty() {
+                break;
+            }
+            let (name, value) = line.split_once(':').unwrap();
+            headers.push((name.to_ascii_lowercase(), value.trim().to_string()));
+        }
+        let header = |name: &str| {
+            headers
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.clone())
+                .unwrap_or_else(|| panic!("header {name} missing"))
+        };
+        let length: usize = header("content-length").parse().unwrap();
+        let mut body = vec![0; length];
+        reader.read_exact(&mut body).unwrap();
+        let body = String::from_utf8(body).unwrap();
+        assert_eq!(header("content-type"), "application/json");
+        assert_eq!(header("x-pusher-key"), KEY);
+        assert!(
+            signature::verify(SECRET, &body, &header("x-pusher-signature")),
+            "signature of {body}"
+        );
+        let fail = failures
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok();
+        let status = if fail {
+            "500 Internal Server Error"
+        } else {
+            "200 OK"
+        };
+        let answer = format!("HTTP/1.1 {status}\r\nContent-Length: 2\r\n\r\nok");
+        writer.write_all(answer.as_bytes()).unwrap();
+        if fail {
+            continue;
+        }
+        let payload: Value = serde_json::from_str(&body).unwrap();
+        let sent_ms = payload["time_ms"].as_u64().expect("time_ms");
+        let now_ms = common::now_secs() * 1000;
+        assert!(sent_ms.abs_diff(now_ms) < 60_000, "time_ms {sent_ms}");
+        let events = payload["events"].as_array().unwrap().clone();
+        let _ = hooks.send(Hook {
+            events,
+            at: Instant::now(),
+        });
+    }
+}
+
+fn start(receiver: &Receiver, extra_app: Value, flags: &[&str]) -> Gateway {
+    let mut app = json!({"id": "1", "key": KEY, "secret": SECRET, "client_events": true,
+                         "webhook_url": receiver.url()});
+    for (k, v) in extra_app.as_object().unwrap() {
+        app[k] = v.clone();
+    }
+    Gateway::start_with_config(&json!({ "apps": [app] }), flags)
+}
+
+/// The events named `name`, by channel (and user when there is one).
+fn named<'a>(events: &'a [(Value, Instant)], name: &str) -> Vec<&'a (Value, Instant)> {
+    events.iter().filter(|(e, _)| e["name"] == name).collect()
+}
+
+#[test]
+fn occupied_vacated_and_members_are_decided_once_per_node() {
+    let receiver = Receiver::start(0);
+    let gateway = start(&receiver, json!({}), &["--shards", "2"]);
+    let [mut a, mut b]: [Client; 2] = gateway.client_per_shard(2).try_into().ok().unwrap();
+
+    // The same channel on both shards: occupied once.
+    a.subscribe("room");
+    b.subscribe("room");
+    a.join("presence-lobby", "u1", json!(null));
+    b.join("presence-lobby", "u1", json!(null));
+    a.subscribe("cache-empty");
+    a.next_named("pusher:cache_miss");
+    b.subscribe("private-chat");
+    a.subscribe("private-chat");
+    a.send(json!({"event": "client-hi", "channel": "private-chat", "data": {"x": 1}}));
+    a.send(json!({"event": "client-wave", "channel": "presence-lobby", "data": "hey"}));
+    b.next_named("client-wave");
+    let started = receiver.collect(Duration::from_millis(800));
+
+    let channels = |events: &[&(Value, Instant)]| -> Vec<String> {
+        let mut names: Vec<String> = events
+            .iter()
+            .map(|(e, _)| e["channel"].as_str().unwrap().to_string())
+            .collect();
+        names.sort();
+        names
+    };
+    assert_eq!(
+        channels(&named(&started, "channel_occupied")),
+        ["cache-empty", "presence-lobby", "private-chat", "room"]
+    );
+    let added = named(&started, "member_added");
+    assert_eq!(added.len(), 1, "{started:?}");
+    assert_eq!(
+        added[0].0,
+        json!({"name": "member_added", "channel": "presence-lobby", "user_id": "u1"})
+    );
+    assert_eq!(
+        named(&started, "cache_miss")
+            .iter()
+            .map(|(e, _)| e.clone())
+            .collect::<Vec<_>>(),
+        [json!({"name": "cache_miss", "channel": "cache-empty"})]
+    );
+    let client_events: Vec<&Value> = named(&started, "client_event")
+        .into_iter()
+        .map(|(e, _)| e)
+        .collect();
+    assert_eq!(client_events.len(), 2);
+    assert!(
+        client_events.contains(&&json!({"name": "client_event", "channel": "private-chat",
+        "event": "client-hi", "data": "{\"x\":1}", "socket_id": a.socket_id}))
+    );
+    assert!(client_events.contains(
+        &&json!({"name": "client_event", "channel": "presence-lobby",
+        "event": "client-wave", "data": "hey", "socket_id": a.socket_id, "user_id": "u1"})
+    ));
+    assert_eq!(started.len(), 8, "nothing else: {started:?}");
+
+    // Leaving one shard changes nothing (but for cache-empty, which only a was on); leaving
+    // the last one is reported after the hold.
+    let a_left = Instant::now();
+    a.close();
+    assert!(receiver.collect(Duration::from_millis(500)).is_empty());
+    let b_left = Instant::now();
+    b.close();
+    let ended = receiver.collect(Duration::from_secs(4));
+    assert_eq!(
+        channels(&named(&ended, "channel_vacated")),
+        ["cache-empty", "presence-lobby", "private-chat", "room"]
+    );
+    assert_eq!(
+        named(&ended, "member_removed")
+            .iter()
+            .map(|(e, _)| e.clone())
+            .collect::<Vec<_>>(),
+        [json!({"name": "member_removed", "channel": "presence-lobby", "user_id": "u1"})]
+    );
+    assert_eq!(ended.len(), 5, "{ended:?}");
+    for (event, at) in &ended {
+        let left = if event["channel"] == "cache-empty" {
+            a_left
+        } else {
+            b_left
+        };
+        let held = at.duration_since(left);
+        assert!(
+            held >= Duration::from_millis(2900) && held < Duration::from_secs(5),
+            "{event} after {held:?}"
+        );
+    }
+    assert_eq!(
+        gateway.metric("gateway_webhook_events_total{outcome=\"sent\"}"),
+        13.0
+    );
+}
+
+#[test]
+fn a_quick_return_cancels_the_held_webhooks() {
+    let receiver = Receiver::start(0);
+    let gateway = start(&receiver, json!({}), &["--shards", "2"]);
+    let mut first = gateway.client();
+    first.subscribe("flap");
+    first.join("presence-flap", "u1", json!(null));
+    let opened = receiver.collect(Duration::from_millis(500));
+    assert_eq!(opened.len(), 3, "{opened:?}");
+
+    // A page reload: the socket goes, a new one comes back within a second.
+    first.close();
+    std::thread::sleep(Duration::from_millis(500));
+    let mut second = gateway.client();
+    second.subscribe("flap");
+    second.join("presence-flap", "u1", json!(null));
+    assert!(
+        receiver.collect(Duration::from_secs(4)).is_empty(),
+        "no vacated / removed, and no second occupied / added"
+    );
+    assert_eq!(
+        gateway.metric("gateway_webhook_events_total{outcome=\"cancelled\"}"),
+        6.0
+    );
+
+    // Leaving for good is reported, 3 s later.
+    second.close();
+    let hook = receiver.next();
+    assert_eq!(hook.events.len(), 3, "{hook:?}");
+}
+
+#[test]
+fn failed_requests_are_retried() {
+    let receiver = Receiver::start(1);
+    let gateway = start(
+        &receiver,
+        json!({"webhook_events": ["channel_occupied"]}),
+        &[],
+    );
+    let mut client = gateway.client();
+    let subscribed = Instant::now();
+    client.subscribe("retried");
+    client.subscribe("cache-retried");
+    let hook = receiver.next();
+    assert_eq!(
+        hook.events,
+        [
+            json!({"name": "channel_occupied", "channel": "retried"}),
+            json!({"name": "channel_occupied", "channel": "cache-retried"}),
+        ],
+        "the same request again, without the cache_miss nobody asked for"
+    );
+    assert!(
+        hook.at.duration_since(subscribed) >= Duration::from_millis(900),
+        "the retry waits about a second"
+    );
+    assert_eq!(
+        gateway.wait_metric("gateway_webhook_retries_total", 1.0),
+        1.0
+    );
+    client.close();
+    assert!(
+        receiver.collect(Duration::from_secs(4)).is_empty(),
+        "channel_vacated was not asked for"
+    );
+}
+
+#[test]
+fn a_full_queue_drops_and_counts() {
+    // An endpoint that takes the request and never answers holds the sender for its timeout.
+    let stall = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://127.0.0.1:{}/", stall.local_addr().unwrap().port());
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in stall.incoming().flatten() {
+            held.push(stream);
+        }
+    });
+    let app = json!({"id": "1", "key": KEY, "secret": SECRET, "webhook_url": url});
+    let gateway = Gateway::start_with_config(
+        &json!({ "apps": [app] }),
+        &["--webhook-queue-capacity", "1"],
+    );
+    let mut client = gateway.client();
+    for n in 0..20 {
+        client.subscribe(&format!("c{n}"));
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let dropped = gateway.wait_metric("gateway_webhook_events_total{outcome=\"dropped\"}", 1.0);
+    assert!(dropped >= 1.0, "{dropped}");
+    assert_eq!(
+        client.subscribe("still-served")["event"],
+        "pusher_internal:subscription_succeeded",
+        "the shard never waits for the sender"
+    );
+}
