@@ -430,6 +430,7 @@ impl Config {
             ("max_event_data_bytes", self.max_event_data_bytes),
             ("max_request_body_bytes", self.max_request_body_bytes),
             ("webhook_queue_capacity", self.webhook_queue_capacity),
+            ("max_presence_members", self.max_presence_members),
         ];
         for (setting, value) in positive {
             if value == 0 {

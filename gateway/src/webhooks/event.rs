@@ -55,18 +55,6 @@ pub enum WebhookEvent {
 }
 
 impl WebhookEvent {
-    pub fn kind(&self) -> WebhookKind {
-        match self {
-            WebhookEvent::ChannelOccupied { .. } => WebhookKind::ChannelOccupied,
-            WebhookEvent::ChannelVacated { .. } => WebhookKind::ChannelVacated,
-            WebhookEvent::MemberAdded { .. } => WebhookKind::MemberAdded,
-            WebhookEvent::MemberRemoved { .. } => WebhookKind::MemberRemoved,
-            WebhookEvent::ClientEvent { .. } => WebhookKind::ClientEvent,
-            WebhookEvent::CacheMiss { .. } => WebhookKind::CacheMiss,
-            WebhookEvent::SubscriptionCount { .. } => WebhookKind::SubscriptionCount,
-        }
-    }
-
     /// Whether the event is held back for a while in case what it reports is undone at once (a
     /// page reload): vacated channels and removed members.
     pub fn is_held(&self) -> bool {
@@ -171,7 +159,6 @@ mod tests {
             count.to_json(),
             json!({"name": "subscription_count", "channel": "a", "subscription_count": 3})
         );
-        assert_eq!(count.kind(), WebhookKind::SubscriptionCount);
     }
 
     #[test]
