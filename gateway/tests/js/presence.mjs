@@ -185,10 +185,19 @@ async function presence() {
     "trigger answers the channel's counts",
   );
 
+  // alice leaves and comes back: bob is told each time, once.
+  alice.unsubscribe(roomName);
+  await expectOnce(bob, bobRoom, "pusher:member_removed", { id: "alice", info: aliceInfo }, "member_removed for alice");
+  checkEqual(bobRoom.members.count, 1, "bob is alone while alice is away");
+  const aliceBack = subscribe(alice, roomName);
+  await waitSubscribed(alice, aliceBack);
+  await expectOnce(bob, bobRoom, "pusher:member_added", { id: "alice", info: aliceInfo }, "member_added for alice");
+  checkEqual(aliceBack.members.count, 2, "alice sees bob again");
+
   // bob leaves: alice is told once.
   bob.disconnect();
-  await expectOnce(alice, aliceRoom, "pusher:member_removed", { id: "bob", info: bobInfo }, "member_removed for bob");
-  checkEqual(aliceRoom.members.count, 1, "alice is alone again");
+  await expectOnce(alice, aliceBack, "pusher:member_removed", { id: "bob", info: bobInfo }, "member_removed for bob");
+  checkEqual(aliceBack.members.count, 1, "alice is alone again");
   return alice;
 }
 
