@@ -556,9 +556,9 @@ fn subscribe(shard: &Shard, conn: &Conn, name: &str, auth: Option<&str>, data: O
         return refuse(Rejection::BadChannel, ("InvalidChannel", 400), &reason);
     }
     let kind = ChannelKind::of(name);
-    let app = &shard.node.config.apps[conn.app];
-    let socket_id = conn.socket_id.to_string();
     if kind.needs_auth() {
+        let app = &shard.node.config.apps[conn.app];
+        let socket_id = conn.socket_id.to_string();
         let signed = data.filter(|_| kind.is_presence());
         let valid = auth.is_some_and(|auth| {
             signature::verify_channel_auth(&app.key, &app.secret, &socket_id, name, signed, auth)
