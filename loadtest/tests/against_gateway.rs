@@ -1,0 +1,380 @@
+//! Runs the `loadtest` binary against the real `gateway` binary of this workspace.
+
+use std::collections::BTreeSet;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// The gateway binary to test against.
+///
+/// Cargo only tells integration tests where this package's own binaries are, and a
+/// dev-dependency on the gateway would build its library, not its binary. Looking for a
+/// prebuilt `target/*/gateway` risks testing a stale build, or none. So the binary is built here
+/// with the cargo and the target directory that built this test (found from the test's own
+/// path, which honours CARGO_TARGET_DIR and build.target-dir): a quick no-op when it is up to
+/// date. The release profile is used because the `cargo test` running us holds the debug
+/// profile's build lock. `LOADTEST_GATEWAY_BIN` names a ready binary instead.
+fn gateway_binary() -> &'static Path {
+    static BINARY: OnceLock<PathBuf> = OnceLock::new();
+    BINARY.get_or_init(|| {
+        if let Some(path) = std::env::var_os("LOADTEST_GATEWAY_BIN") {
+            return PathBuf::from(path);
+        }
+        let test_executable = std::env::current_exe().expect("test executable path");
+        // <target>/<profile>/deps/<test executable>
+        let target_dir = test_executable
+            .ancestors()
+            .nth(3)
+            .expect("test executable lives in <target>/<profile>/deps")
+            .to_path_buf();
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "--release", "-p", "gateway", "--target-dir"])
+            .arg(&target_dir)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status()
+            .expect("cargo runs");
+        assert!(status.success(), "building the gateway failed");
+        target_dir.join("release").join("gateway")
+    })
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+fn http_status(port: u16, path: &str) -> Option<u16> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    response.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// A running gateway, killed when dropped.
+struct Gateway {
+    child: Child,
+    port: u16,
+    admin_port: u16,
+}
+
+impl Gateway {
+    fn start() -> Gateway {
+        let port = free_port();
+        let admin_port = free_port();
+        let child = Command::new(gateway_binary())
+            .args(["--bind", "127.0.0.1", "--shards", "2", "--port"])
+            .arg(port.to_string())
+            .arg("--admin-port")
+            .arg(admin_port.to_string())
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("gateway starts");
+        let gateway = Gateway {
+            child,
+            port,
+            admin_port,
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if http_status(admin_port, "/ready") == Some(200) {
+                return gateway;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("gateway did not become ready");
+    }
+
+    fn ws_url(&self) -> String {
+        format!("ws://127.0.0.1:{}/app/app-key", self.port)
+    }
+
+    fn api_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    fn metrics_url(&self) -> String {
+        format!("http://127.0.0.1:{}/metrics", self.admin_port)
+    }
+
+    fn pid(&self) -> String {
+        self.child.id().to_string()
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs loadtest with `args` plus `--json FILE --quiet`; returns its output and the report.
+fn loadtest(args: &[&str]) -> (Output, Value) {
+    let directory = tempfile::tempdir().expect("temporary directory");
+    let json_path = directory.path().join("report.json");
+    let output = Command::new(env!("CARGO_BIN_EXE_loadtest"))
+        .args(args)
+        .arg("--json")
+        .arg(&json_path)
+        .arg("--quiet")
+        .output()
+        .expect("loadtest runs");
+    let text = std::fs::read_to_string(&json_path).unwrap_or_else(|_| {
+        panic!(
+            "no JSON report; status {:?}\nstdout:\n{}\nstderr:\n{}",
+            output.status,
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        )
+    });
+    let report: Value = serde_json::from_str(&text).expect("the JSON report parses");
+    assert_documented(&report);
+    (output, report)
+}
+
+fn describe(output: &Output, report: &Value) -> String {
+    format!(
+        "status {:?}\nstdout:\n{}\nstderr:\n{}\nreport:\n{report:#}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+/// Maps whose keys are failure causes rather than fixed names.
+const CAUSE_MAPS: [&str; 4] = [
+    "failures",
+    "drops",
+    "subscribe_failures",
+    "publish_failures",
+];
+
+fn collect_keys(value: &Value, keys: &mut BTreeSet<String>) {
+    match value {
+        Value::Object(object) => {
+            for (key, child) in object {
+                keys.insert(key.clone());
+                if !CAUSE_MAPS.contains(&key.as_str()) {
+                    collect_keys(child, keys);
+                }
+            }
+        }
+        Value::Array(items) => items.iter().for_each(|item| collect_keys(item, keys)),
+        _ => {}
+    }
+}
+
+/// Every key of the report is named in README.md.
+fn assert_documented(report: &Value) {
+    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"))
+        .expect("README.md is readable");
+    let mut keys = BTreeSet::new();
+    collect_keys(report, &mut keys);
+    let undocumented: Vec<&String> = keys
+        .iter()
+        .filter(|key| !readme.contains(&format!("`{key}`")))
+        .collect();
+    assert!(
+        undocumented.is_empty(),
+        "keys missing from README.md: {undocumented:?}"
+    );
+}
+
+#[test]
+fn connect_run_holds_every_connection() {
+    let gateway = Gateway::start();
+    let (output, report) = loadtest(&[
+        "connect",
+        "--url",
+        &gateway.ws_url(),
+        "--connections",
+        "300",
+        "--rate",
+        "1000",
+        "--hold",
+        "1",
+        "--server-pid",
+        &gateway.pid(),
+        "--metrics-url",
+        &gateway.metrics_url(),
+    ]);
+    let context = describe(&output, &report);
+    assert_eq!(output.status.code(), Some(0), "{context}");
+    let connect = &report["connect"];
+    assert_eq!(connect["requested"], 300, "{context}");
+    assert_eq!(connect["reached"], 300, "{context}");
+    assert_eq!(connect["held"], 300, "{context}");
+    assert_eq!(connect["failures"], serde_json::json!({}), "{context}");
+    assert_eq!(connect["server_gauge_during_hold"], 300, "{context}");
+    assert_eq!(connect["handshake_latency_ms"]["count"], 300, "{context}");
+    assert!(
+        report["server_memory"]["rss_after_kib"].as_u64() > Some(0),
+        "{context}"
+    );
+    assert_eq!(report["clean"], true, "{context}");
+}
+
+#[test]
+fn connections_split_over_worker_processes_add_up() {
+    let gateway = Gateway::start();
+    let (output, report) = loadtest(&[
+        "connect",
+        "--url",
+        &gateway.ws_url(),
+        "--connections",
+        "200",
+        "--rate",
+        "1000",
+        "--hold",
+        "0.5",
+        "--workers",
+        "2",
+        "--source-ips",
+        "127.0.0.2-127.0.0.5",
+    ]);
+    let context = describe(&output, &report);
+    assert_eq!(output.status.code(), Some(0), "{context}");
+    assert_eq!(report["workers"], 2, "{context}");
+    assert_eq!(report["source_ips"], 4, "{context}");
+    assert_eq!(report["connect"]["held"], 200, "{context}");
+    assert_eq!(
+        report["connect"]["connect_latency_ms"]["count"], 200,
+        "{context}"
+    );
+}
+
+#[test]
+fn fanout_run_loses_nothing() {
+    let gateway = Gateway::start();
+    let (output, report) = loadtest(&[
+        "fanout",
+        "--url",
+        &gateway.ws_url(),
+        "--api-url",
+        &gateway.api_url(),
+        "--subscribers",
+        "200",
+        "--channels",
+        "4",
+        "--publish-rate",
+        "40",
+        "--duration",
+        "2",
+    ]);
+    let context = describe(&output, &report);
+    assert_eq!(output.status.code(), Some(0), "{context}");
+    let fanout = &report["fanout"];
+    assert_eq!(fanout["subscribed"], 200, "{context}");
+    assert_eq!(
+        fanout["publish_failures"],
+        serde_json::json!({}),
+        "{context}"
+    );
+    assert_eq!(fanout["lost"], 0, "{context}");
+    assert_eq!(fanout["duplicated"], 0, "{context}");
+    assert_eq!(fanout["out_of_order"], 0, "{context}");
+    assert_eq!(fanout["malformed"], 0, "{context}");
+    let accepted = fanout["publishes_accepted"].as_u64().expect("a count");
+    assert!(accepted >= 60, "{context}");
+    // Each publish reaches the 50 subscribers of its channel.
+    assert_eq!(
+        fanout["expected_deliveries"].as_u64(),
+        Some(accepted * 50),
+        "{context}"
+    );
+    assert_eq!(
+        fanout["deliveries"], fanout["expected_deliveries"],
+        "{context}"
+    );
+    let latency = &fanout["latency_ms"];
+    let p99 = latency["p99"].as_f64().expect("a latency");
+    assert!(p99 > 0.0 && p99 < 1000.0, "{context}");
+    assert!(
+        latency["p50"].as_f64() <= latency["max"].as_f64(),
+        "{context}"
+    );
+}
+
+#[test]
+fn refused_connections_are_counted_by_cause() {
+    let port = free_port();
+    let url = format!("ws://127.0.0.1:{port}/app/app-key");
+    let (output, report) = loadtest(&[
+        "connect",
+        "--url",
+        &url,
+        "--connections",
+        "25",
+        "--rate",
+        "500",
+        "--hold",
+        "0",
+    ]);
+    let context = describe(&output, &report);
+    assert_eq!(output.status.code(), Some(2), "{context}");
+    let connect = &report["connect"];
+    assert_eq!(
+        connect["failures"],
+        serde_json::json!({"refused": 25}),
+        "{context}"
+    );
+    assert_eq!(connect["held"], 0, "{context}");
+    assert_eq!(report["clean"], false, "{context}");
+}
+
+#[test]
+fn churn_returns_the_gauge_to_its_baseline() {
+    let gateway = Gateway::start();
+    let (output, report) = loadtest(&[
+        "churn",
+        "--url",
+        &gateway.ws_url(),
+        "--metrics-url",
+        &gateway.metrics_url(),
+        "--connections",
+        "20",
+        "--rate",
+        "100",
+        "--duration",
+        "2",
+    ]);
+    let context = describe(&output, &report);
+    assert_eq!(output.status.code(), Some(0), "{context}");
+    let churn = &report["churn"];
+    assert!(churn["attempted"].as_u64() >= Some(150), "{context}");
+    assert_eq!(churn["success_rate"], 1.0, "{context}");
+    assert_eq!(churn["gauge"]["baseline"], 0, "{context}");
+    assert_eq!(churn["gauge"]["returned_to_baseline"], true, "{context}");
+}
+
+#[test]
+fn remote_targets_are_refused_before_anything_starts() {
+    let output = Command::new(env!("CARGO_BIN_EXE_loadtest"))
+        .args([
+            "connect",
+            "--url",
+            "ws://192.0.2.1:6001/app/k",
+            "--connections",
+            "1",
+        ])
+        .output()
+        .expect("loadtest runs");
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("--allow-remote"), "{stderr}");
+}
