@@ -1,6 +1,6 @@
-//! Cross-shard messaging: one bounded crossbeam-channel inbox per shard, plus a wake-up of the
-//! shard's runtime. Senders never block and never lock: a full inbox drops the message and
-//! counts it.
+//! Cross-thread messaging: one bounded crossbeam-channel inbox per shard (and one for the Redis
+//! bridge), plus a wake-up of the receiving runtime. Senders never block and never lock: a full
+//! inbox drops the message and counts it.
 
 use std::future::poll_fn;
 use std::sync::Arc;
@@ -63,27 +63,27 @@ pub enum ShardMessage {
     },
 }
 
-/// The sending side of a shard's inbox, shared by every thread.
+/// The sending side of an inbox, shared by every thread.
 #[derive(Debug)]
-pub struct InboxSender {
-    sender: Sender<ShardMessage>,
+pub struct InboxSender<T = ShardMessage> {
+    sender: Sender<T>,
     waker: Arc<AtomicWaker>,
 }
 
-/// The receiving side, owned by the shard.
+/// The receiving side, owned by the thread it wakes.
 #[derive(Debug)]
-pub struct Inbox {
-    receiver: Receiver<ShardMessage>,
+pub struct Inbox<T = ShardMessage> {
+    receiver: Receiver<T>,
     waker: Arc<AtomicWaker>,
 }
 
-/// A shard's inbox was full; the message was not delivered.
+/// An inbox was full; the message was not delivered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("shard inbox full")]
+#[error("inbox full")]
 pub struct InboxFull;
 
-/// A bounded inbox for one shard.
-pub fn inbox(capacity: usize) -> (InboxSender, Inbox) {
+/// A bounded inbox. The receiver may run any async runtime: the wake-up is a plain `Waker`.
+pub fn inbox<T>(capacity: usize) -> (InboxSender<T>, Inbox<T>) {
     let (sender, receiver) = crossbeam_channel::bounded(capacity);
     let waker = Arc::new(AtomicWaker::new());
     (
@@ -95,29 +95,29 @@ pub fn inbox(capacity: usize) -> (InboxSender, Inbox) {
     )
 }
 
-impl InboxSender {
-    /// Queues a message and wakes the shard. Never blocks.
-    pub fn send(&self, message: ShardMessage) -> Result<(), InboxFull> {
+impl<T> InboxSender<T> {
+    /// Queues a message and wakes the receiver. Never blocks.
+    pub fn send(&self, message: T) -> Result<(), InboxFull> {
         match self.sender.try_send(message) {
             Ok(()) => {
                 self.waker.wake();
                 Ok(())
             }
             Err(TrySendError::Full(_)) => Err(InboxFull),
-            // The shard has stopped (the node is shutting down): nobody is left to deliver to.
+            // The receiver has stopped (the node is shutting down): nobody is left to deliver to.
             Err(TrySendError::Disconnected(_)) => Ok(()),
         }
     }
 
-    /// Wakes the shard without a message, so that it looks at node-wide state (a drain).
+    /// Wakes the receiver without a message, so that it looks at node-wide state (a drain).
     pub fn wake(&self) {
         self.waker.wake();
     }
 }
 
-impl Inbox {
-    /// Waits until a message is queued or the shard is woken, then returns what is queued.
-    pub async fn next_batch(&self, batch: &mut Vec<ShardMessage>) {
+impl<T> Inbox<T> {
+    /// Waits until a message is queued or the receiver is woken, then returns what is queued.
+    pub async fn next_batch(&self, batch: &mut Vec<T>) {
         let mut registered = false;
         poll_fn(|cx| {
             // Polled again after registering: woken by a message or by `wake`.
