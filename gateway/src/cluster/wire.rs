@@ -1,0 +1,335 @@
+//! What nodes say to each other through Redis: the names of the Redis pub/sub channels, the
+//! binary envelope of a broadcast, and the JSON control messages. No IO lives here.
+//!
+//! # Redis channels
+//!
+//! | Redis channel | carries | subscribed by |
+//! |---|---|---|
+//! | `{prefix}:{app_id}:{channel}` | broadcasts to one Pusher channel (binary envelope) | nodes with a local subscriber of that channel, only while they have one |
+//! | `{prefix}#cluster` | heartbeats and queries (JSON) | every node |
+//! | `{prefix}#node:{node_id}` | answers to one node's queries (JSON) | that node |
+//!
+//! Pusher channel names cannot hold `:` or `#`, so the three kinds never collide, and several
+//! clusters share one Redis when their prefixes differ.
+//!
+//! # Broadcast envelope
+//!
+//! Big-endian integers; the frame is the WebSocket text frame exactly as clients receive it, so a
+//! receiving node queues it without encoding anything.
+//!
+//! | bytes | field |
+//! |---|---|
+//! | 1 | magic `0x47` (`G`) |
+//! | 1 | version, 1 |
+//! | 4 | origin node id (a node drops its own messages when Redis echoes them back) |
+//! | 8 | sent at, microseconds since the Unix epoch (for the lag metric) |
+//! | 1 | flags: bit 0 set when a socket is excluded |
+//! | 16 | only with bit 0: the excluded socket's node (4), shard (4) and number (8) |
+//! | 2 + n | app id: length, then UTF-8 |
+//! | 2 + n | Pusher channel: length, then UTF-8 |
+//! | rest | the frame |
+//!
+//! # Control messages
+//!
+//! JSON objects tagged by `type`: `{"type":"heartbeat","node":N,"nonce":X}` once a second from
+//! every node; `{"type":"query","node":N,"id":I,"query":{...}}` asking every node for its share of
+//! an HTTP API answer; `{"type":"answer","node":N,"id":I,"counts":[["channel",3],...]}` sent back
+//! on the asker's own channel.
+
+use serde::{Deserialize, Serialize};
+
+use crate::protocol::SocketId;
+
+const MAGIC: u8 = b'G';
+const VERSION: u8 = 1;
+const FLAG_EXCEPT: u8 = 1;
+/// Magic, version, origin, sent at, flags.
+const FIXED_HEAD: usize = 1 + 1 + 4 + 8 + 1;
+const EXCEPT_LEN: usize = 4 + 4 + 8;
+
+/// The Redis channel that carries broadcasts to one Pusher channel of one app.
+pub fn data_channel(prefix: &str, app_id: &str, channel: &str) -> String {
+    format!("{prefix}:{app_id}:{channel}")
+}
+
+/// The Redis channel every node listens on for heartbeats and queries.
+pub fn control_channel(prefix: &str) -> String {
+    format!("{prefix}#cluster")
+}
+
+/// The Redis channel one node listens on for answers to its queries.
+pub fn node_channel(prefix: &str, node: u32) -> String {
+    format!("{prefix}#node:{node}")
+}
+
+/// A broadcast as it travels between nodes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Envelope<'a> {
+    pub origin: u32,
+    pub sent_micros: u64,
+    pub except: Option<SocketId>,
+    pub app_id: &'a str,
+    pub channel: &'a str,
+    pub frame: &'a [u8],
+}
+
+/// Why bytes from Redis are not an envelope, or an envelope cannot be written.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EnvelopeError {
+    #[error("not a broadcast envelope")]
+    BadMagic,
+    #[error("envelope version {0} is not understood")]
+    Version(u8),
+    #[error("envelope ends early")]
+    Truncated,
+    #[error("envelope text is not UTF-8")]
+    NotUtf8,
+    #[error("{0} is longer than an envelope holds")]
+    TooLong(&'static str),
+}
+
+fn length(field: &'static str, text: &str) -> Result<u16, EnvelopeError> {
+    u16::try_from(text.len()).map_err(|_| EnvelopeError::TooLong(field))
+}
+
+impl<'a> Envelope<'a> {
+    /// The bytes published to Redis.
+    pub fn encode(&self) -> Result<Vec<u8>, EnvelopeError> {
+        let app_len = length("app id", self.app_id)?;
+        let channel_len = length("channel", self.channel)?;
+        let mut out = Vec::with_capacity(
+            FIXED_HEAD + EXCEPT_LEN + 4 + self.app_id.len() + self.channel.len() + self.frame.len(),
+        );
+        out.extend_from_slice(&[MAGIC, VERSION]);
+        out.extend_from_slice(&self.origin.to_be_bytes());
+        out.extend_from_slice(&self.sent_micros.to_be_bytes());
+        match self.except {
+            Some(except) => {
+                out.push(FLAG_EXCEPT);
+                out.extend_from_slice(&except.node.to_be_bytes());
+                out.extend_from_slice(&except.shard.to_be_bytes());
+                out.extend_from_slice(&except.local.to_be_bytes());
+            }
+            None => out.push(0),
+        }
+        out.extend_from_slice(&app_len.to_be_bytes());
+        out.extend_from_slice(self.app_id.as_bytes());
+        out.extend_from_slice(&channel_len.to_be_bytes());
+        out.extend_from_slice(self.channel.as_bytes());
+        out.extend_from_slice(self.frame);
+        Ok(out)
+    }
+
+    /// Reads an envelope; the frame borrows from `bytes`.
+    pub fn decode(bytes: &'a [u8]) -> Result<Envelope<'a>, EnvelopeError> {
+        let mut reader = Reader { bytes };
+        if reader.take(1)? != [MAGIC] {
+            return Err(EnvelopeError::BadMagic);
+        }
+        let version = reader.take(1)?[0];
+        if version != VERSION {
+            return Err(EnvelopeError::Version(version));
+        }
+        let origin = reader.u32()?;
+        let sent_micros = reader.u64()?;
+        let flags = reader.take(1)?[0];
+        let except = if flags & FLAG_EXCEPT != 0 {
+            Some(SocketId {
+                node: reader.u32()?,
+                shard: reader.u32()?,
+                local: reader.u64()?,
+            })
+        } else {
+            None
+        };
+        let app_id = reader.text()?;
+        let channel = reader.text()?;
+        Ok(Envelope {
+            origin,
+            sent_micros,
+            except,
+            app_id,
+            channel,
+            frame: reader.bytes,
+        })
+    }
+}
+
+/// Reads fields off the front of a byte slice.
+struct Reader<'a> {
+    bytes: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], EnvelopeError> {
+        if self.bytes.len() < n {
+            return Err(EnvelopeError::Truncated);
+        }
+        let (head, rest) = self.bytes.split_at(n);
+        self.bytes = rest;
+        Ok(head)
+    }
+
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], EnvelopeError> {
+        let mut array = [0; N];
+        array.copy_from_slice(self.take(N)?);
+        Ok(array)
+    }
+
+    fn u32(&mut self) -> Result<u32, EnvelopeError> {
+        Ok(u32::from_be_bytes(self.array()?))
+    }
+
+    fn u64(&mut self) -> Result<u64, EnvelopeError> {
+        Ok(u64::from_be_bytes(self.array()?))
+    }
+
+    fn text(&mut self) -> Result<&'a str, EnvelopeError> {
+        let len = u16::from_be_bytes(self.array()?);
+        std::str::from_utf8(self.take(usize::from(len))?).map_err(|_| EnvelopeError::NotUtf8)
+    }
+}
+
+/// A question one node asks every other node, for the HTTP API.
+///
+/// Presence member lists are the next kind of question: a `Members { app, channel }` query whose
+/// answer lists each node's users, merged by the asker as counts are merged now.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Query {
+    /// Subscription counts of every occupied channel of an app whose name starts with `prefix`.
+    Channels { app: String, prefix: String },
+    /// The subscription count of one channel.
+    Channel { app: String, channel: String },
+}
+
+/// A message on the control channels.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Control {
+    /// "I am alive." `nonce` is random per process: it tells a node's own heartbeat apart from
+    /// another node's that drew the same id.
+    Heartbeat { node: u32, nonce: u64 },
+    /// Sent by `node`; answered on `node_channel(prefix, node)`.
+    Query { node: u32, id: u64, query: Query },
+    /// `node`'s share of the answer to query `id`: subscription counts by channel.
+    Answer {
+        node: u32,
+        id: u64,
+        counts: Vec<(String, u64)>,
+    },
+}
+
+impl Control {
+    pub fn encode(&self) -> String {
+        // Plain structs, strings and integers: serializing them cannot fail.
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Control, serde_json::Error> {
+        serde_json::from_slice(bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn envelope(except: Option<SocketId>) -> Envelope<'static> {
+        Envelope {
+            origin: 4_000_000_000,
+            sent_micros: 1_700_000_000_000_000,
+            except,
+            app_id: "1",
+            channel: "private-room",
+            frame: b"\x81\x05hello",
+        }
+    }
+
+    #[test]
+    fn names_keep_data_and_control_apart() {
+        assert_eq!(data_channel("gw", "1", "news"), "gw:1:news");
+        assert_eq!(control_channel("gw"), "gw#cluster");
+        assert_eq!(node_channel("gw", 42), "gw#node:42");
+    }
+
+    #[test]
+    fn envelopes_round_trip_with_and_without_an_excluded_socket() {
+        for except in [
+            None,
+            Some(SocketId {
+                node: 7,
+                shard: 3,
+                local: u64::MAX,
+            }),
+        ] {
+            let bytes = envelope(except).encode().unwrap();
+            assert_eq!(Envelope::decode(&bytes), Ok(envelope(except)));
+        }
+        let bytes = envelope(None).encode().unwrap();
+        assert_eq!(bytes.len(), FIXED_HEAD + 2 + 1 + 2 + 12 + 7, "compact");
+    }
+
+    #[test]
+    fn bad_envelopes_are_refused_not_trusted() {
+        let bytes = envelope(None).encode().unwrap();
+        for cut in 0..FIXED_HEAD + 2 + 1 + 2 + 12 {
+            assert!(Envelope::decode(&bytes[..cut]).is_err(), "cut at {cut}");
+        }
+        let mut other = bytes.clone();
+        other[0] = b'{';
+        assert_eq!(Envelope::decode(&other), Err(EnvelopeError::BadMagic));
+        let mut newer = bytes.clone();
+        newer[1] = 2;
+        assert_eq!(Envelope::decode(&newer), Err(EnvelopeError::Version(2)));
+        let mut not_utf8 = bytes;
+        not_utf8[FIXED_HEAD + 2] = 0xff;
+        assert_eq!(Envelope::decode(&not_utf8), Err(EnvelopeError::NotUtf8));
+        let long = "x".repeat(70_000);
+        let too_long = Envelope {
+            channel: &long,
+            ..envelope(None)
+        };
+        assert_eq!(too_long.encode(), Err(EnvelopeError::TooLong("channel")));
+    }
+
+    #[test]
+    fn control_messages_are_tagged_json() {
+        let heartbeat = Control::Heartbeat {
+            node: 9,
+            nonce: u64::MAX,
+        };
+        assert_eq!(
+            heartbeat.encode(),
+            r#"{"type":"heartbeat","node":9,"nonce":18446744073709551615}"#
+        );
+        let query = Control::Query {
+            node: 9,
+            id: 1,
+            query: Query::Channels {
+                app: "1".into(),
+                prefix: "presence-".into(),
+            },
+        };
+        assert_eq!(
+            query.encode(),
+            r#"{"type":"query","node":9,"id":1,"query":{"kind":"channels","app":"1","prefix":"presence-"}}"#
+        );
+        let answer = Control::Answer {
+            node: 2,
+            id: 1,
+            counts: vec![("news".into(), 3)],
+        };
+        assert_eq!(
+            answer.encode(),
+            r#"{"type":"answer","node":2,"id":1,"counts":[["news",3]]}"#
+        );
+        for message in [heartbeat, query, answer] {
+            assert_eq!(
+                Control::decode(message.encode().as_bytes()).unwrap(),
+                message
+            );
+        }
+        assert!(Control::decode(br#"{"type":"reboot"}"#).is_err());
+    }
+}
