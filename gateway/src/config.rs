@@ -180,6 +180,10 @@ pub struct Config {
     pub tls_key: Option<PathBuf>,
     /// Seconds a client has to finish the TLS handshake.
     pub tls_handshake_timeout: u64,
+    /// Redis to cluster through (`redis://host:port/`); none means a single node.
+    pub redis_url: Option<String>,
+    /// Start of every Redis channel name this cluster uses, so clusters can share a Redis.
+    pub redis_prefix: String,
     pub apps: Vec<App>,
 }
 
@@ -209,6 +213,8 @@ impl Default for Config {
             tls_cert: None,
             tls_key: None,
             tls_handshake_timeout: 10,
+            redis_url: None,
+            redis_prefix: "gateway".into(),
             apps: vec![App::development()],
         }
     }
@@ -234,7 +240,7 @@ pub enum ConfigError {
 }
 
 /// The settings that take one scalar value, in the order `--help` lists them.
-pub const SETTINGS: [(&str, &str); 26] = [
+pub const SETTINGS: [(&str, &str); 28] = [
     ("bind", "address the client port listens on (0.0.0.0)"),
     ("port", "WebSocket and HTTP API port (6001)"),
     ("admin_bind", "address of the admin port (127.0.0.1)"),
@@ -299,6 +305,14 @@ pub const SETTINGS: [(&str, &str); 26] = [
     (
         "tls_handshake_timeout",
         "seconds to finish a TLS handshake (10)",
+    ),
+    (
+        "redis_url",
+        "redis://host:port/ to cluster through; empty for a single node (empty)",
+    ),
+    (
+        "redis_prefix",
+        "start of this cluster's Redis channel names (gateway)",
     ),
     ("app_id", "id of the first app (1)"),
     ("app_key", "key of the first app (app-key)"),
@@ -403,6 +417,9 @@ impl Config {
             "tls_cert" => self.tls_cert = Some(PathBuf::from(value)),
             "tls_key" => self.tls_key = Some(PathBuf::from(value)),
             "tls_handshake_timeout" => self.tls_handshake_timeout = parse(key, value)?,
+            // Empty turns clustering off, so a deployment template can leave the variable blank.
+            "redis_url" => self.redis_url = Some(value.trim().to_owned()).filter(|u| !u.is_empty()),
+            "redis_prefix" => self.redis_prefix = value.to_owned(),
             "app_id" => self.first_app().id = value.to_owned(),
             "app_key" => self.first_app().key = value.to_owned(),
             "app_secret" => self.first_app().secret = value.to_owned(),
@@ -475,6 +492,10 @@ impl Config {
                 "with tls_port 0 too, nothing would listen",
             ));
         }
+        if let Some(url) = &self.redis_url {
+            check_redis_url(url)?;
+        }
+        check_redis_prefix(&self.redis_prefix)?;
         if self.apps.is_empty() {
             return Err(ConfigError::Inconsistent(
                 "apps: at least one app is needed".into(),
@@ -532,6 +553,34 @@ impl Config {
     pub fn app_by_id(&self, id: &str) -> Option<(usize, &App)> {
         self.apps.iter().enumerate().find(|(_, a)| a.id == id)
     }
+}
+
+/// Only plain TCP and Unix sockets: TLS to Redis is not built in.
+fn check_redis_url(url: &str) -> Result<(), ConfigError> {
+    let scheme = url.split_once("://").map_or("", |(scheme, _)| scheme);
+    if !matches!(scheme, "redis" | "unix" | "redis+unix") {
+        return Err(invalid(
+            "redis_url",
+            url,
+            "expected redis://host:port/ (or unix:///path)",
+        ));
+    }
+    redis::IntoConnectionInfo::into_connection_info(url)
+        .map(|_| ())
+        .map_err(|e| invalid("redis_url", url, e))
+}
+
+/// Prefixes end up in Redis channel names next to `:` and `#` separators: keep them plain.
+fn check_redis_prefix(prefix: &str) -> Result<(), ConfigError> {
+    let plain = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ':');
+    if prefix.is_empty() || prefix.len() > 64 || !prefix.chars().all(plain) {
+        return Err(invalid(
+            "redis_prefix",
+            prefix,
+            "1 to 64 characters of A-Z a-z 0-9 _ - . :",
+        ));
+    }
+    Ok(())
 }
 
 /// `GATEWAY_ADMIN_PORT=9` becomes `("admin_port", "9")`; other variables are ignored.
@@ -752,6 +801,42 @@ mod tests {
             ..App::new("1", "k", "s")
         };
         assert!(any.allows_origin(Some("https://whatever")));
+    }
+
+    #[test]
+    fn clustering_is_off_unless_a_redis_url_is_given() {
+        let config = Config::load(&[], []).unwrap();
+        assert_eq!(
+            (config.redis_url, config.redis_prefix.as_str()),
+            (None, "gateway")
+        );
+        let config = Config::load(
+            &args(&[
+                "--redis-url",
+                "redis://127.0.0.1:6379/",
+                "--redis-prefix",
+                "eu:gw",
+            ]),
+            [],
+        )
+        .unwrap();
+        assert_eq!(config.redis_url.as_deref(), Some("redis://127.0.0.1:6379/"));
+        assert_eq!(config.redis_prefix, "eu:gw");
+        let config = Config::load(&[], env(&[("GATEWAY_REDIS_URL", "")])).unwrap();
+        assert_eq!(config.redis_url, None, "empty means off");
+        for bad in [
+            "127.0.0.1:6379",
+            "http://x/",
+            "rediss://x/",
+            "redis://x:port/",
+        ] {
+            let error = Config::load(&args(&["--redis-url", bad]), []).unwrap_err();
+            assert!(error.to_string().contains("redis_url"), "{bad}: {error}");
+        }
+        for bad in ["", "a b", "a#b", &"x".repeat(65)] {
+            let error = Config::load(&args(&["--redis-prefix", bad]), []).unwrap_err();
+            assert!(error.to_string().contains("redis_prefix"), "{bad}: {error}");
+        }
     }
 
     #[test]
