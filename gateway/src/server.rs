@@ -9,6 +9,7 @@ use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 
 use crate::admin::stats::ShardStats;
 use crate::bus;
+use crate::cluster::{self, ClusterLink, ClusterStats};
 use crate::config::Config;
 use crate::node::{Node, NodeTls, ShardLink};
 use crate::shard::Listeners;
@@ -179,6 +180,17 @@ pub fn run(config: Config) -> Result<(), StartError> {
     if config.uses_default_secret() {
         tracing::warn!("!!! an app uses the published development secret \"app-secret\": anyone can sign its requests; set app_secret or an apps list before exposing this gateway !!!");
     }
+    let (cluster_link, bridge_inbox) = match config.redis_url {
+        Some(_) => {
+            let (sender, inbox) = bus::inbox(config.inbox_capacity);
+            let stats = Arc::new(ClusterStats::default());
+            (
+                Some(ClusterLink::new(sender, stats.clone())),
+                Some((inbox, stats)),
+            )
+        }
+        None => (None, None),
+    };
     let node = Arc::new(Node::new(
         config,
         io_driver,
@@ -186,6 +198,7 @@ pub fn run(config: Config) -> Result<(), StartError> {
         links,
         tls,
         webhooks,
+        cluster_link,
     ));
     tracing::info!(
         shards = shard_count,
@@ -195,6 +208,8 @@ pub fn run(config: Config) -> Result<(), StartError> {
         listen = %if node.config.port == 0 { "off".to_string() } else { SocketAddr::new(node.config.bind, node.config.port).to_string() },
         admin = %SocketAddr::new(node.config.admin_bind, node.config.admin_port),
         tls = %if node.tls.is_some() { SocketAddr::new(node.config.bind, node.config.tls_port).to_string() } else { "off".to_string() },
+        cluster = %node.config.redis_url.as_deref().map_or("off", |_| "redis"),
+        node_id = node.id,
         "gateway started"
     );
 
@@ -225,6 +240,14 @@ pub fn run(config: Config) -> Result<(), StartError> {
         let webhook_node = node.clone();
         spawn("webhooks".into(), move || {
             crate::webhooks::run(webhook_node, jobs)
+        })?;
+    }
+    if let Some((inbox, stats)) = bridge_inbox {
+        let bridge_node = node.clone();
+        spawn("redis-bridge".into(), move || {
+            if let Err(e) = cluster::run(bridge_node, stats, inbox) {
+                tracing::error!(error = %e, "redis bridge stopped: this node no longer clusters");
+            }
         })?;
     }
     let signal_node = node.clone();

@@ -6,7 +6,10 @@ use std::sync::atomic::{AtomicI64, AtomicU64};
 
 use hdrhistogram::Histogram;
 
-use super::stats::{Disconnect, Labelled, Rejection, ShardStats, TlsFailure, HTTP_STATUSES};
+use super::stats::{
+    Disconnect, Labelled, PublishFailure, Rejection, ShardStats, TlsFailure, HTTP_STATUSES,
+};
+use crate::cluster::ClusterStats;
 use crate::node::Node;
 
 fn header(out: &mut String, name: &str, kind: &str, help: &str) {
@@ -52,6 +55,105 @@ fn by_reason<L: Labelled>(
         let total = summed(node, |s| &pick(s)[reason.index()]);
         let _ = writeln!(out, "{name}{{reason=\"{}\"}} {total}", reason.label());
     }
+}
+
+/// One line for a value the bridge keeps.
+fn single(out: &mut String, name: &str, kind: &str, help: &str, value: u64) {
+    header(out, name, kind, help);
+    let _ = writeln!(out, "{name} {value}");
+}
+
+/// The Redis bridge's state and counters; only when clustering is on.
+fn render_cluster(out: &mut String, stats: &ClusterStats) {
+    single(
+        out,
+        "gateway_redis_up",
+        "gauge",
+        "1 while connected to Redis and subscribed.",
+        u64::from(stats.is_up()),
+    );
+    single(
+        out,
+        "gateway_redis_connects_total",
+        "counter",
+        "Connections to Redis made, the first one included.",
+        stats.connects.load(Relaxed),
+    );
+    single(
+        out,
+        "gateway_redis_messages_out_total",
+        "counter",
+        "Broadcasts published to Redis for the other nodes.",
+        stats.messages_out.load(Relaxed),
+    );
+    single(
+        out,
+        "gateway_redis_messages_in_total",
+        "counter",
+        "Broadcasts from other nodes handed to this node's shards.",
+        stats.messages_in.load(Relaxed),
+    );
+    header(
+        out,
+        "gateway_redis_publish_failures_total",
+        "counter",
+        "Broadcasts delivered here but not sent to the other nodes, by reason.",
+    );
+    for reason in PublishFailure::ALL {
+        let _ = writeln!(
+            out,
+            "gateway_redis_publish_failures_total{{reason=\"{}\"}} {}",
+            reason.label(),
+            stats.publish_failures[reason.index()].load(Relaxed)
+        );
+    }
+    single(
+        out,
+        "gateway_redis_subscriptions",
+        "gauge",
+        "Pusher channels this node receives from Redis (those with a local subscriber).",
+        stats.subscriptions.load(Relaxed),
+    );
+    single(
+        out,
+        "gateway_cluster_nodes",
+        "gauge",
+        "Other nodes heard from within the heartbeat timeout.",
+        stats.nodes.load(Relaxed),
+    );
+    single(
+        out,
+        "gateway_cluster_partial_answers_total",
+        "counter",
+        "HTTP API answers that lack some node's share (no answer in time, or Redis away).",
+        stats.partial_answers.load(Relaxed),
+    );
+    header(
+        out,
+        "gateway_redis_lag_seconds",
+        "summary",
+        "Time from publish on another node to arrival here (wall clocks of both hosts).",
+    );
+    for (quantile, value) in [
+        ("0.5", &stats.lag_p50_micros),
+        ("0.99", &stats.lag_p99_micros),
+    ] {
+        let seconds = value.load(Relaxed) as f64 / 1e6;
+        let _ = writeln!(
+            out,
+            "gateway_redis_lag_seconds{{quantile=\"{quantile}\"}} {seconds}"
+        );
+    }
+    let _ = writeln!(
+        out,
+        "gateway_redis_lag_seconds_sum {}",
+        stats.lag_sum_micros.load(Relaxed) as f64 / 1e6
+    );
+    let _ = writeln!(
+        out,
+        "gateway_redis_lag_seconds_count {}",
+        stats.lag_count.load(Relaxed)
+    );
 }
 
 fn gauge(value: &AtomicI64) -> i64 {
@@ -257,6 +359,9 @@ pub fn render(node: &Node, latency: &Histogram<u64>) -> String {
         "gateway_fanout_latency_seconds_count {}",
         latency.len()
     );
+    if let Some(cluster) = &node.cluster {
+        render_cluster(&mut out, &cluster.stats);
+    }
     header(
         &mut out,
         "gateway_draining",

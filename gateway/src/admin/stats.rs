@@ -95,6 +95,15 @@ labelled! {
     }
 }
 
+labelled! {
+    /// Why a broadcast did not go to the other nodes of a cluster.
+    PublishFailure {
+        QueueFull => "queue_full",
+        Disconnected => "disconnected",
+        Error => "error",
+    }
+}
+
 /// HTTP statuses counted one by one; anything else is counted as "other".
 pub const HTTP_STATUSES: [u16; 14] = [
     101, 200, 400, 401, 403, 404, 405, 411, 413, 426, 429, 431, 500, 503,

@@ -1,10 +1,167 @@
-//! Clustering through Redis pub/sub: what is pure lives in its own module with its tests:
-//! `wire` (Redis channel names, the broadcast envelope, control messages), `interest` (which
-//! shards hold which channels), `nodes` (heartbeats and expiry), `queries` (questions waiting on
-//! other nodes) and `backoff`.
+//! Clustering through Redis pub/sub, on when `redis_url` is set.
+//!
+//! One bridge thread per process owns the Redis connections (see `bridge`). Shards reach it only
+//! through its bounded inbox, the same kind of queue shards use between themselves, and it reaches
+//! shards through theirs. Nothing here blocks a shard: when the bridge's inbox is full, or Redis
+//! is away, a publish is still delivered on this node and is counted as not sent to the others.
+//!
+//! What is pure lives in its own module with its tests: `wire` (Redis channel names, the
+//! broadcast envelope, control messages), `interest` (which shards hold which channels),
+//! `nodes` (heartbeats and expiry), `queries` (questions waiting on other nodes) and `backoff`.
 
-pub mod backoff;
+mod backoff;
+mod bridge;
 pub mod interest;
 pub mod nodes;
 pub mod queries;
 pub mod wire;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+
+use futures_channel::oneshot;
+
+use crate::admin::stats::{Labelled, PublishFailure};
+use crate::bus::{Broadcast, InboxFull, InboxSender};
+
+pub use bridge::{run, BridgeError, NODE_TIMEOUT, QUERY_DEADLINE};
+
+/// Subscription counts by channel, as other nodes answered them.
+pub type Counts = BTreeMap<String, u64>;
+
+/// What shards ask of the bridge.
+#[derive(Debug)]
+pub enum BridgeMessage {
+    /// Send a broadcast (already delivered on this node) to the other nodes.
+    Publish(Arc<Broadcast>),
+    /// Whether `shard` holds subscribers of the channel now; sent when that changes.
+    Interest {
+        shard: u16,
+        app: usize,
+        channel: Box<str>,
+        occupied: bool,
+    },
+    /// Ask the other nodes; the answer leaves out this node's own share.
+    Query {
+        query: wire::Query,
+        reply: oneshot::Sender<Counts>,
+    },
+}
+
+/// What the bridge counts, read by /metrics and /health.
+#[derive(Debug)]
+pub struct ClusterStats {
+    up: AtomicBool,
+    /// By `PublishFailure`.
+    pub publish_failures: Box<[AtomicU64]>,
+    /// Broadcasts published to Redis.
+    pub messages_out: AtomicU64,
+    /// Broadcasts from other nodes handed to this node's shards.
+    pub messages_in: AtomicU64,
+    /// Connections to Redis made, the first one included.
+    pub connects: AtomicU64,
+    /// Redis channels of Pusher channels this node is subscribed to.
+    pub subscriptions: AtomicU64,
+    /// Other nodes heard from within the node timeout.
+    pub nodes: AtomicU64,
+    /// HTTP API answers that lack some node's share (it did not answer in time, or Redis was away).
+    pub partial_answers: AtomicU64,
+    /// Time from publish on another node to arrival here, in microseconds: median, 99th
+    /// percentile, how many were measured and their sum. Written once a second.
+    pub lag_p50_micros: AtomicU64,
+    pub lag_p99_micros: AtomicU64,
+    pub lag_count: AtomicU64,
+    pub lag_sum_micros: AtomicU64,
+}
+
+impl Default for ClusterStats {
+    fn default() -> ClusterStats {
+        ClusterStats {
+            up: AtomicBool::new(false),
+            publish_failures: PublishFailure::ALL
+                .iter()
+                .map(|_| AtomicU64::new(0))
+                .collect(),
+            messages_out: AtomicU64::new(0),
+            messages_in: AtomicU64::new(0),
+            connects: AtomicU64::new(0),
+            subscriptions: AtomicU64::new(0),
+            nodes: AtomicU64::new(0),
+            partial_answers: AtomicU64::new(0),
+            lag_p50_micros: AtomicU64::new(0),
+            lag_p99_micros: AtomicU64::new(0),
+            lag_count: AtomicU64::new(0),
+            lag_sum_micros: AtomicU64::new(0),
+        }
+    }
+}
+
+impl ClusterStats {
+    /// Connected to Redis and subscribed.
+    pub fn is_up(&self) -> bool {
+        self.up.load(Relaxed)
+    }
+
+    fn set_up(&self, up: bool) {
+        self.up.store(up, Relaxed);
+    }
+
+    pub fn publish_failed(&self, reason: PublishFailure, count: u64) {
+        self.publish_failures[reason.index()].fetch_add(count, Relaxed);
+    }
+}
+
+/// How shards reach the bridge.
+#[derive(Debug)]
+pub struct ClusterLink {
+    sender: InboxSender<BridgeMessage>,
+    pub stats: Arc<ClusterStats>,
+}
+
+impl ClusterLink {
+    pub fn new(sender: InboxSender<BridgeMessage>, stats: Arc<ClusterStats>) -> ClusterLink {
+        ClusterLink { sender, stats }
+    }
+
+    /// Hands a broadcast to the bridge; a full inbox counts it as not sent.
+    pub fn publish(&self, broadcast: &Arc<Broadcast>) {
+        if self
+            .sender
+            .send(BridgeMessage::Publish(broadcast.clone()))
+            .is_err()
+        {
+            self.stats.publish_failed(PublishFailure::QueueFull, 1);
+        }
+    }
+
+    /// Tells the bridge whether a shard holds subscribers of a channel. The caller keeps and
+    /// resends what a full inbox refused: a lost report would leave the node deaf to a channel.
+    pub fn interest(
+        &self,
+        shard: usize,
+        app: usize,
+        channel: &str,
+        occupied: bool,
+    ) -> Result<(), InboxFull> {
+        self.sender.send(BridgeMessage::Interest {
+            // Shards are at most `MAX_SHARDS` (1000), checked at start.
+            shard: shard as u16,
+            app,
+            channel: channel.into(),
+            occupied,
+        })
+    }
+
+    /// Asks the other nodes; `None` when the bridge's inbox is full.
+    pub fn ask(&self, query: wire::Query) -> Option<oneshot::Receiver<Counts>> {
+        let (reply, receiver) = oneshot::channel();
+        match self.sender.send(BridgeMessage::Query { query, reply }) {
+            Ok(()) => Some(receiver),
+            Err(InboxFull) => {
+                self.stats.partial_answers.fetch_add(1, Relaxed);
+                None
+            }
+        }
+    }
+}

@@ -23,7 +23,7 @@
 //! | 1 | version, 1 |
 //! | 4 | origin node id (a node drops its own messages when Redis echoes them back) |
 //! | 8 | sent at, microseconds since the Unix epoch (for the lag metric) |
-//! | 1 | flags: bit 0 set when a socket is excluded |
+//! | 1 | flags: bit 0 set when a socket is excluded, bit 1 when a cache channel keeps the event |
 //! | 16 | only with bit 0: the excluded socket's node (4), shard (4) and number (8) |
 //! | 2 + n | app id: length, then UTF-8 |
 //! | 2 + n | Pusher channel: length, then UTF-8 |
@@ -43,6 +43,7 @@ use crate::protocol::SocketId;
 const MAGIC: u8 = b'G';
 const VERSION: u8 = 1;
 const FLAG_EXCEPT: u8 = 1;
+const FLAG_CACHE: u8 = 2;
 /// Magic, version, origin, sent at, flags.
 const FIXED_HEAD: usize = 1 + 1 + 4 + 8 + 1;
 const EXCEPT_LEN: usize = 4 + 4 + 8;
@@ -68,6 +69,8 @@ pub struct Envelope<'a> {
     pub origin: u32,
     pub sent_micros: u64,
     pub except: Option<SocketId>,
+    /// Whether a cache channel keeps it for later subscribers.
+    pub cache: bool,
     pub app_id: &'a str,
     pub channel: &'a str,
     pub frame: &'a [u8],
@@ -103,14 +106,15 @@ impl<'a> Envelope<'a> {
         out.extend_from_slice(&[MAGIC, VERSION]);
         out.extend_from_slice(&self.origin.to_be_bytes());
         out.extend_from_slice(&self.sent_micros.to_be_bytes());
+        let cache = if self.cache { FLAG_CACHE } else { 0 };
         match self.except {
             Some(except) => {
-                out.push(FLAG_EXCEPT);
+                out.push(FLAG_EXCEPT | cache);
                 out.extend_from_slice(&except.node.to_be_bytes());
                 out.extend_from_slice(&except.shard.to_be_bytes());
                 out.extend_from_slice(&except.local.to_be_bytes());
             }
-            None => out.push(0),
+            None => out.push(cache),
         }
         out.extend_from_slice(&app_len.to_be_bytes());
         out.extend_from_slice(self.app_id.as_bytes());
@@ -148,6 +152,7 @@ impl<'a> Envelope<'a> {
             origin,
             sent_micros,
             except,
+            cache: flags & FLAG_CACHE != 0,
             app_id,
             channel,
             frame: reader.bytes,
@@ -199,8 +204,8 @@ impl<'a> Reader<'a> {
 pub enum Query {
     /// Subscription counts of every occupied channel of an app whose name starts with `prefix`.
     Channels { app: String, prefix: String },
-    /// The subscription count of one channel.
-    Channel { app: String, channel: String },
+    /// Subscription counts of these channels.
+    Named { app: String, channels: Vec<String> },
 }
 
 /// A message on the control channels.
@@ -240,6 +245,7 @@ mod tests {
             origin: 4_000_000_000,
             sent_micros: 1_700_000_000_000_000,
             except,
+            cache: except.is_none(),
             app_id: "1",
             channel: "private-room",
             frame: b"\x81\x05hello",

@@ -366,12 +366,17 @@ pub struct ChannelState {
     pub cached: Option<CachedEvent>,
 }
 
+/// The `filter_by_prefix` of a channels query; empty when there is none.
+pub fn prefix_filter(params: &Params) -> &str {
+    param(params, "filter_by_prefix").unwrap_or("")
+}
+
 /// `GET /apps/{id}/channels`: occupied channels, filtered by prefix.
 pub fn channels_response(
     states: &BTreeMap<String, ChannelState>,
     params: &Params,
 ) -> Result<String, ApiError> {
-    let prefix = param(params, "filter_by_prefix").unwrap_or("");
+    let prefix = prefix_filter(params);
     let info = InfoFields::parse(params)?;
     if info.user_count && !prefix.starts_with("presence-") {
         return Err(ApiError::new(

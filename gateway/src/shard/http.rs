@@ -10,7 +10,7 @@ use monoio::net::TcpStream;
 
 use super::session;
 use super::transport::{HandshakeFailure, Transport};
-use super::{OpenSocket, Shard};
+use super::{OpenSocket, Scope, Shard};
 use crate::admin::stats::{self, Rejection, TlsFailure};
 use crate::bus::ShardMessage;
 use crate::http::api::{self, ApiError, Route};
@@ -298,7 +298,10 @@ async fn api_call(
             let event = api::parse_publish(body, max_data)?;
             publish(shard, app_index, &event);
             let states = match event.info {
-                Some(info) => channel_states(shard, app_index, Some(&event.channels), info).await?,
+                Some(info) => {
+                    let names = boxed(&event.channels);
+                    channel_states(shard, app_index, Scope::Named(&names), info).await?
+                }
                 None => BTreeMap::new(),
             };
             Ok(api::publish_response(event.info, &states))
@@ -308,10 +311,10 @@ async fn api_call(
             for event in &events {
                 publish(shard, app_index, event);
             }
-            let asked: Vec<String> = events
+            let asked: Vec<Box<str>> = events
                 .iter()
                 .filter(|e| e.info.is_some())
-                .flat_map(|e| e.channels.iter().cloned())
+                .flat_map(|e| e.channels.iter().map(|c| c.as_str().into()))
                 .collect();
             let info = events.iter().filter_map(|e| e.info).fold(
                 api::InfoFields::default(),
@@ -324,19 +327,20 @@ async fn api_call(
             let states = if asked.is_empty() {
                 BTreeMap::new()
             } else {
-                channel_states(shard, app_index, Some(&asked), info).await?
+                channel_states(shard, app_index, Scope::Named(&asked), info).await?
             };
             Ok(api::batch_response(&events, &states))
         }
         Route::Channels { .. } => {
             let info = api::InfoFields::parse(&params)?;
-            let states = channel_states(shard, app_index, None, info).await?;
+            let prefix = api::prefix_filter(&params);
+            let states = channel_states(shard, app_index, Scope::Prefix(prefix), info).await?;
             api::channels_response(&states, &params)
         }
         Route::Channel { channel, .. } => {
             let info = api::InfoFields::parse(&params)?;
-            let names = [channel.clone()];
-            let states = channel_states(shard, app_index, Some(&names), info).await?;
+            let names = [channel.as_str().into()];
+            let states = channel_states(shard, app_index, Scope::Named(&names), info).await?;
             let state = states.get(channel.as_str()).cloned().unwrap_or_default();
             api::channel_response(channel, &state, &params)
         }
@@ -372,17 +376,20 @@ async fn api_call(
     }
 }
 
-/// What an API answer says about channels: node-wide subscription counts, plus user counts and
-/// cached events from this shard's replicas (every shard keeps both for the whole node).
+fn boxed(names: &[String]) -> Vec<Box<str>> {
+    names.iter().map(|n| n.as_str().into()).collect()
+}
+
+/// What an API answer says about channels: subscription counts (cluster-wide when clustering is
+/// on), plus user counts and cached events from this shard's replicas (every shard keeps both
+/// for the whole node).
 async fn channel_states(
     shard: &Shard,
     app: usize,
-    channels: Option<&[String]>,
+    scope: Scope<'_>,
     info: api::InfoFields,
 ) -> Result<BTreeMap<String, api::ChannelState>, ApiError> {
-    let names: Option<Vec<Box<str>>> =
-        channels.map(|names| names.iter().map(|n| n.as_str().into()).collect());
-    let counts = shard.channel_counts(app, names.as_deref()).await?;
+    let counts = shard.channel_counts(app, scope).await?;
     let mut registry = shard.registry.borrow_mut();
     let now = Instant::now();
     Ok(counts

@@ -11,7 +11,7 @@ mod session;
 pub mod transport;
 
 use std::cell::{Cell, RefCell};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::future::poll_fn;
 use std::hash::{Hash, Hasher};
 use std::rc::Rc;
@@ -27,6 +27,7 @@ use crate::admin::stats::{self, Disconnect, Rejection, ShardStats};
 use crate::bus::{Broadcast, Inbox, ShardMessage};
 use crate::channels::presence::Source;
 use crate::channels::Registry;
+use crate::cluster::{wire, QUERY_DEADLINE};
 use crate::http::api::ApiError;
 use crate::node::Node;
 use crate::protocol::channel::server_to_user;
@@ -40,6 +41,9 @@ use transport::{TlsSession, Transport};
 const SCRATCH_BYTES: usize = 64 * 1024;
 /// How long a shard waits for another's answer to a query.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a shard waits for the other nodes' share of an answer: the bridge's own deadline
+/// plus room for the bridge to be busy.
+const CLUSTER_QUERY_TIMEOUT: Duration = QUERY_DEADLINE.saturating_add(Duration::from_millis(500));
 /// Ticks per second while a drain spreads its closes.
 const DRAIN_TICKS_PER_SECOND: u64 = 10;
 /// Time left to clients to finish their close handshakes after a drain.
@@ -68,6 +72,18 @@ pub struct Shard {
     started: Instant,
     drain_waiters: RefCell<Vec<Waker>>,
     pong: Bytes,
+    /// Changes of which channels this shard holds that the Redis bridge's full inbox refused,
+    /// in order: (app, channel, occupied). Sent again before any newer change.
+    interest_backlog: RefCell<VecDeque<(usize, Box<str>, bool)>>,
+}
+
+/// Which channels a counts query covers.
+#[derive(Debug, Clone, Copy)]
+pub enum Scope<'a> {
+    /// Every occupied channel whose name starts with the prefix.
+    Prefix(&'a str),
+    /// These channels, occupied or not.
+    Named(&'a [Box<str>]),
 }
 
 impl Shard {
@@ -93,6 +109,7 @@ impl Shard {
             started: Instant::now(),
             drain_waiters: RefCell::new(Vec::new()),
             pong: crate::ws::frame::text_frame(crate::protocol::message::PONG),
+            interest_backlog: RefCell::new(VecDeque::new()),
         }
     }
 
@@ -144,6 +161,9 @@ impl Shard {
         if added {
             conn.subscriptions.borrow_mut().push(channel.into());
             self.subscribers_changed(conn.app, channel);
+            if self.registry.borrow().count(conn.app, channel) == 1 {
+                self.interest(conn.app, channel, true);
+            }
         }
         added
     }
@@ -162,6 +182,38 @@ impl Shard {
             self.leave_presence(conn.app, channel, conn.id);
         }
         self.subscribers_changed(conn.app, channel);
+        if self.registry.borrow().count(conn.app, channel) == 0 {
+            self.interest(conn.app, channel, false);
+        }
+    }
+
+    /// Tells the cluster bridge whether this shard holds subscribers of a channel, so that the
+    /// node receives the channel's traffic from other nodes exactly while it needs it.
+    fn interest(&self, app: usize, channel: &str, occupied: bool) {
+        if self.node.cluster.is_none() {
+            return;
+        }
+        self.interest_backlog
+            .borrow_mut()
+            .push_back((app, channel.into(), occupied));
+        self.send_interest();
+    }
+
+    /// Sends the interest changes not yet taken, oldest first, until the bridge's inbox is full.
+    fn send_interest(&self) {
+        let Some(cluster) = &self.node.cluster else {
+            return;
+        };
+        let mut backlog = self.interest_backlog.borrow_mut();
+        while let Some((app, channel, occupied)) = backlog.front() {
+            if cluster
+                .interest(self.index, *app, channel, *occupied)
+                .is_err()
+            {
+                return;
+            }
+            backlog.pop_front();
+        }
     }
 
     /// Queues a frame to one connection, closing it as a slow consumer when its queue is full
@@ -186,8 +238,9 @@ impl Shard {
     }
 
     /// Sends an event to every subscriber of a channel on every shard (to a user's signed-in
-    /// sockets for `#server-to-user-{id}`). The frame is encoded once by the caller and shared.
-    /// `cache` says whether a cache channel keeps it.
+    /// sockets for `#server-to-user-{id}`), and to the other nodes when clustering is on. The
+    /// frame is encoded once by the caller and shared. `cache` says whether a cache channel keeps
+    /// it.
     pub fn publish(
         &self,
         app: usize,
@@ -214,6 +267,9 @@ impl Shard {
             {
                 stats::add(&link.stats.inbox_drops, 1);
             }
+        }
+        if let Some(cluster) = &self.node.cluster {
+            cluster.publish(&broadcast);
         }
     }
 
@@ -330,13 +386,48 @@ impl Shard {
         }
     }
 
-    /// Subscription counts across every shard: of all the app's occupied channels, or of the
-    /// named ones.
+    /// Subscription counts across every shard and, when clustering is on, every node.
     pub async fn channel_counts(
         &self,
         app: usize,
-        channels: Option<&[Box<str>]>,
+        scope: Scope<'_>,
     ) -> Result<BTreeMap<String, u64>, ApiError> {
+        let remote = self.node.cluster.as_ref().and_then(|cluster| {
+            let app = self.node.config.apps[app].id.clone();
+            cluster.ask(match scope {
+                Scope::Prefix(prefix) => wire::Query::Channels {
+                    app,
+                    prefix: prefix.into(),
+                },
+                Scope::Named(channels) => wire::Query::Named {
+                    app,
+                    channels: channels.iter().map(|c| c.to_string()).collect(),
+                },
+            })
+        });
+        let mut totals = self.node_counts(app, scope).await?;
+        if let Some(receiver) = remote {
+            // Without an answer (the bridge's inbox was full, or it is stuck) the node's own
+            // counts stand.
+            if let Ok(Ok(counts)) = monoio::time::timeout(CLUSTER_QUERY_TIMEOUT, receiver).await {
+                for (name, count) in counts {
+                    *totals.entry(name).or_insert(0) += count;
+                }
+            }
+        }
+        Ok(totals)
+    }
+
+    /// Subscription counts across this node's shards.
+    async fn node_counts(
+        &self,
+        app: usize,
+        scope: Scope<'_>,
+    ) -> Result<BTreeMap<String, u64>, ApiError> {
+        let (channels, prefix) = match scope {
+            Scope::Prefix(prefix) => (None, prefix),
+            Scope::Named(channels) => (Some(channels), ""),
+        };
         let mut replies = Vec::new();
         for (index, link) in self.node.shards.iter().enumerate() {
             if index == self.index {
@@ -355,16 +446,17 @@ impl Shard {
             replies.push(receiver);
         }
         let mut totals = BTreeMap::new();
-        for (name, count) in self.local_counts(app, channels) {
-            *totals.entry(name.into_string()).or_insert(0) += count;
-        }
+        let mut add = |counts: Vec<(Box<str>, u64)>| {
+            for (name, count) in counts {
+                if name.starts_with(prefix) {
+                    *totals.entry(name.into_string()).or_insert(0) += count;
+                }
+            }
+        };
+        add(self.local_counts(app, channels));
         for receiver in replies {
             match monoio::time::timeout(QUERY_TIMEOUT, receiver).await {
-                Ok(Ok(counts)) => {
-                    for (name, count) in counts {
-                        *totals.entry(name.into_string()).or_insert(0) += count;
-                    }
-                }
+                Ok(Ok(counts)) => add(counts),
                 _ => return Err(ApiError::new(503, "a shard did not answer in time")),
             }
         }
@@ -541,8 +633,9 @@ async fn accept_loop(
     }
 }
 
-/// Once a second: closes connections that have been silent too long, and sends the
-/// subscription counts that changed (so a burst of subscriptions makes one event, not one each).
+/// Once a second: closes connections that have been silent too long, sends the subscription
+/// counts that changed (so a burst of subscriptions makes one event, not one each), and retries
+/// interest changes the cluster bridge had no room for.
 async fn sweep_loop(shard: Rc<Shard>) {
     let limit = shard.node.config.inactivity_timeout;
     loop {
@@ -551,6 +644,7 @@ async fn sweep_loop(shard: Rc<Shard>) {
             return;
         }
         shard.flush_subscription_counts();
+        shard.send_interest();
         let now = shard.now();
         for conn in shard.conns.borrow().values() {
             if u64::from(conn.silent_for(now)) > limit {

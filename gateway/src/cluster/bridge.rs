@@ -1,0 +1,748 @@
+//! The Redis bridge: one OS thread per process owning two Redis connections, one to publish and
+//! one to subscribe, driven by a current-thread tokio runtime.
+//!
+//! Why async on one thread: the subscribing connection must take new SUBSCRIBE commands while it
+//! waits for messages, and publishes must not wait behind a blocking read. With the `redis`
+//! crate's async API one task does all of it (shard inbox, pub/sub stream, pipelined publishes,
+//! timers) in a single `select!` loop, and no state is shared between threads. The runtime is
+//! tokio because that is what the crate supports best; it runs on this thread only, never on a
+//! shard.
+//!
+//! Failure: any error on either connection, a request unanswered for `REQUEST_TIMEOUT`, or this
+//! node's own heartbeat not coming back within `ECHO_TIMEOUT` ends the session. The bridge then
+//! reconnects with backoff and subscribes again to everything the shards hold. While it is away
+//! it keeps draining its inbox: publishes are counted as not sent, interest is recorded for the
+//! next session, and questions are answered at once without the other nodes.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use futures_channel::oneshot;
+use futures_util::future::LocalBoxFuture;
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use hdrhistogram::Histogram;
+use redis::aio::{MultiplexedConnection, PubSubSink, PubSubStream};
+
+use super::backoff::Backoff;
+use super::interest::{Change, Interest};
+use super::nodes::{Heard, NodeTable};
+use super::queries::{Done, Pending};
+use super::wire::{self, Control, Envelope, Query};
+use super::{BridgeMessage, ClusterStats, Counts};
+use crate::admin::stats::{self, PublishFailure};
+use crate::bus::{Broadcast, Inbox, ShardMessage};
+use crate::node::Node;
+use crate::protocol::ChannelKind;
+
+/// How often each node announces itself.
+pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
+/// A node not heard from for this long is dropped, with its share of every count: five missed
+/// heartbeats, so a short Redis hiccup does not make a node flap.
+pub const NODE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a question to the other nodes waits for their answers.
+pub const QUERY_DEADLINE: Duration = Duration::from_secs(1);
+/// Nodes heard from within this are waited for when asking; one that has gone quiet (likely
+/// dead, not yet expired) would only make every answer wait for the deadline.
+const RECENT: Duration = Duration::from_millis(2500);
+/// Our own heartbeat must come back through Redis within this, or the session is stuck.
+const ECHO_TIMEOUT: Duration = Duration::from_secs(3);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Longest wait for Redis to answer one command (publish pipelines, subscribe).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long the answering node waits for its own shards.
+const SHARD_ANSWER_TIMEOUT: Duration = Duration::from_millis(800);
+const BACKOFF_FIRST: Duration = Duration::from_millis(100);
+const BACKOFF_CAP: Duration = Duration::from_secs(2);
+const TICK: Duration = Duration::from_millis(250);
+/// Pipelines, heartbeats and answers awaiting Redis at once; past it the inbox waits (and fills,
+/// and shards count what it refuses) instead of the bridge buffering without bound.
+const MAX_IN_FLIGHT: usize = 64;
+/// Publishes sent to Redis in one pipeline.
+const PIPELINE_MAX: u64 = 512;
+/// Channels named in one SUBSCRIBE when subscribing again after a reconnect.
+const SUBSCRIBE_CHUNK: usize = 1024;
+
+/// Why the bridge could not run at all.
+#[derive(Debug, thiserror::Error)]
+pub enum BridgeError {
+    #[error("cannot start the bridge's runtime: {0}")]
+    Runtime(#[from] std::io::Error),
+    #[error("redis_url: {0}")]
+    Url(#[from] redis::RedisError),
+}
+
+/// Why a session with Redis ended.
+#[derive(Debug, thiserror::Error)]
+enum SessionEnd {
+    #[error("{0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("redis did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error("the subscription connection closed")]
+    Closed,
+    #[error("own heartbeat not heard back within {0:?}")]
+    Stalled(Duration),
+}
+
+/// Work handed to Redis whose outcome the loop waits for.
+enum Work {
+    Published {
+        count: u64,
+        result: redis::RedisResult<()>,
+    },
+    Sent(redis::RedisResult<()>),
+}
+
+type InFlight = FuturesUnordered<LocalBoxFuture<'static, Work>>;
+
+/// Runs the bridge on the current thread, forever.
+pub fn run(
+    node: Arc<Node>,
+    stats: Arc<ClusterStats>,
+    inbox: Inbox<BridgeMessage>,
+) -> Result<(), BridgeError> {
+    let url = node.config.redis_url.clone().unwrap_or_default();
+    let client = redis::Client::open(url.as_str())?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let bridge = Bridge::new(node, stats, inbox, client);
+    runtime.block_on(bridge.run());
+    Ok(())
+}
+
+struct Bridge {
+    node: Arc<Node>,
+    stats: Arc<ClusterStats>,
+    inbox: Inbox<BridgeMessage>,
+    batch: Vec<BridgeMessage>,
+    client: redis::Client,
+    prefix: String,
+    control: String,
+    own_channel: String,
+    nonce: u64,
+    interest: Interest,
+    nodes: NodeTable,
+    pending: Pending<oneshot::Sender<Counts>>,
+    /// Lag of broadcasts from other nodes, microseconds.
+    lag: Histogram<u64>,
+    last_heartbeat: Instant,
+    last_echo: Instant,
+    /// Publishes handed to Redis and not yet confirmed; lost if the session ends.
+    unconfirmed: u64,
+    collision_reported: bool,
+}
+
+fn unix_micros() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+async fn within<T>(
+    limit: Duration,
+    request: impl Future<Output = redis::RedisResult<T>>,
+) -> Result<T, SessionEnd> {
+    match tokio::time::timeout(limit, request).await {
+        Ok(result) => Ok(result?),
+        Err(_) => Err(SessionEnd::Timeout(limit)),
+    }
+}
+
+async fn connect(
+    client: redis::Client,
+) -> Result<(MultiplexedConnection, PubSubSink, PubSubStream), SessionEnd> {
+    let config = redis::AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(CONNECT_TIMEOUT))
+        .set_response_timeout(Some(REQUEST_TIMEOUT));
+    let publisher = client
+        .get_multiplexed_async_connection_with_config(&config)
+        .await?;
+    let (sink, stream) = within(CONNECT_TIMEOUT, client.get_async_pubsub())
+        .await?
+        .split();
+    Ok((publisher, sink, stream))
+}
+
+fn publish(
+    conn: &MultiplexedConnection,
+    channel: String,
+    message: String,
+) -> LocalBoxFuture<'static, Work> {
+    let mut conn = conn.clone();
+    Box::pin(async move {
+        let result = redis::cmd("PUBLISH")
+            .arg(channel)
+            .arg(message)
+            .query_async::<()>(&mut conn)
+            .await;
+        Work::Sent(result)
+    })
+}
+
+fn send_pipeline(
+    conn: &MultiplexedConnection,
+    pipe: redis::Pipeline,
+    count: u64,
+) -> LocalBoxFuture<'static, Work> {
+    let mut conn = conn.clone();
+    Box::pin(async move {
+        let result = pipe.query_async::<()>(&mut conn).await;
+        Work::Published { count, result }
+    })
+}
+
+/// This node's share of an answer: its shards' counts, summed.
+async fn local_counts(node: &Node, query: &Query) -> Vec<(String, u64)> {
+    let (app_id, channels, prefix) = match query {
+        Query::Channels { app, prefix } => (app, None, prefix.as_str()),
+        Query::Named { app, channels } => (app, Some(channels), ""),
+    };
+    let Some((app, _)) = node.config.app_by_id(app_id) else {
+        return Vec::new();
+    };
+    let mut receivers = Vec::new();
+    for link in &node.shards {
+        let (reply, receiver) = oneshot::channel();
+        let message = ShardMessage::ChannelCounts {
+            app,
+            channels: channels.map(|names| names.iter().map(|n| n.as_str().into()).collect()),
+            reply,
+        };
+        if link.inbox.send(message).is_ok() {
+            receivers.push(receiver);
+        } else {
+            stats::add(&link.stats.inbox_drops, 1);
+        }
+    }
+    let mut totals: HashMap<Box<str>, u64> = HashMap::new();
+    for receiver in receivers {
+        if let Ok(Ok(counts)) = tokio::time::timeout(SHARD_ANSWER_TIMEOUT, receiver).await {
+            for (name, count) in counts {
+                if count > 0 && name.starts_with(prefix) {
+                    *totals.entry(name).or_insert(0) += count;
+                }
+            }
+        }
+    }
+    totals
+        .into_iter()
+        .map(|(name, count)| (name.into_string(), count))
+        .collect()
+}
+
+fn answer(
+    node: Arc<Node>,
+    conn: &MultiplexedConnection,
+    to: String,
+    id: u64,
+    query: Query,
+) -> LocalBoxFuture<'static, Work> {
+    let conn = conn.clone();
+    Box::pin(async move {
+        let counts = local_counts(&node, &query).await;
+        let message = Control::Answer {
+            node: node.id,
+            id,
+            counts,
+        };
+        publish(&conn, to, message.encode()).await
+    })
+}
+
+impl Bridge {
+    fn new(
+        node: Arc<Node>,
+        stats: Arc<ClusterStats>,
+        inbox: Inbox<BridgeMessage>,
+        client: redis::Client,
+    ) -> Bridge {
+        let prefix = node.config.redis_prefix.clone();
+        let nonce = fastrand::u64(..);
+        let now = Instant::now();
+        Bridge {
+            control: wire::control_channel(&prefix),
+            own_channel: wire::node_channel(&prefix, node.id),
+            interest: Interest::new(node.config.apps.len()),
+            nodes: NodeTable::new(node.id, nonce, NODE_TIMEOUT),
+            node,
+            stats,
+            inbox,
+            batch: Vec::new(),
+            client,
+            prefix,
+            nonce,
+            pending: Pending::default(),
+            lag: Histogram::new_with_bounds(1, 60_000_000, 3).expect("static histogram bounds"),
+            last_heartbeat: now,
+            last_echo: now,
+            unconfirmed: 0,
+            collision_reported: false,
+        }
+    }
+
+    async fn run(mut self) {
+        let mut backoff = Backoff::new(BACKOFF_FIRST, BACKOFF_CAP);
+        let mut failing = false;
+        loop {
+            let end = match self.offline_until(connect(self.client.clone())).await {
+                Ok((publisher, sink, stream)) => {
+                    failing = false;
+                    self.online(publisher, sink, stream, &mut backoff).await
+                }
+                Err(end) => end,
+            };
+            self.went_offline();
+            let wait = backoff.next_wait(fastrand::f64());
+            // The first failure is worth a warning; the retries after it are not.
+            if failing {
+                tracing::debug!(error = %end, "redis still unavailable; retrying in {wait:?}");
+            } else {
+                tracing::warn!(error = %end, "redis unavailable: this node delivers locally only until it is back; retrying in {wait:?}");
+                failing = true;
+            }
+            self.offline_until(tokio::time::sleep(wait)).await;
+        }
+    }
+
+    /// Drives `work` while keeping the inbox drained with no Redis to talk to.
+    async fn offline_until<F: Future>(&mut self, work: F) -> F::Output {
+        let mut work = std::pin::pin!(work);
+        let mut tick = tokio::time::interval(TICK);
+        loop {
+            tokio::select! {
+                output = &mut work => return output,
+                () = self.inbox.next_batch(&mut self.batch) => self.handle_offline(),
+                _ = tick.tick() => self.tick(Instant::now()),
+            }
+        }
+    }
+
+    fn went_offline(&mut self) {
+        self.stats.set_up(false);
+        self.stats
+            .publish_failed(PublishFailure::Error, std::mem::take(&mut self.unconfirmed));
+        for done in self.pending.abandon() {
+            self.finish(done);
+        }
+    }
+
+    fn handle_offline(&mut self) {
+        let mut batch = std::mem::take(&mut self.batch);
+        for message in batch.drain(..) {
+            match message {
+                BridgeMessage::Publish(_) => {
+                    self.stats.publish_failed(PublishFailure::Disconnected, 1);
+                }
+                BridgeMessage::Interest {
+                    shard,
+                    app,
+                    channel,
+                    occupied,
+                } => {
+                    self.interest.set(shard, app, &channel, occupied);
+                }
+                BridgeMessage::Query { reply, .. } => self.finish(Done {
+                    reply,
+                    counts: Counts::new(),
+                    complete: false,
+                }),
+            }
+        }
+        self.batch = batch;
+        self.stats
+            .subscriptions
+            .store(self.interest.len() as u64, Relaxed);
+    }
+
+    /// Sends an answer to the shard that asked.
+    fn finish(&self, done: Done<oneshot::Sender<Counts>>) {
+        if !done.complete {
+            self.stats.partial_answers.fetch_add(1, Relaxed);
+        }
+        // The asker may have given up waiting; nothing to do then.
+        let _ = done.reply.send(done.counts);
+    }
+
+    /// Housekeeping, online or not: nodes that went quiet, questions past their deadline.
+    fn tick(&mut self, now: Instant) {
+        for node in self.nodes.expire(now) {
+            self.node_gone(node);
+        }
+        for done in self.pending.expire(now) {
+            self.finish(done);
+        }
+        self.stats.nodes.store(self.nodes.len() as u64, Relaxed);
+    }
+
+    /// A node stopped sending heartbeats: it is no longer asked, so its connections and channels
+    /// drop out of every count. This is also where presence state held for that node goes, with
+    /// `member_removed` for its users, so that a crashed node leaves no ghost members.
+    fn node_gone(&self, node: u32) {
+        tracing::warn!(
+            node,
+            timeout_seconds = NODE_TIMEOUT.as_secs(),
+            "node left the cluster: no heartbeat within the timeout"
+        );
+    }
+
+    fn data_channel(&self, app: usize, channel: &str) -> String {
+        let app_id = self.node.config.apps.get(app).map_or("", |a| a.id.as_str());
+        wire::data_channel(&self.prefix, app_id, channel)
+    }
+
+    async fn online(
+        &mut self,
+        publisher: MultiplexedConnection,
+        mut sink: PubSubSink,
+        mut stream: PubSubStream,
+        backoff: &mut Backoff,
+    ) -> SessionEnd {
+        let mut names = vec![self.control.clone(), self.own_channel.clone()];
+        names.extend(
+            self.interest
+                .channels()
+                .map(|(app, channel)| self.data_channel(app, channel)),
+        );
+        for chunk in names.chunks(SUBSCRIBE_CHUNK) {
+            if let Err(end) = within(REQUEST_TIMEOUT, sink.subscribe(chunk)).await {
+                return end;
+            }
+        }
+        self.stats.connects.fetch_add(1, Relaxed);
+        self.stats.set_up(true);
+        backoff.reset();
+        tracing::info!(
+            channels = names.len() - 2,
+            prefix = %self.prefix,
+            "connected to redis and subscribed"
+        );
+        let mut in_flight = InFlight::new();
+        let now = Instant::now();
+        self.last_echo = now;
+        self.heartbeat(&publisher, &mut in_flight, now);
+        let mut tick = tokio::time::interval(TICK);
+        loop {
+            let outcome = tokio::select! {
+                () = self.inbox.next_batch(&mut self.batch), if in_flight.len() < MAX_IN_FLIGHT => {
+                    self.handle_online(&publisher, &mut sink, &mut in_flight).await
+                }
+                message = stream.next() => match message {
+                    Some(message) => {
+                        self.on_message(&message, &publisher, &mut in_flight);
+                        Ok(())
+                    }
+                    None => Err(SessionEnd::Closed),
+                },
+                Some(work) = in_flight.next(), if !in_flight.is_empty() => self.finished(work),
+                _ = tick.tick() => {
+                    let now = Instant::now();
+                    self.tick(now);
+                    self.tick_online(&publisher, &mut in_flight, now)
+                }
+            };
+            if let Err(end) = outcome {
+                return end;
+            }
+        }
+    }
+
+    fn tick_online(
+        &mut self,
+        publisher: &MultiplexedConnection,
+        in_flight: &mut InFlight,
+        now: Instant,
+    ) -> Result<(), SessionEnd> {
+        if now.saturating_duration_since(self.last_echo) > ECHO_TIMEOUT {
+            return Err(SessionEnd::Stalled(ECHO_TIMEOUT));
+        }
+        if now.saturating_duration_since(self.last_heartbeat) >= HEARTBEAT_INTERVAL {
+            self.heartbeat(publisher, in_flight, now);
+        }
+        Ok(())
+    }
+
+    fn heartbeat(
+        &mut self,
+        publisher: &MultiplexedConnection,
+        in_flight: &mut InFlight,
+        now: Instant,
+    ) {
+        self.last_heartbeat = now;
+        let message = Control::Heartbeat {
+            node: self.node.id,
+            nonce: self.nonce,
+        };
+        in_flight.push(publish(publisher, self.control.clone(), message.encode()));
+        self.stats
+            .lag_p50_micros
+            .store(self.lag.value_at_quantile(0.5), Relaxed);
+        self.stats
+            .lag_p99_micros
+            .store(self.lag.value_at_quantile(0.99), Relaxed);
+        self.stats.lag_count.store(self.lag.len(), Relaxed);
+        let sum = self.lag.mean() * self.lag.len() as f64;
+        self.stats.lag_sum_micros.store(sum as u64, Relaxed);
+    }
+
+    fn finished(&mut self, work: Work) -> Result<(), SessionEnd> {
+        let error = match work {
+            Work::Published { count, result } => {
+                self.unconfirmed = self.unconfirmed.saturating_sub(count);
+                match result {
+                    Ok(()) => {
+                        self.stats.messages_out.fetch_add(count, Relaxed);
+                        return Ok(());
+                    }
+                    Err(error) => {
+                        self.stats.publish_failed(PublishFailure::Error, count);
+                        error
+                    }
+                }
+            }
+            Work::Sent(Ok(())) => return Ok(()),
+            Work::Sent(Err(error)) => error,
+        };
+        if error.is_unrecoverable_error() || error.is_connection_dropped() {
+            return Err(SessionEnd::Redis(error));
+        }
+        tracing::debug!(%error, "redis refused a command");
+        Ok(())
+    }
+
+    async fn handle_online(
+        &mut self,
+        publisher: &MultiplexedConnection,
+        sink: &mut PubSubSink,
+        in_flight: &mut InFlight,
+    ) -> Result<(), SessionEnd> {
+        let mut batch = std::mem::take(&mut self.batch);
+        let mut pipe = redis::pipe();
+        let mut queued: u64 = 0;
+        // The last wanted state of each Redis channel whose interest changed in this batch.
+        let mut changes: HashMap<String, bool> = HashMap::new();
+        for message in batch.drain(..) {
+            match message {
+                BridgeMessage::Publish(broadcast) => {
+                    if self.queue_publish(&mut pipe, &broadcast) {
+                        queued += 1;
+                    }
+                    if queued == PIPELINE_MAX {
+                        self.send(publisher, in_flight, std::mem::take(&mut pipe), queued);
+                        queued = 0;
+                    }
+                }
+                BridgeMessage::Interest {
+                    shard,
+                    app,
+                    channel,
+                    occupied,
+                } => {
+                    if let Some(change) = self.interest.set(shard, app, &channel, occupied) {
+                        changes.insert(
+                            self.data_channel(app, &channel),
+                            change == Change::Subscribe,
+                        );
+                    }
+                }
+                BridgeMessage::Query { query, reply } => {
+                    self.ask(publisher, in_flight, query, reply);
+                }
+            }
+        }
+        self.batch = batch;
+        if queued > 0 {
+            self.send(publisher, in_flight, pipe, queued);
+        }
+        let (subscribe, unsubscribe): (Vec<_>, Vec<_>) =
+            changes.into_iter().partition(|(_, wanted)| *wanted);
+        let names =
+            |list: Vec<(String, bool)>| list.into_iter().map(|(name, _)| name).collect::<Vec<_>>();
+        let (subscribe, unsubscribe) = (names(subscribe), names(unsubscribe));
+        if !subscribe.is_empty() {
+            within(REQUEST_TIMEOUT, sink.subscribe(&subscribe)).await?;
+        }
+        if !unsubscribe.is_empty() {
+            within(REQUEST_TIMEOUT, sink.unsubscribe(&unsubscribe)).await?;
+        }
+        self.stats
+            .subscriptions
+            .store(self.interest.len() as u64, Relaxed);
+        Ok(())
+    }
+
+    /// Adds one broadcast to a pipeline; false (and counted) when it cannot be encoded.
+    fn queue_publish(&self, pipe: &mut redis::Pipeline, broadcast: &Broadcast) -> bool {
+        let Some(app) = self.node.config.apps.get(broadcast.app) else {
+            return false;
+        };
+        let envelope = Envelope {
+            origin: self.node.id,
+            sent_micros: unix_micros(),
+            except: broadcast.except,
+            cache: broadcast.cache,
+            app_id: &app.id,
+            channel: &broadcast.channel,
+            frame: &broadcast.frame,
+        };
+        match envelope.encode() {
+            Ok(bytes) => {
+                let channel = wire::data_channel(&self.prefix, &app.id, &broadcast.channel);
+                pipe.cmd("PUBLISH").arg(channel).arg(bytes).ignore();
+                true
+            }
+            Err(error) => {
+                tracing::debug!(%error, "broadcast not sent to the cluster");
+                self.stats.publish_failed(PublishFailure::Error, 1);
+                false
+            }
+        }
+    }
+
+    fn send(
+        &mut self,
+        publisher: &MultiplexedConnection,
+        in_flight: &mut InFlight,
+        pipe: redis::Pipeline,
+        count: u64,
+    ) {
+        self.unconfirmed += count;
+        in_flight.push(send_pipeline(publisher, pipe, count));
+    }
+
+    /// Asks the nodes heard from lately; the answer goes out when all have answered or at the
+    /// deadline.
+    fn ask(
+        &mut self,
+        publisher: &MultiplexedConnection,
+        in_flight: &mut InFlight,
+        query: Query,
+        reply: oneshot::Sender<Counts>,
+    ) {
+        let now = Instant::now();
+        let nodes = self.nodes.recent(now, RECENT);
+        match self.pending.open(reply, nodes, now + QUERY_DEADLINE) {
+            Err(done) => self.finish(done),
+            Ok(id) => {
+                let message = Control::Query {
+                    node: self.node.id,
+                    id,
+                    query,
+                };
+                in_flight.push(publish(publisher, self.control.clone(), message.encode()));
+            }
+        }
+    }
+
+    fn on_message(
+        &mut self,
+        message: &redis::Msg,
+        publisher: &MultiplexedConnection,
+        in_flight: &mut InFlight,
+    ) {
+        let channel = message.get_channel_name();
+        let payload = message.get_payload_bytes();
+        if channel == self.control || channel == self.own_channel {
+            self.on_control(payload, publisher, in_flight);
+        } else {
+            self.on_broadcast(payload);
+        }
+    }
+
+    fn on_control(
+        &mut self,
+        payload: &[u8],
+        publisher: &MultiplexedConnection,
+        in_flight: &mut InFlight,
+    ) {
+        let control = match Control::decode(payload) {
+            Ok(control) => control,
+            Err(error) => {
+                tracing::debug!(%error, "unreadable cluster message ignored");
+                return;
+            }
+        };
+        let now = Instant::now();
+        match control {
+            Control::Heartbeat { node, nonce } => match self.nodes.heartbeat(node, nonce, now) {
+                Heard::Own => self.last_echo = now,
+                Heard::Joined => tracing::info!(node, "node joined the cluster"),
+                Heard::Alive => {}
+                Heard::Collision if !self.collision_reported => {
+                    self.collision_reported = true;
+                    tracing::error!(
+                        node,
+                        "another gateway uses this node's id: restart one of them (socket ids and message origins would be confused)"
+                    );
+                }
+                Heard::Collision => {}
+            },
+            Control::Query { node, id, query } if node != self.node.id => {
+                // Answers past the cap are skipped: the asker answers without this node's share.
+                if in_flight.len() < MAX_IN_FLIGHT {
+                    let to = wire::node_channel(&self.prefix, node);
+                    in_flight.push(answer(self.node.clone(), publisher, to, id, query));
+                }
+            }
+            // Our own question, echoed back.
+            Control::Query { .. } => {}
+            Control::Answer { node, id, counts } => {
+                if let Some(done) = self.pending.answer(id, node, counts) {
+                    self.finish(done);
+                }
+            }
+        }
+    }
+
+    /// Hands a broadcast from another node to the shards that hold its channel; an event a cache
+    /// channel keeps goes to every shard, since each keeps the channel's last event.
+    fn on_broadcast(&mut self, payload: &[u8]) {
+        let envelope = match Envelope::decode(payload) {
+            Ok(envelope) => envelope,
+            Err(error) => {
+                tracing::debug!(%error, "unreadable broadcast ignored");
+                return;
+            }
+        };
+        if envelope.origin == self.node.id {
+            return;
+        }
+        let Some((app, _)) = self.node.config.app_by_id(envelope.app_id) else {
+            return;
+        };
+        let lag = unix_micros().saturating_sub(envelope.sent_micros);
+        self.lag.saturating_record(lag.max(1));
+        let broadcast = Arc::new(Broadcast {
+            app,
+            channel: envelope.channel.into(),
+            frame: Bytes::copy_from_slice(envelope.frame),
+            except: envelope.except,
+            cache: envelope.cache,
+            published: Instant::now(),
+        });
+        let every: Vec<u16>;
+        let shards = if envelope.cache && ChannelKind::of(envelope.channel).is_cache() {
+            every = (0..self.node.shards.len() as u16).collect();
+            &every
+        } else {
+            self.interest.shards(app, envelope.channel)
+        };
+        for &shard in shards {
+            let Some(link) = self.node.shards.get(usize::from(shard)) else {
+                continue;
+            };
+            if link
+                .inbox
+                .send(ShardMessage::Broadcast(broadcast.clone()))
+                .is_err()
+            {
+                stats::add(&link.stats.inbox_drops, 1);
+            }
+        }
+        self.stats.messages_in.fetch_add(1, Relaxed);
+    }
+}
