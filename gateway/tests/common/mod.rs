@@ -2,6 +2,7 @@
 
 #![allow(dead_code)] // Each test file uses its own part of these helpers.
 
+pub mod redis;
 pub mod script;
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -143,6 +144,13 @@ impl Gateway {
         }
     }
 
+    /// The /health answer of the admin port.
+    pub fn health(&self) -> Value {
+        let (status, body) = http_get(self.admin_port, "/health").expect("health answers");
+        assert_eq!(status, 200);
+        serde_json::from_str(&body).unwrap()
+    }
+
     /// Sends a signed HTTP API request; returns status and body.
     pub fn api(
         &self,
@@ -175,6 +183,20 @@ impl Drop for Gateway {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// Polls `done` every 20 ms until it holds or `timeout` passes; says whether it held.
+pub fn wait_until(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if done() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
@@ -374,6 +396,28 @@ impl Client {
                 Message::Text(text) => return serde_json::from_str(&text).unwrap(),
                 Message::Ping(_) | Message::Pong(_) => {}
                 other => panic!("unexpected frame {other:?}"),
+            }
+        }
+    }
+
+    /// Every event that arrives until none has for `quiet`.
+    pub fn events_until_quiet(&mut self, quiet: Duration) -> Vec<Value> {
+        self.set_timeout(quiet);
+        let mut events = Vec::new();
+        loop {
+            match self.socket.read() {
+                Ok(Message::Text(text)) => events.push(serde_json::from_str(&text).unwrap()),
+                Ok(Message::Ping(_) | Message::Pong(_)) => {}
+                Ok(other) => panic!("unexpected frame {other:?}"),
+                Err(tungstenite::Error::Io(e))
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    return events
+                }
+                Err(e) => panic!("connection failed: {e}"),
             }
         }
     }

@@ -1,0 +1,285 @@
+//! Clustering through a real Redis: several gateway processes on one `redis-server`, each test
+//! with its own server on a free loopback port.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use common::redis::Redis;
+use common::{wait_until, Client, Gateway, APP_ID};
+use gateway::cluster::NODE_TIMEOUT;
+use serde_json::{json, Value};
+
+/// Starts `n` nodes and waits until each hears the others' heartbeats.
+fn cluster(redis: &Redis, n: usize) -> Vec<Gateway> {
+    let nodes: Vec<Gateway> = (0..n).map(|_| redis.gateway()).collect();
+    for node in &nodes {
+        assert!(
+            wait_until(Duration::from_secs(5), || node
+                .metric("gateway_cluster_nodes")
+                == (n - 1) as f64),
+            "every node hears the others"
+        );
+    }
+    nodes
+}
+
+/// What a client received until it went quiet, as sorted `channel/event/data` lines.
+fn received(client: &mut Client) -> Vec<String> {
+    let mut lines: Vec<String> = client
+        .events_until_quiet(Duration::from_millis(1000))
+        .iter()
+        .map(|e| {
+            format!(
+                "{}/{}/{}",
+                e["channel"].as_str().unwrap_or(""),
+                e["event"].as_str().unwrap_or(""),
+                e["data"].as_str().unwrap_or("")
+            )
+        })
+        .collect();
+    lines.sort();
+    lines
+}
+
+fn lines(list: &[&str]) -> Vec<String> {
+    let mut lines: Vec<String> = list.iter().map(|s| s.to_string()).collect();
+    lines.sort();
+    lines
+}
+
+fn subscribed(client: &mut Client, channel: &str) {
+    assert_eq!(
+        client.subscribe(channel)["event"],
+        "pusher_internal:subscription_succeeded"
+    );
+}
+
+/// `GET /apps/1/channels` with subscription counts, as a map.
+fn channel_counts(gateway: &Gateway, query: &[(&str, &str)]) -> BTreeMap<String, u64> {
+    let mut query = query.to_vec();
+    query.push(("info", "subscription_count"));
+    let (status, body) = gateway.api("GET", &format!("/apps/{APP_ID}/channels"), &query, "");
+    assert_eq!(status, 200, "{body}");
+    let body: Value = serde_json::from_str(&body).unwrap();
+    body["channels"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(name, info)| (name.clone(), info["subscription_count"].as_u64().unwrap()))
+        .collect()
+}
+
+fn counts(list: &[(&str, u64)]) -> BTreeMap<String, u64> {
+    list.iter().map(|(c, n)| (c.to_string(), *n)).collect()
+}
+
+#[test]
+fn a_publish_reaches_every_node_exactly_once_and_only_the_nodes_that_need_it() {
+    let redis = Redis::start();
+    let nodes = cluster(&redis, 3);
+    let (a, b, c) = (&nodes[0], &nodes[1], &nodes[2]);
+    let mut a1 = a.client();
+    let mut a2 = a.client();
+    let mut b1 = b.client();
+    let mut c1 = c.client();
+    for client in [&mut a1, &mut a2, &mut b1, &mut c1] {
+        subscribed(client, "news");
+    }
+    subscribed(&mut a1, "sports");
+    subscribed(&mut b1, "sports");
+    redis.wait_subscribers("news", 3);
+    redis.wait_subscribers("sports", 2);
+    assert_eq!(c.metric("gateway_redis_subscriptions"), 1.0);
+
+    a.publish("news", "hello", "1");
+    for score in ["0", "1", "2"] {
+        a.publish("sports", "score", score);
+    }
+    let excluding_a2 =
+        json!({"name": "marker", "channel": "news", "data": "2", "socket_id": a2.socket_id});
+    let (status, _) = b.api("POST", "/apps/1/events", &[], &excluding_a2.to_string());
+    assert_eq!(status, 200);
+    c.publish("news", "end", "3");
+
+    let news = ["news/hello/1", "news/marker/2", "news/end/3"];
+    let sports = ["sports/score/0", "sports/score/1", "sports/score/2"];
+    let both = lines(&[&news[..], &sports[..]].concat());
+    assert_eq!(received(&mut a1), both, "a1 on the publishing node");
+    assert_eq!(
+        received(&mut a2),
+        lines(&["news/hello/1", "news/end/3"]),
+        "a2 was excluded by socket id from another node"
+    );
+    assert_eq!(received(&mut b1), both, "b1 on another node");
+    assert_eq!(received(&mut c1), lines(&news), "c1 on a third node");
+
+    assert_eq!(
+        c.metric("gateway_redis_messages_in_total"),
+        2.0,
+        "C received hello and marker from Redis and nothing of sports"
+    );
+    let subscribed_channels = redis.cli(&["PUBSUB", "CHANNELS", "gateway:1:*"]);
+    assert_eq!(subscribed_channels.len(), 2, "{subscribed_channels:?}");
+    assert_eq!(a.metric("gateway_redis_messages_out_total"), 4.0);
+    for node in &nodes {
+        assert_eq!(node.metric("gateway_redis_publish_failures_total"), 0.0);
+    }
+
+    c1.socket
+        .send(tungstenite::Message::text(
+            json!({"event": "pusher:unsubscribe", "data": {"channel": "news"}}).to_string(),
+        ))
+        .unwrap();
+    redis.wait_subscribers("news", 2);
+    assert_eq!(c.metric("gateway_redis_subscriptions"), 0.0);
+}
+
+#[test]
+fn client_events_reach_other_nodes_but_not_their_sender() {
+    let redis = Redis::start();
+    let nodes = cluster(&redis, 2);
+    let mut a1 = nodes[0].client();
+    let mut b1 = nodes[1].client();
+    subscribed(&mut a1, "private-chat");
+    subscribed(&mut b1, "private-chat");
+    redis.wait_subscribers("private-chat", 2);
+    a1.send(json!({"event": "client-typing", "channel": "private-chat", "data": {"who": "a1"}}));
+    let event = b1.next_event();
+    assert_eq!(
+        (event["event"].as_str(), event["channel"].as_str()),
+        (Some("client-typing"), Some("private-chat"))
+    );
+    assert_eq!(received(&mut a1), Vec::<String>::new(), "never echoed");
+    assert_eq!(received(&mut b1), Vec::<String>::new(), "delivered once");
+}
+
+#[test]
+fn without_redis_nodes_deliver_locally_and_recover_on_their_own() {
+    let mut redis = Redis::start();
+    let nodes = cluster(&redis, 2);
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let mut a1 = a.client();
+    let mut a2 = a.client();
+    let mut b1 = b.client();
+    for client in [&mut a1, &mut a2, &mut b1] {
+        subscribed(client, "news");
+    }
+    redis.wait_subscribers("news", 2);
+    a.publish("news", "before", "1");
+    for client in [&mut a1, &mut a2, &mut b1] {
+        assert_eq!(received(client), lines(&["news/before/1"]));
+    }
+
+    redis.stop();
+    for node in [a, b] {
+        assert!(
+            wait_until(Duration::from_secs(5), || node.health()["cluster"]
+                == "degraded"),
+            "health shows the outage"
+        );
+        let health = node.health();
+        assert_eq!(health["status"], "ok", "still alive: {health}");
+        assert_eq!(node.metric("gateway_redis_up"), 0.0);
+    }
+    a.publish("news", "during", "a");
+    b.publish("news", "during", "b");
+    assert_eq!(
+        a.metric("gateway_redis_publish_failures_total{reason=\"disconnected\"}"),
+        1.0
+    );
+    // Subscriptions made while Redis is away take effect when it is back.
+    let mut a3 = a.client();
+    let mut b2 = b.client();
+    subscribed(&mut a3, "late");
+    subscribed(&mut b2, "late");
+
+    let restarted = Instant::now();
+    redis.restart();
+    redis.wait_subscribers("news", 2);
+    redis.wait_subscribers("late", 2);
+    let recovered = restarted.elapsed();
+    assert!(
+        recovered < Duration::from_secs(4),
+        "subscribed again {recovered:?} after redis came back"
+    );
+    for node in [a, b] {
+        assert!(wait_until(Duration::from_secs(2), || node.health()
+            ["cluster"]
+            == "ok"));
+    }
+    a.publish("news", "after", "2");
+    b.publish("late", "news", "3");
+
+    let on_a = lines(&["news/during/a", "news/after/2"]);
+    assert_eq!(received(&mut a1), on_a);
+    assert_eq!(received(&mut a2), on_a);
+    assert_eq!(received(&mut b1), lines(&["news/during/b", "news/after/2"]));
+    assert_eq!(received(&mut a3), lines(&["late/news/3"]));
+    assert_eq!(received(&mut b2), lines(&["late/news/3"]));
+    assert_eq!(a.metric("gateway_redis_connects_total"), 2.0);
+}
+
+#[test]
+fn channel_queries_answer_for_the_whole_cluster_and_drop_a_killed_node() {
+    let redis = Redis::start();
+    let mut nodes = cluster(&redis, 2);
+    let mut b = nodes.pop().unwrap();
+    let a = nodes.pop().unwrap();
+    let mut on_a: Vec<Client> = (0..2).map(|_| a.client()).collect();
+    for client in &mut on_a {
+        subscribed(client, "private-room");
+    }
+    let mut on_b: Vec<Client> = (0..2).map(|_| b.client()).collect();
+    subscribed(&mut on_b[0], "private-room");
+    subscribed(&mut on_b[1], "lobby");
+
+    let everything = counts(&[("lobby", 1), ("private-room", 3)]);
+    assert_eq!(channel_counts(&a, &[]), everything);
+    assert_eq!(channel_counts(&b, &[]), everything);
+    assert_eq!(
+        channel_counts(&b, &[("filter_by_prefix", "private-")]),
+        counts(&[("private-room", 3)])
+    );
+    let (status, body) = a.api(
+        "GET",
+        "/apps/1/channels/lobby",
+        &[("info", "subscription_count")],
+        "",
+    );
+    assert_eq!(
+        (status, body.as_str()),
+        (200, r#"{"occupied":true,"subscription_count":1}"#),
+        "a channel held only by another node"
+    );
+
+    b.child.kill().unwrap();
+    let killed = Instant::now();
+    assert_eq!(
+        channel_counts(&a, &[]),
+        counts(&[("private-room", 2)]),
+        "a dead node cannot answer, so its share is gone at once"
+    );
+    assert_eq!(a.metric("gateway_cluster_partial_answers_total"), 1.0);
+    assert!(
+        wait_until(NODE_TIMEOUT + Duration::from_secs(3), || a
+            .metric("gateway_cluster_nodes")
+            == 0.0),
+        "the killed node expires"
+    );
+    let expired = killed.elapsed();
+    assert!(
+        expired <= NODE_TIMEOUT + Duration::from_millis(1500),
+        "expired after {expired:?}"
+    );
+    let asked = Instant::now();
+    assert_eq!(channel_counts(&a, &[]), counts(&[("private-room", 2)]));
+    let (_, body) = a.api("GET", "/apps/1/channels/lobby", &[], "");
+    assert_eq!(body, r#"{"occupied":false}"#);
+    assert!(
+        asked.elapsed() < Duration::from_millis(500),
+        "an expired node is not waited for"
+    );
+    assert_eq!(a.metric("gateway_cluster_partial_answers_total"), 1.0);
+}
