@@ -1,0 +1,199 @@
+//! Figures for the README, not a check: what a Redis hop adds to fanout latency, and how many
+//! publishes per second one node pushes through Redis. Bounded and loopback only. Run on demand:
+//!
+//! ```sh
+//! cargo test --release -p gateway --test cluster_bench -- --ignored --nocapture
+//! ```
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::redis::Redis;
+use common::{now_secs, signed_request, Client, Gateway, APP_ID};
+use serde_json::json;
+
+/// Events timed one by one for the latency figures.
+const LATENCY_EVENTS: usize = 2000;
+/// Pause between timed events, so that each is measured on its own and not behind a queue.
+const LATENCY_GAP: Duration = Duration::from_millis(1);
+/// Events pushed as fast as the publishers can for the throughput figure.
+const FLOOD_EVENTS: usize = 100_000;
+/// Connections publishing the flood, each sending batches of 10 events.
+const FLOOD_PUBLISHERS: usize = 2;
+
+/// An HTTP API connection kept open across requests.
+struct Publisher {
+    stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Publisher {
+    fn connect(gateway: &Gateway) -> Publisher {
+        let stream = TcpStream::connect(("127.0.0.1", gateway.port)).unwrap();
+        stream.set_nodelay(true).unwrap();
+        Publisher {
+            stream,
+            buf: Vec::new(),
+        }
+    }
+
+    /// Sends a signed POST and waits for its answer; returns the status.
+    fn post(&mut self, path: &str, body: &str) -> u16 {
+        let request = signed_request("POST", path, &[], body, now_secs())
+            .replace("Connection: close", "Connection: keep-alive");
+        self.stream.write_all(request.as_bytes()).unwrap();
+        loop {
+            if let Some(end) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&self.buf[..end]).to_string();
+                let length: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("Content-Length: "))
+                    .and_then(|n| n.trim().parse().ok())
+                    .unwrap_or(0);
+                if self.buf.len() >= end + 4 + length {
+                    self.buf.drain(..end + 4 + length);
+                    return head
+                        .split(' ')
+                        .nth(1)
+                        .and_then(|s| s.parse().ok())
+                        .unwrap_or(0);
+                }
+            }
+            let mut chunk = [0u8; 4096];
+            let n = self.stream.read(&mut chunk).unwrap();
+            assert!(n > 0, "the gateway closed the connection");
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+}
+
+/// Reads `count` events and returns when each arrived, by the number in its data.
+fn arrivals(mut client: Client, count: usize) -> Vec<Option<Instant>> {
+    client.set_timeout(Duration::from_secs(10));
+    let mut times = vec![None; count];
+    for _ in 0..count {
+        let event = client.next_event();
+        let now = Instant::now();
+        let index: usize = event["data"].as_str().unwrap().parse().unwrap();
+        times[index] = Some(now);
+    }
+    times
+}
+
+fn quantile(sorted: &[Duration], q: f64) -> Duration {
+    sorted[((sorted.len() - 1) as f64 * q).round() as usize]
+}
+
+fn summary(name: &str, mut samples: Vec<Duration>) {
+    samples.sort();
+    println!(
+        "{name:<34} p50 {:>8.1?}  p99 {:>8.1?}  ({} samples)",
+        quantile(&samples, 0.5),
+        quantile(&samples, 0.99),
+        samples.len()
+    );
+}
+
+fn subscriber(gateway: &Gateway, channel: &str) -> Client {
+    let mut client = gateway.client();
+    client.subscribe(channel);
+    client
+}
+
+#[test]
+#[ignore = "a measurement for the README; run with --ignored --nocapture"]
+fn cross_node_latency_and_throughput() {
+    let redis = Redis::start();
+    let a = redis.gateway();
+    let b = redis.gateway();
+    let path = format!("/apps/{APP_ID}/events");
+
+    let on_a = subscriber(&a, "timed");
+    let on_b = subscriber(&b, "timed");
+    redis.wait_subscribers("timed", 2);
+    let readers =
+        [on_a, on_b].map(|client| thread::spawn(move || arrivals(client, LATENCY_EVENTS)));
+    let mut publisher = Publisher::connect(&a);
+    let mut sent = Vec::with_capacity(LATENCY_EVENTS);
+    for i in 0..LATENCY_EVENTS {
+        let body = json!({"name": "t", "channel": "timed", "data": i.to_string()}).to_string();
+        sent.push(Instant::now());
+        assert_eq!(publisher.post(&path, &body), 200);
+        thread::sleep(LATENCY_GAP);
+    }
+    let [local, remote] = readers.map(|reader| reader.join().unwrap());
+    let since = |times: &[Option<Instant>]| -> Vec<Duration> {
+        times
+            .iter()
+            .zip(&sent)
+            .map(|(t, s)| t.expect("every event arrives").duration_since(*s))
+            .collect()
+    };
+    let (local, remote) = (since(&local), since(&remote));
+    let extra: Vec<Duration> = local
+        .iter()
+        .zip(&remote)
+        .map(|(l, r)| r.saturating_sub(*l))
+        .collect();
+    println!("publish on node A (HTTP API) to a subscriber's socket:");
+    summary("  subscriber on A (local)", local);
+    summary("  subscriber on B (through Redis)", remote);
+    summary("  extra for B, per event", extra);
+
+    let flood_reader = {
+        let client = subscriber(&b, "flood");
+        redis.wait_subscribers("flood", 1);
+        thread::spawn(move || {
+            let mut client = client;
+            client.set_timeout(Duration::from_secs(3));
+            let mut received = 0;
+            let mut last = Instant::now();
+            while let Ok(tungstenite::Message::Text(_)) = client.socket.read() {
+                received += 1;
+                last = Instant::now();
+                if received == FLOOD_EVENTS {
+                    break;
+                }
+            }
+            (received, last)
+        })
+    };
+    let out_before = a.metric("gateway_redis_messages_out_total");
+    let start = Instant::now();
+    let publishers: Vec<_> = (0..FLOOD_PUBLISHERS)
+        .map(|p| {
+            let mut publisher = Publisher::connect(&a);
+            thread::spawn(move || {
+                let path = format!("/apps/{APP_ID}/batch_events");
+                let per_publisher = FLOOD_EVENTS / FLOOD_PUBLISHERS;
+                for first in (0..per_publisher).step_by(10) {
+                    let batch: Vec<_> = (first..first + 10)
+                        .map(|i| json!({"name": "f", "channel": "flood", "data": format!("{p}-{i}")}))
+                        .collect();
+                    let body = json!({ "batch": batch }).to_string();
+                    assert_eq!(publisher.post(&path, &body), 200);
+                }
+            })
+        })
+        .collect();
+    for publisher in publishers {
+        publisher.join().unwrap();
+    }
+    let published = start.elapsed();
+    let (received, last) = flood_reader.join().unwrap();
+    let through = last.duration_since(start);
+    let out = a.metric("gateway_redis_messages_out_total") - out_before;
+    let failed = a.metric("gateway_redis_publish_failures_total");
+    println!(
+        "flood of {FLOOD_EVENTS} events from {FLOOD_PUBLISHERS} HTTP connections to node A:\n  \
+         accepted by A in {published:.2?} ({:.0}/s)\n  \
+         published to Redis by A: {out} (failures {failed})\n  \
+         received on B: {received} in {through:.2?} ({:.0}/s)",
+        FLOOD_EVENTS as f64 / published.as_secs_f64(),
+        received as f64 / through.as_secs_f64()
+    );
+}
