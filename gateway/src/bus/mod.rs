@@ -98,12 +98,18 @@ pub fn inbox<T>(capacity: usize) -> (InboxSender<T>, Inbox<T>) {
 impl<T> InboxSender<T> {
     /// Queues a message and wakes the receiver. Never blocks.
     pub fn send(&self, message: T) -> Result<(), InboxFull> {
+        self.offer(message).map_err(|_| InboxFull)
+    }
+
+    /// Like `send`, but a full inbox hands the message back, for senders that keep it and try
+    /// again later.
+    pub fn offer(&self, message: T) -> Result<(), T> {
         match self.sender.try_send(message) {
             Ok(()) => {
                 self.waker.wake();
                 Ok(())
             }
-            Err(TrySendError::Full(_)) => Err(InboxFull),
+            Err(TrySendError::Full(message)) => Err(message),
             // The receiver has stopped (the node is shutting down): nobody is left to deliver to.
             Err(TrySendError::Disconnected(_)) => Ok(()),
         }

@@ -14,10 +14,10 @@
 //! shards may briefly disagree, which only means a subscriber can see a member a moment before or
 //! after another shard's subscriber does.
 //!
-//! The interface a cluster layer feeds: `RosterDelta` with a `Source` naming another node. It
-//! sends the deltas it hears from other nodes into each shard's inbox exactly as shards send
-//! theirs to one another, and forwards the deltas a shard shares to the other nodes; nothing else
-//! changes.
+//! Across nodes, the Redis bridge (`cluster`) forwards the deltas a shard shares to the other
+//! nodes, and sends the deltas it hears from them into each shard's inbox exactly as shards send
+//! theirs to one another: `RosterDelta` with a `Source` naming another node. When a node dies the
+//! bridge sends the departures of everything that node held.
 
 use std::collections::HashMap;
 
@@ -60,6 +60,10 @@ pub struct RosterDelta {
     pub source: Source,
     /// The user's info when it arrived on `source`; `None` when it left.
     pub joined: Option<Value>,
+    /// Whether the member webhooks this change causes are sent from this node: true for the
+    /// node's own changes; false for another node's (that node sends them), except on the one
+    /// node that speaks for a node that died.
+    pub webhooks: bool,
 }
 
 /// What one local socket's arrival or departure did.

@@ -271,6 +271,7 @@ mod tests {
             user_id: "u2".into(),
             source: other,
             joined: Some(Value::Null),
+            webhooks: true,
         };
         assert_eq!(registry.apply(&delta), Transition::Added);
         assert_eq!(

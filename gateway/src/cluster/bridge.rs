@@ -26,15 +26,18 @@ use futures_util::future::LocalBoxFuture;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use hdrhistogram::Histogram;
 use redis::aio::{MultiplexedConnection, PubSubSink, PubSubStream};
+use serde_json::Value;
 
 use super::backoff::Backoff;
 use super::interest::{Change, Interest};
 use super::nodes::{Heard, NodeTable};
 use super::queries::{Done, Pending};
-use super::wire::{self, Control, Envelope, Query};
+use super::rosters::Rosters;
+use super::wire::{self, Control, Envelope, Query, RosterChange};
 use super::{BridgeMessage, ClusterStats, Counts};
 use crate::admin::stats::{self, PublishFailure};
 use crate::bus::{Broadcast, Inbox, ShardMessage};
+use crate::channels::presence::{RosterDelta, RosterKey, Source};
 use crate::node::Node;
 use crate::protocol::ChannelKind;
 
@@ -65,6 +68,9 @@ const MAX_IN_FLIGHT: usize = 64;
 const PIPELINE_MAX: u64 = 512;
 /// Channels named in one SUBSCRIBE when subscribing again after a reconnect.
 const SUBSCRIBE_CHUNK: usize = 1024;
+/// Roster entries in one control message: snapshots of big rosters go in parts, so that no
+/// message comes near Redis' output buffer limits for subscribers.
+const ROSTER_CHUNK: usize = 500;
 
 /// Why the bridge could not run at all.
 #[derive(Debug, thiserror::Error)]
@@ -99,6 +105,19 @@ enum Work {
 
 type InFlight = FuturesUnordered<LocalBoxFuture<'static, Work>>;
 
+/// The node a control message comes from.
+fn control_sender(control: &Control) -> u32 {
+    match control {
+        Control::Heartbeat { node, .. }
+        | Control::Query { node, .. }
+        | Control::Answer { node, .. }
+        | Control::Roster { node, .. }
+        | Control::Snapshot { node, .. }
+        | Control::Sync { node }
+        | Control::Terminate { node, .. } => *node,
+    }
+}
+
 /// Runs the bridge on the current thread, forever.
 pub fn run(
     node: Arc<Node>,
@@ -127,6 +146,7 @@ struct Bridge {
     nonce: u64,
     interest: Interest,
     nodes: NodeTable,
+    rosters: Rosters,
     pending: Pending<oneshot::Sender<Counts>>,
     /// Lag of broadcasts from other nodes, microseconds.
     lag: Histogram<u64>,
@@ -276,6 +296,7 @@ impl Bridge {
             client,
             prefix,
             nonce,
+            rosters: Rosters::default(),
             pending: Pending::default(),
             lag: Histogram::new_with_bounds(1, 60_000_000, 3).expect("static histogram bounds"),
             last_heartbeat: now,
@@ -351,6 +372,14 @@ impl Bridge {
                     counts: Counts::new(),
                     complete: false,
                 }),
+                // Kept for the snapshot sent when Redis is back.
+                BridgeMessage::Roster(delta) => {
+                    if let Some(change) = self.roster_change(&delta) {
+                        self.rosters.apply(self.node.id, &change);
+                    }
+                }
+                // The API already answered that the other nodes cannot be reached.
+                BridgeMessage::Terminate { .. } => {}
             }
         }
         self.batch = batch;
@@ -380,14 +409,92 @@ impl Bridge {
     }
 
     /// A node stopped sending heartbeats: it is no longer asked, so its connections and channels
-    /// drop out of every count. This is also where presence state held for that node goes, with
-    /// `member_removed` for its users, so that a crashed node leaves no ghost members.
-    fn node_gone(&self, node: u32) {
+    /// drop out of every count, and its presence members and signed-in users leave, with
+    /// `member_removed` to subscribers here, so that a crashed node leaves no ghost members. The
+    /// `member_removed` webhooks go out from one node only: the one with the lowest id among
+    /// those still connected (when this node is itself cut off from Redis, it is not the one).
+    fn node_gone(&mut self, node: u32) {
         tracing::warn!(
             node,
             timeout_seconds = NODE_TIMEOUT.as_secs(),
             "node left the cluster: no heartbeat within the timeout"
         );
+        let own = self.node.id;
+        let speaks = self.stats.is_up()
+            && self
+                .nodes
+                .recent(Instant::now(), RECENT)
+                .iter()
+                .all(|&other| other > own);
+        for change in self.rosters.forget(node) {
+            self.forward_roster(node, &change, speaks);
+        }
+    }
+
+    /// A shard's roster change as nodes tell each other.
+    fn roster_change(&self, delta: &RosterDelta) -> Option<RosterChange> {
+        let app = self.node.config.apps.get(delta.app)?;
+        Some(RosterChange {
+            app: app.id.clone(),
+            channel: match &delta.roster {
+                RosterKey::Channel(channel) => Some(channel.to_string()),
+                RosterKey::SignedIn => None,
+            },
+            user: delta.user_id.to_string(),
+            shard: delta.source.shard,
+            joined: delta.joined.is_some(),
+            info: delta.joined.clone().unwrap_or(Value::Null),
+        })
+    }
+
+    /// Hands another node's roster change to every shard, as shards hand theirs to each other.
+    fn forward_roster(&self, node: u32, change: &RosterChange, webhooks: bool) {
+        let Some((app, _)) = self.node.config.app_by_id(&change.app) else {
+            return;
+        };
+        let delta = Arc::new(RosterDelta {
+            app,
+            roster: match &change.channel {
+                Some(channel) => RosterKey::Channel(channel.as_str().into()),
+                None => RosterKey::SignedIn,
+            },
+            user_id: change.user.as_str().into(),
+            source: Source {
+                node,
+                shard: change.shard,
+            },
+            joined: change.joined.then(|| change.info.clone()),
+            webhooks,
+        });
+        for link in &self.node.shards {
+            if link
+                .inbox
+                .send(ShardMessage::Roster(delta.clone()))
+                .is_err()
+            {
+                stats::add(&link.stats.inbox_drops, 1);
+            }
+        }
+    }
+
+    /// Publishes every roster entry this node holds, in parts.
+    fn publish_snapshot(&self, publisher: &MultiplexedConnection, in_flight: &mut InFlight) {
+        let entries = self.rosters.held(self.node.id);
+        let parts: Vec<&[RosterChange]> = if entries.is_empty() {
+            vec![&[]]
+        } else {
+            entries.chunks(ROSTER_CHUNK).collect()
+        };
+        let count = parts.len();
+        for (part, chunk) in parts.into_iter().enumerate() {
+            let message = Control::Snapshot {
+                node: self.node.id,
+                part: part as u32,
+                last: part + 1 == count,
+                entries: chunk.to_vec(),
+            };
+            in_flight.push(publish(publisher, self.control.clone(), message.encode()));
+        }
     }
 
     fn data_channel(&self, app: usize, channel: &str) -> String {
@@ -425,6 +532,10 @@ impl Bridge {
         let now = Instant::now();
         self.last_echo = now;
         self.heartbeat(&publisher, &mut in_flight, now);
+        // Other nodes may have forgotten this one, and this one them, while it was away.
+        let sync = Control::Sync { node: self.node.id };
+        in_flight.push(publish(&publisher, self.control.clone(), sync.encode()));
+        self.publish_snapshot(&publisher, &mut in_flight);
         let mut tick = tokio::time::interval(TICK);
         loop {
             let outcome = tokio::select! {
@@ -525,6 +636,7 @@ impl Bridge {
         let mut queued: u64 = 0;
         // The last wanted state of each Redis channel whose interest changed in this batch.
         let mut changes: HashMap<String, bool> = HashMap::new();
+        let mut roster = Vec::new();
         for message in batch.drain(..) {
             match message {
                 BridgeMessage::Publish(broadcast) => {
@@ -552,9 +664,33 @@ impl Bridge {
                 BridgeMessage::Query { query, reply } => {
                     self.ask(publisher, in_flight, query, reply);
                 }
+                BridgeMessage::Roster(delta) => {
+                    if let Some(change) = self.roster_change(&delta) {
+                        if self.rosters.apply(self.node.id, &change) {
+                            roster.push(change);
+                        }
+                    }
+                }
+                BridgeMessage::Terminate { app, user_id } => {
+                    if let Some(app) = self.node.config.apps.get(app) {
+                        let message = Control::Terminate {
+                            node: self.node.id,
+                            app: app.id.clone(),
+                            user: user_id.to_string(),
+                        };
+                        in_flight.push(publish(publisher, self.control.clone(), message.encode()));
+                    }
+                }
             }
         }
         self.batch = batch;
+        for changes in roster.chunks(ROSTER_CHUNK) {
+            let message = Control::Roster {
+                node: self.node.id,
+                changes: changes.to_vec(),
+            };
+            in_flight.push(publish(publisher, self.control.clone(), message.encode()));
+        }
         if queued > 0 {
             self.send(publisher, in_flight, pipe, queued);
         }
@@ -693,6 +829,40 @@ impl Bridge {
             Control::Answer { node, id, counts } => {
                 if let Some(done) = self.pending.answer(id, node, counts) {
                     self.finish(done);
+                }
+            }
+            // The rest, when sent by this node, are its own messages echoed back.
+            _ if control_sender(&control) == self.node.id => {}
+            Control::Roster { node, changes } => {
+                for change in changes {
+                    if self.rosters.apply(node, &change) {
+                        self.forward_roster(node, &change, false);
+                    }
+                }
+            }
+            Control::Snapshot {
+                node,
+                part,
+                last,
+                entries,
+            } => {
+                for change in self.rosters.snapshot(node, part, last, entries) {
+                    self.forward_roster(node, &change, false);
+                }
+            }
+            Control::Sync { .. } => self.publish_snapshot(publisher, in_flight),
+            Control::Terminate { app, user, .. } => {
+                if let Some((app, _)) = self.node.config.app_by_id(&app) {
+                    let user_id: Arc<str> = user.into();
+                    for link in &self.node.shards {
+                        let message = ShardMessage::TerminateUser {
+                            app,
+                            user_id: user_id.clone(),
+                        };
+                        if link.inbox.send(message).is_err() {
+                            stats::add(&link.stats.inbox_drops, 1);
+                        }
+                    }
                 }
             }
         }

@@ -7,13 +7,15 @@
 //!
 //! What is pure lives in its own module with its tests: `wire` (Redis channel names, the
 //! broadcast envelope, control messages), `interest` (which shards hold which channels),
-//! `nodes` (heartbeats and expiry), `queries` (questions waiting on other nodes) and `backoff`.
+//! `nodes` (heartbeats and expiry), `queries` (questions waiting on other nodes), `rosters`
+//! (presence members and signed-in users of every node) and `backoff`.
 
 mod backoff;
 mod bridge;
 pub mod interest;
 pub mod nodes;
 pub mod queries;
+pub mod rosters;
 pub mod wire;
 
 use std::collections::BTreeMap;
@@ -24,6 +26,7 @@ use futures_channel::oneshot;
 
 use crate::admin::stats::{Labelled, PublishFailure};
 use crate::bus::{Broadcast, InboxFull, InboxSender};
+use crate::channels::presence::RosterDelta;
 
 pub use bridge::{run, BridgeError, NODE_TIMEOUT, QUERY_DEADLINE};
 
@@ -47,6 +50,10 @@ pub enum BridgeMessage {
         query: wire::Query,
         reply: oneshot::Sender<Counts>,
     },
+    /// A shard's change to its own source in a roster, for the other nodes.
+    Roster(Arc<RosterDelta>),
+    /// Close the user's sockets on the other nodes.
+    Terminate { app: usize, user_id: Arc<str> },
 }
 
 /// What the bridge counts, read by /metrics and /health.
@@ -135,22 +142,20 @@ impl ClusterLink {
         }
     }
 
-    /// Tells the bridge whether a shard holds subscribers of a channel. The caller keeps and
-    /// resends what a full inbox refused: a lost report would leave the node deaf to a channel.
-    pub fn interest(
-        &self,
-        shard: usize,
-        app: usize,
-        channel: &str,
-        occupied: bool,
-    ) -> Result<(), InboxFull> {
-        self.sender.send(BridgeMessage::Interest {
-            // Shards are at most `MAX_SHARDS` (1000), checked at start.
-            shard: shard as u16,
-            app,
-            channel: channel.into(),
-            occupied,
-        })
+    /// Hands the bridge a message that must not be lost (interest, roster changes); a full
+    /// inbox hands it back, for the caller to keep and send again.
+    pub fn offer(&self, message: BridgeMessage) -> Result<(), BridgeMessage> {
+        self.sender.offer(message)
+    }
+
+    /// Asks the bridge to close a user's sockets on the other nodes; false when it cannot now
+    /// (its inbox is full, or Redis is away).
+    pub fn terminate(&self, app: usize, user_id: Arc<str>) -> bool {
+        self.stats.is_up()
+            && self
+                .sender
+                .send(BridgeMessage::Terminate { app, user_id })
+                .is_ok()
     }
 
     /// Asks the other nodes; `None` when the bridge's inbox is full.

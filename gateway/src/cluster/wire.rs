@@ -34,7 +34,13 @@
 //! JSON objects tagged by `type`: `{"type":"heartbeat","node":N,"nonce":X}` once a second from
 //! every node; `{"type":"query","node":N,"id":I,"query":{...}}` asking every node for its share of
 //! an HTTP API answer; `{"type":"answer","node":N,"id":I,"counts":[["channel",3],...]}` sent back
-//! on the asker's own channel.
+//! on the asker's own channel. Presence members and signed-in users travel as `roster` messages
+//! (changes as they happen) and `snapshot` messages (everything a node holds, when another node
+//! asks with `sync`); `terminate` closes a user's sockets on every node.
+//!
+//! A roster entry is one user present on one shard of one node, in a presence channel (`channel`
+//! set) or among an app's signed-in users (`channel` absent):
+//! `{"app":"1","channel":"presence-room","user":"u1","shard":0,"joined":true,"info":{...}}`.
 
 use serde::{Deserialize, Serialize};
 
@@ -195,10 +201,8 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// A question one node asks every other node, for the HTTP API.
-///
-/// Presence member lists are the next kind of question: a `Members { app, channel }` query whose
-/// answer lists each node's users, merged by the asker as counts are merged now.
+/// A question one node asks every other node, for the HTTP API. Presence member lists need none:
+/// every node keeps every node's members (see `rosters`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Query {
@@ -206,6 +210,22 @@ pub enum Query {
     Channels { app: String, prefix: String },
     /// Subscription counts of these channels.
     Named { app: String, channels: Vec<String> },
+}
+
+/// One shard's change to a roster, as nodes tell each other: the user's first socket on the
+/// shard arrived (`joined`) or its last one left.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct RosterChange {
+    pub app: String,
+    /// The presence channel; `None` for the app's signed-in users.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channel: Option<String>,
+    pub user: String,
+    pub shard: u32,
+    pub joined: bool,
+    /// The user's info when it joined a presence channel.
+    #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
+    pub info: serde_json::Value,
 }
 
 /// A message on the control channels.
@@ -222,6 +242,27 @@ pub enum Control {
         node: u32,
         id: u64,
         counts: Vec<(String, u64)>,
+    },
+    /// Changes to `node`'s own roster entries, in the order they happened.
+    Roster {
+        node: u32,
+        changes: Vec<RosterChange>,
+    },
+    /// Part `part` (from 0) of every roster entry `node` holds; the receivers replace what they
+    /// knew of `node` once the `last` part has arrived.
+    Snapshot {
+        node: u32,
+        part: u32,
+        last: bool,
+        entries: Vec<RosterChange>,
+    },
+    /// `node` has just connected and asks every other node for its snapshot.
+    Sync { node: u32 },
+    /// Close the user's sockets with 4009, as `POST .../terminate_connections` asked on `node`.
+    Terminate {
+        node: u32,
+        app: String,
+        user: String,
     },
 }
 
@@ -330,7 +371,45 @@ mod tests {
             answer.encode(),
             r#"{"type":"answer","node":2,"id":1,"counts":[["news",3]]}"#
         );
-        for message in [heartbeat, query, answer] {
+        let change = RosterChange {
+            app: "1".into(),
+            channel: Some("presence-room".into()),
+            user: "u1".into(),
+            shard: 1,
+            joined: true,
+            info: serde_json::json!({"name": "Ann"}),
+        };
+        let roster = Control::Roster {
+            node: 2,
+            changes: vec![change.clone()],
+        };
+        assert_eq!(
+            roster.encode(),
+            r#"{"type":"roster","node":2,"changes":[{"app":"1","channel":"presence-room","user":"u1","shard":1,"joined":true,"info":{"name":"Ann"}}]}"#
+        );
+        let signed_out = RosterChange {
+            channel: None,
+            joined: false,
+            info: serde_json::Value::Null,
+            ..change.clone()
+        };
+        let snapshot = Control::Snapshot {
+            node: 2,
+            part: 0,
+            last: true,
+            entries: vec![signed_out],
+        };
+        assert_eq!(
+            snapshot.encode(),
+            r#"{"type":"snapshot","node":2,"part":0,"last":true,"entries":[{"app":"1","user":"u1","shard":1,"joined":false}]}"#
+        );
+        let sync = Control::Sync { node: 2 };
+        let terminate = Control::Terminate {
+            node: 2,
+            app: "1".into(),
+            user: "u1".into(),
+        };
+        for message in [heartbeat, query, answer, roster, snapshot, sync, terminate] {
             assert_eq!(
                 Control::decode(message.encode().as_bytes()).unwrap(),
                 message

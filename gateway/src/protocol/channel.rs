@@ -105,6 +105,11 @@ pub fn validate_name(name: &str) -> Result<(), ChannelNameError> {
 }
 
 /// The user a `#server-to-user-{id}` channel reaches, if the name is one.
+/// The channel that reaches a signed-in user's sockets.
+pub fn server_to_user_channel(user_id: &str) -> String {
+    format!("{SERVER_TO_USER_PREFIX}{user_id}")
+}
+
 pub fn server_to_user(name: &str) -> Option<&str> {
     name.strip_prefix(SERVER_TO_USER_PREFIX)
         .filter(|id| !id.is_empty() && id.len() <= super::member::MAX_USER_ID_LEN)
@@ -180,6 +185,7 @@ mod tests {
     #[test]
     fn server_to_user_channels_are_for_the_api_only() {
         assert_eq!(server_to_user("#server-to-user-u1"), Some("u1"));
+        assert_eq!(server_to_user_channel("u1"), "#server-to-user-u1");
         assert_eq!(server_to_user("#server-to-user-"), None);
         assert_eq!(server_to_user("server-to-user-u1"), None);
         let long = format!("#server-to-user-{}", "u".repeat(129));

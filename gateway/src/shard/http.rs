@@ -368,6 +368,16 @@ async fn api_call(
                 }
             }
             shard.terminate_user(app_index, &user_id);
+            if let Some(cluster) = &shard.node.cluster {
+                // This node's sockets are closed; the caller may repeat the call, which is
+                // harmless, until the other nodes can be told.
+                if !cluster.terminate(app_index, user_id) {
+                    return Err(ApiError::new(
+                        503,
+                        "the user's connections on this node are closed, but the other nodes cannot be reached now; try again",
+                    ));
+                }
+            }
             Ok("{}".into())
         }
         Route::Client { .. } | Route::Health | Route::NotFound => {

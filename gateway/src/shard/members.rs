@@ -1,6 +1,6 @@
 //! Presence members and signed-in users on a shard: joining and leaving here, telling the
-//! other shards (see `channels::presence` for how replicas stay consistent), and telling local
-//! sockets what changed node-wide.
+//! other shards and, through the Redis bridge, the other nodes (see `channels::presence` for how
+//! replicas stay consistent), and telling local sockets what changed.
 
 use std::sync::Arc;
 
@@ -12,6 +12,8 @@ use crate::admin::stats;
 use crate::bus::ShardMessage;
 use crate::channels::presence::{ChannelFull, LocalChange, RosterDelta, RosterKey, Transition};
 use crate::channels::users::AlreadySignedIn;
+use crate::cluster::BridgeMessage;
+use crate::protocol::channel::server_to_user_channel;
 use crate::protocol::member::{Member, User};
 use crate::protocol::message::{self, Watch};
 use crate::webhooks::{WebhookEvent, WebhookKind};
@@ -49,6 +51,7 @@ impl Shard {
                 &member.user_id,
                 change.transition,
                 Some(conn.id),
+                true,
             );
         }
         Ok(())
@@ -63,7 +66,7 @@ impl Shard {
         if let Some((user_id, change)) = left {
             let roster = RosterKey::Channel(channel.into());
             self.share(app, roster, &user_id, change, None);
-            self.member_transition(app, channel, &user_id, change.transition, None);
+            self.member_transition(app, channel, &user_id, change.transition, None, true);
         }
     }
 
@@ -87,6 +90,10 @@ impl Shard {
             change,
             Some(&Value::Null),
         );
+        if change.share {
+            // The user's first socket here: other nodes' `sendToUser` must reach this shard.
+            self.interest(conn.app, &server_to_user_channel(&user_id), true);
+        }
         self.online_transition(conn.app, &user_id, change.transition);
         let registry = self.registry.borrow();
         let (online, offline) = registry.users(conn.app).watchlist_status(conn.id);
@@ -107,6 +114,9 @@ impl Shard {
             .sign_out(conn.id, self.me);
         if let Some((user_id, change)) = signed_out {
             self.share(conn.app, RosterKey::SignedIn, &user_id, change, None);
+            if change.share {
+                self.interest(conn.app, &server_to_user_channel(&user_id), false);
+            }
             self.online_transition(conn.app, &user_id, change.transition);
         }
     }
@@ -115,15 +125,20 @@ impl Shard {
     pub(super) fn apply_roster(&self, delta: &RosterDelta) {
         let transition = self.registry.borrow_mut().apply(delta);
         match &delta.roster {
-            RosterKey::Channel(channel) => {
-                self.member_transition(delta.app, channel, &delta.user_id, transition, None)
-            }
+            RosterKey::Channel(channel) => self.member_transition(
+                delta.app,
+                channel,
+                &delta.user_id,
+                transition,
+                None,
+                delta.webhooks,
+            ),
             RosterKey::SignedIn => self.online_transition(delta.app, &delta.user_id, transition),
         }
     }
 
-    /// Tells the other shards of this shard's change to a roster, when its own source changed:
-    /// `joined` is the user's info when it arrived here, `None` when it left.
+    /// Tells the other shards (and nodes) of this shard's change to a roster, when its own source
+    /// changed: `joined` is the user's info when it arrived here, `None` when it left.
     fn share(
         &self,
         app: usize,
@@ -141,7 +156,11 @@ impl Shard {
             user_id: user_id.into(),
             source: self.me,
             joined: joined.cloned(),
+            webhooks: true,
         });
+        if self.node.cluster.is_some() {
+            self.to_cluster(BridgeMessage::Roster(delta.clone()));
+        }
         for (index, link) in self.node.shards.iter().enumerate() {
             if index != self.index
                 && link
@@ -154,8 +173,8 @@ impl Shard {
         }
     }
 
-    /// Tells the channel's local subscribers (but `except`) that a user arrived or left
-    /// node-wide; the channel's owner shard also sends the webhook.
+    /// Tells the channel's local subscribers (but `except`) that a user arrived or left; the
+    /// channel's owner shard also sends the webhook, when `webhooks` says this node sends it.
     fn member_transition(
         &self,
         app: usize,
@@ -163,6 +182,7 @@ impl Shard {
         user_id: &str,
         transition: Transition,
         except: Option<u64>,
+        webhooks: bool,
     ) {
         let frame = match transition {
             Transition::Unchanged => return,
@@ -177,7 +197,7 @@ impl Shard {
             Transition::Removed => text_frame(&message::member_removed(channel, user_id)),
         };
         self.fan_out(app, channel, &frame, |id| Some(id) == except);
-        if self.owner(app, channel) != self.index {
+        if !webhooks || self.owner(app, channel) != self.index {
             return;
         }
         let (channel, user_id): (Box<str>, Box<str>) = (channel.into(), user_id.into());

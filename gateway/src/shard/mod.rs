@@ -27,7 +27,7 @@ use crate::admin::stats::{self, Disconnect, Rejection, ShardStats};
 use crate::bus::{Broadcast, Inbox, ShardMessage};
 use crate::channels::presence::Source;
 use crate::channels::Registry;
-use crate::cluster::{wire, QUERY_DEADLINE};
+use crate::cluster::{wire, BridgeMessage, QUERY_DEADLINE};
 use crate::http::api::ApiError;
 use crate::node::Node;
 use crate::protocol::channel::server_to_user;
@@ -72,9 +72,9 @@ pub struct Shard {
     started: Instant,
     drain_waiters: RefCell<Vec<Waker>>,
     pong: Bytes,
-    /// Changes of which channels this shard holds that the Redis bridge's full inbox refused,
-    /// in order: (app, channel, occupied). Sent again before any newer change.
-    interest_backlog: RefCell<VecDeque<(usize, Box<str>, bool)>>,
+    /// Messages for the Redis bridge that must not be lost (which channels this shard holds,
+    /// roster changes) and that its full inbox refused, in order. Sent again before any newer one.
+    cluster_backlog: RefCell<VecDeque<BridgeMessage>>,
 }
 
 /// Which channels a counts query covers.
@@ -109,7 +109,7 @@ impl Shard {
             started: Instant::now(),
             drain_waiters: RefCell::new(Vec::new()),
             pong: crate::ws::frame::text_frame(crate::protocol::message::PONG),
-            interest_backlog: RefCell::new(VecDeque::new()),
+            cluster_backlog: RefCell::new(VecDeque::new()),
         }
     }
 
@@ -193,26 +193,32 @@ impl Shard {
         if self.node.cluster.is_none() {
             return;
         }
-        self.interest_backlog
-            .borrow_mut()
-            .push_back((app, channel.into(), occupied));
-        self.send_interest();
+        self.to_cluster(BridgeMessage::Interest {
+            // Shards are at most `MAX_SHARDS` (1000), checked at start.
+            shard: self.index as u16,
+            app,
+            channel: channel.into(),
+            occupied,
+        });
     }
 
-    /// Sends the interest changes not yet taken, oldest first, until the bridge's inbox is full.
-    fn send_interest(&self) {
+    /// Queues a message for the Redis bridge behind any it has not taken yet.
+    fn to_cluster(&self, message: BridgeMessage) {
+        self.cluster_backlog.borrow_mut().push_back(message);
+        self.flush_cluster();
+    }
+
+    /// Sends the messages the bridge has not taken yet, oldest first, until its inbox is full.
+    fn flush_cluster(&self) {
         let Some(cluster) = &self.node.cluster else {
             return;
         };
-        let mut backlog = self.interest_backlog.borrow_mut();
-        while let Some((app, channel, occupied)) = backlog.front() {
-            if cluster
-                .interest(self.index, *app, channel, *occupied)
-                .is_err()
-            {
+        let mut backlog = self.cluster_backlog.borrow_mut();
+        while let Some(message) = backlog.pop_front() {
+            if let Err(message) = cluster.offer(message) {
+                backlog.push_front(message);
                 return;
             }
-            backlog.pop_front();
         }
     }
 
@@ -635,7 +641,7 @@ async fn accept_loop(
 
 /// Once a second: closes connections that have been silent too long, sends the subscription
 /// counts that changed (so a burst of subscriptions makes one event, not one each), and retries
-/// interest changes the cluster bridge had no room for.
+/// what the cluster bridge had no room for.
 async fn sweep_loop(shard: Rc<Shard>) {
     let limit = shard.node.config.inactivity_timeout;
     loop {
@@ -644,7 +650,7 @@ async fn sweep_loop(shard: Rc<Shard>) {
             return;
         }
         shard.flush_subscription_counts();
-        shard.send_interest();
+        shard.flush_cluster();
         let now = shard.now();
         for conn in shard.conns.borrow().values() {
             if u64::from(conn.silent_for(now)) > limit {
