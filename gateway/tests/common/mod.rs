@@ -4,6 +4,7 @@
 
 pub mod redis;
 pub mod script;
+pub mod webhooks;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};

@@ -31,14 +31,21 @@ impl Redis {
     /// Starts a gateway with two shards clustered through this server, and waits until it is
     /// connected.
     pub fn gateway(&self) -> Gateway {
+        connected(Gateway::start(&[
+            "--shards",
+            "2",
+            "--redis-url",
+            &self.url(),
+        ]))
+    }
+
+    /// The same, with a config file holding `config`.
+    pub fn gateway_with_config(&self, config: &serde_json::Value) -> Gateway {
         let url = self.url();
-        let gateway = Gateway::start(&["--shards", "2", "--redis-url", &url]);
-        assert!(
-            wait_until(Duration::from_secs(5), || gateway.health()["cluster"]
-                == "ok"),
-            "gateway connects to redis"
-        );
-        gateway
+        connected(Gateway::start_with_config(
+            config,
+            &["--shards", "2", "--redis-url", &url],
+        ))
     }
 
     /// Waits until `nodes` gateways receive a Pusher channel's traffic (app 1, default prefix).
@@ -110,6 +117,16 @@ impl Redis {
         let lines = self.cli(&["PUBSUB", "NUMSUB", channel]);
         lines.get(1).and_then(|n| n.parse().ok()).unwrap_or(0)
     }
+}
+
+/// Waits until a gateway is connected to Redis.
+fn connected(gateway: Gateway) -> Gateway {
+    assert!(
+        wait_until(Duration::from_secs(5), || gateway.health()["cluster"]
+            == "ok"),
+        "gateway connects to redis"
+    );
+    gateway
 }
 
 impl Drop for Redis {
