@@ -824,6 +824,20 @@ mod tests {
         assert_eq!(config.redis_prefix, "eu:gw");
         let config = Config::load(&[], env(&[("GATEWAY_REDIS_URL", "")])).unwrap();
         assert_eq!(config.redis_url, None, "empty means off");
+        let dir = std::env::temp_dir().join(format!("gateway-redis-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("gateway.json");
+        std::fs::write(
+            &path,
+            r#"{"redis_url": "redis://10.0.0.5:6379/", "redis_prefix": "gw"}"#,
+        )
+        .unwrap();
+        let config = Config::load(&args(&["--config", path.to_str().unwrap()]), []).unwrap();
+        assert_eq!(
+            (config.redis_url.as_deref(), config.redis_prefix.as_str()),
+            (Some("redis://10.0.0.5:6379/"), "gw")
+        );
+        std::fs::remove_dir_all(dir).unwrap();
         for bad in [
             "127.0.0.1:6379",
             "http://x/",
