@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use common::redis::Redis;
 use common::webhooks::Receiver;
-use common::{wait_until, Client, Ended, Gateway, KEY, SECRET};
+use common::{wait_until, watch_events, Client, Ended, Gateway, KEY, SECRET};
 use gateway::cluster::NODE_TIMEOUT;
 use serde_json::{json, Value};
 
@@ -130,29 +130,6 @@ fn members_span_nodes_and_a_killed_node_leaves_no_ghosts() {
         ("pusher_internal:member_removed".into(), "b".into())
     );
     wait_members(&[&a], &["w"]);
-}
-
-/// The next watchlist event, as (name, user ids) pairs.
-fn watch_events(client: &mut Client) -> Vec<(String, Vec<String>)> {
-    let event = client.next_event();
-    assert_eq!(
-        event["event"], "pusher_internal:watchlist_events",
-        "{event}"
-    );
-    event["data"]["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| {
-            let ids = e["user_ids"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|id| id.as_str().unwrap().to_string())
-                .collect();
-            (e["name"].as_str().unwrap().to_string(), ids)
-        })
-        .collect()
 }
 
 fn watch(name: &str, users: &[&str]) -> Vec<(String, Vec<String>)> {

@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{channel_auth, user_auth, Client, Ended, Gateway};
+use common::{channel_auth, user_auth, watch_events, Client, Ended, Gateway};
 use serde_json::{json, Value};
 
 const QUIET: Duration = Duration::from_millis(300);
@@ -15,29 +15,6 @@ fn assert_quiet(client: &mut Client, what: &str) {
     if let Some(event) = client.event_within(QUIET) {
         panic!("{what}: nothing should arrive, got {event}");
     }
-}
-
-/// The next watchlist event, as (name, user ids) pairs.
-fn watch_events(client: &mut Client) -> Vec<(String, Vec<String>)> {
-    let event = client.next_event();
-    assert_eq!(
-        event["event"], "pusher_internal:watchlist_events",
-        "{event}"
-    );
-    event["data"]["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| {
-            let ids = e["user_ids"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|id| id.as_str().unwrap().to_string())
-                .collect();
-            (e["name"].as_str().unwrap().to_string(), ids)
-        })
-        .collect()
 }
 
 fn watch(name: &str, ids: &[&str]) -> (String, Vec<String>) {

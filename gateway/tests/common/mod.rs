@@ -459,3 +459,26 @@ impl Client {
         }));
     }
 }
+
+/// The next watchlist event, as (name, user ids) pairs.
+pub fn watch_events(client: &mut Client) -> Vec<(String, Vec<String>)> {
+    let event = client.next_event();
+    assert_eq!(
+        event["event"], "pusher_internal:watchlist_events",
+        "{event}"
+    );
+    event["data"]["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            let ids = e["user_ids"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|id| id.as_str().unwrap().to_string())
+                .collect();
+            (e["name"].as_str().unwrap().to_string(), ids)
+        })
+        .collect()
+}
