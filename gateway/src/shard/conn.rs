@@ -10,7 +10,6 @@ use std::task::Waker;
 use bytes::{Buf, Bytes};
 
 use crate::admin::stats::Disconnect;
-use crate::protocol::SocketId;
 use crate::shard::io as socket;
 use crate::shard::transport::TlsSession;
 use crate::ws::Assembler;
@@ -41,7 +40,6 @@ pub enum Flush {
 pub struct Conn {
     pub id: u64,
     pub app: usize,
-    pub socket_id: SocketId,
     fd: RawFd,
     /// Frames go out encrypted, by the session task only.
     tls: bool,
@@ -56,17 +54,17 @@ pub struct Conn {
     /// Shard clock second of the last frame received.
     last_seen: Cell<u32>,
     pub subscriptions: RefCell<Vec<Box<str>>>,
-    pub reader: RefCell<Option<Box<Reader>>>,
+    /// Taken while frames are handled, put back when something stays incomplete.
+    pub reader: Cell<Option<Box<Reader>>>,
     /// Client events in the current second: (second, count).
     client_events: Cell<(u32, u32)>,
 }
 
 impl Conn {
-    pub fn new(id: u64, app: usize, socket_id: SocketId, fd: RawFd, tls: bool, now: u32) -> Conn {
+    pub fn new(id: u64, app: usize, fd: RawFd, tls: bool, now: u32) -> Conn {
         Conn {
             id,
             app,
-            socket_id,
             fd,
             tls,
             outbound: RefCell::new(VecDeque::new()),
@@ -76,7 +74,7 @@ impl Conn {
             close: Cell::new(None),
             last_seen: Cell::new(now),
             subscriptions: RefCell::new(Vec::new()),
-            reader: RefCell::new(None),
+            reader: Cell::new(None),
             client_events: Cell::new((0, 0)),
         }
     }

@@ -122,6 +122,15 @@ impl Shard {
         self.started.elapsed().as_secs() as u32
     }
 
+    /// A connection's cluster-wide id: this node, this shard, its number here.
+    pub fn socket_id(&self, conn: &Conn) -> SocketId {
+        SocketId {
+            node: self.node.id,
+            shard: self.index as u32,
+            local: conn.id,
+        }
+    }
+
     fn next_socket_id(&self) -> (u64, SocketId) {
         let id = self.next_id.get();
         self.next_id.set(id + 1);

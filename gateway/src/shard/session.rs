@@ -114,11 +114,24 @@ pub async fn upgrade(
     }
     let app = config.app_by_key(&app_key).map_or(0, |(index, _)| index);
     drop(app_key);
-    // Whatever the head read left over holds the first frames; an empty one keeps no memory.
-    let mut leftover = leftover;
-    leftover.shrink_to_fit();
-    // A task of its own again: this one's state is sized for the upgrade, not for idling.
-    monoio::spawn(run(shard, stream, transport, app, leftover, open));
+    // A task of its own again: this one's state is sized for the upgrade, not for idling. The
+    // session starts here so that the task keeps only what waiting needs.
+    let (id, socket_id) = shard.next_socket_id();
+    let conn = Rc::new(Conn::new(
+        id,
+        app,
+        stream.as_raw_fd(),
+        transport.is_tls(),
+        shard.now(),
+    ));
+    shard.register(conn.clone());
+    let established =
+        message::connection_established(&socket_id.to_string(), shard.node.config.activity_timeout);
+    shard.send(&conn, text_frame(&established));
+    if !leftover.is_empty() {
+        handle_bytes(&shard, &conn, leftover);
+    }
+    monoio::spawn(run(shard, stream, transport, conn, open));
 }
 
 /// What woke a session.
@@ -138,31 +151,10 @@ fn run(
     shard: Rc<Shard>,
     stream: TcpStream,
     mut transport: Transport,
-    app: usize,
-    leftover: Vec<u8>,
+    conn: Rc<Conn>,
     open: OpenSocket,
 ) -> impl Future<Output = ()> {
     async move {
-        let _open = open;
-        let fd = stream.as_raw_fd();
-        let (id, socket_id) = shard.next_socket_id();
-        let conn = Rc::new(Conn::new(
-            id,
-            app,
-            socket_id,
-            fd,
-            transport.is_tls(),
-            shard.now(),
-        ));
-        shard.register(conn.clone());
-        let established = message::connection_established(
-            &socket_id.to_string(),
-            shard.node.config.activity_timeout,
-        );
-        shard.send(&conn, text_frame(&established));
-        if !leftover.is_empty() {
-            handle_bytes(&shard, &conn, leftover);
-        }
         // A future of its own, so that what lives across the idle wait is only what waiting needs.
         let reason = pump(&shard, &stream, &conn, &mut transport).await;
         shard.unregister(&conn, reason);
@@ -175,6 +167,8 @@ fn run(
         shard.send(&conn, close_frame(code, ""));
         // Boxed: the closing steps are rare, and unboxed they would grow every idle session's task.
         Box::pin(finish_close(&shard, &stream, &conn, &mut transport)).await;
+        // The socket counts against the node's limit until it is closed here.
+        drop(open);
     }
 }
 
@@ -374,21 +368,20 @@ fn consume_plain(shard: &Shard, conn: &Conn, plain: &[u8]) {
 
 /// Handles the bytes of one read, with whatever an earlier read left incomplete.
 fn consume(shard: &Shard, conn: &Conn, bytes: &mut [u8]) {
-    let mut slot = conn.reader.borrow_mut();
-    match slot.as_mut() {
+    match conn.reader.take() {
         None => {
             let mut assembler = Assembler::default();
             let used = process(shard, conn, bytes, &mut assembler);
             if used < bytes.len() || !assembler.is_idle() {
-                *slot = Some(Box::new(Reader {
+                conn.reader.set(Some(Box::new(Reader {
                     carry: bytes[used..].to_vec(),
                     assembler,
-                }));
+                })));
             }
         }
-        Some(reader) => {
+        Some(mut reader) => {
             reader.carry.extend_from_slice(bytes);
-            drop(slot);
+            conn.reader.set(Some(reader));
             read_carried(shard, conn);
         }
     }
@@ -396,25 +389,24 @@ fn consume(shard: &Shard, conn: &Conn, bytes: &mut [u8]) {
 
 /// Handles bytes that arrived with the request head.
 fn handle_bytes(shard: &Shard, conn: &Conn, bytes: Vec<u8>) {
-    *conn.reader.borrow_mut() = Some(Box::new(Reader {
+    conn.reader.set(Some(Box::new(Reader {
         carry: bytes,
         assembler: Assembler::default(),
-    }));
+    })));
     read_carried(shard, conn);
 }
 
 /// Handles the whole frames among the bytes carried over from earlier reads, and lets the
 /// reader go once nothing is in flight: an idle connection keeps no buffer.
 fn read_carried(shard: &Shard, conn: &Conn) {
-    let mut slot = conn.reader.borrow_mut();
-    let Some(reader) = slot.as_mut() else {
+    let Some(mut reader) = conn.reader.take() else {
         return;
     };
-    let Reader { carry, assembler } = &mut **reader;
+    let Reader { carry, assembler } = &mut *reader;
     let used = process(shard, conn, carry, assembler);
     carry.drain(..used);
-    if carry.is_empty() && assembler.is_idle() {
-        *slot = None;
+    if !carry.is_empty() || !assembler.is_idle() {
+        conn.reader.set(Some(reader));
     }
 }
 
@@ -558,7 +550,7 @@ fn subscribe(shard: &Shard, conn: &Conn, name: &str, auth: Option<&str>, data: O
     let kind = ChannelKind::of(name);
     if kind.needs_auth() {
         let app = &shard.node.config.apps[conn.app];
-        let socket_id = conn.socket_id.to_string();
+        let socket_id = shard.socket_id(conn).to_string();
         let signed = data.filter(|_| kind.is_presence());
         let valid = auth.is_some_and(|auth| {
             signature::verify_channel_auth(&app.key, &app.secret, &socket_id, name, signed, auth)
@@ -642,7 +634,7 @@ fn refuse_signin(shard: &Shard, conn: &Conn, rejection: Rejection, reason: &str)
 
 fn signin(shard: &Shard, conn: &Conn, auth: &str, user_data: &str) {
     let app = &shard.node.config.apps[conn.app];
-    let socket_id = conn.socket_id.to_string();
+    let socket_id = shard.socket_id(conn).to_string();
     if !signature::verify_user_auth(&app.key, &app.secret, &socket_id, user_data, auth) {
         return refuse_signin(
             shard,
@@ -729,7 +721,7 @@ fn client_event(shard: &Shard, conn: &Conn, event: &str, name: &str, data: &serd
         data,
         user_id.as_deref(),
     ));
-    shard.publish(conn.app, name, frame, Some(conn.socket_id), false);
+    shard.publish(conn.app, name, frame, Some(shard.socket_id(conn)), false);
     shard.webhook(conn.app, WebhookKind::ClientEvent, || {
         WebhookEvent::ClientEvent {
             channel: name.into(),
@@ -738,7 +730,7 @@ fn client_event(shard: &Shard, conn: &Conn, event: &str, name: &str, data: &serd
                 serde_json::Value::String(text) => text.clone(),
                 other => other.to_string(),
             },
-            socket_id: conn.socket_id.to_string(),
+            socket_id: shard.socket_id(conn).to_string(),
             user_id,
         }
     });
