@@ -7,7 +7,6 @@
 // Set COMPAT_DEBUG=1 to see pusher-js's own log.
 
 import PusherClient from "pusher-js";
-import PusherServer from "pusher";
 import {
   api,
   check,
@@ -27,27 +26,17 @@ import {
   waitUntil,
   QUIET_MS,
   WAIT_MS,
+  officialServer,
+  target,
 } from "./harness.mjs";
 
-const [portArg, appId = "1", appKey = "app-key", appSecret = "app-secret"] = process.argv.slice(2);
-const port = Number(portArg);
-if (!Number.isInteger(port) || port <= 0 || port > 65535) {
-  console.error("usage: node compat.mjs <port> [app_id] [app_key] [app_secret]");
-  process.exit(2);
-}
+const app = target("compat.mjs");
+const { port, appKey } = app;
 
 // ---------------------------------------------------------------------------------------------
 // The official libraries
 
-const server = new PusherServer({
-  appId,
-  key: appKey,
-  secret: appSecret,
-  host: "127.0.0.1",
-  port: String(port),
-  useTLS: false,
-  timeout: WAIT_MS,
-});
+const server = officialServer(app);
 
 PusherClient.logToConsole = process.env.COMPAT_DEBUG === "1";
 

@@ -6,6 +6,7 @@
 // was expected and what came instead.
 
 import { isDeepStrictEqual, inspect } from "node:util";
+import PusherServer from "pusher";
 
 export const TOTAL_TIMEOUT_MS = 60_000; // the whole run
 export const WAIT_MS = 5_000; // one expected event
@@ -145,4 +146,32 @@ export async function expectOnce(client, channel, event, data, what) {
   const got = received(channel, event);
   check(got.length === 1, `${what}: delivered exactly once to ${client.label}`, `got it ${got.length} times`);
   checkEqual(got[0].data, data, `${what}: data intact at ${client.label}`);
+}
+
+/**
+ * The gateway and app a script runs against, from its command line:
+ * `<port> [app_id] [app_key] [app_secret]`, the development app by default.
+ */
+export function target(script) {
+  const [portArg, appId = "1", appKey = "app-key", appSecret = "app-secret"] = process.argv.slice(2);
+  const port = Number(portArg);
+  if (!Number.isInteger(port) || port <= 0 || port > 65535) {
+    console.error(`usage: node ${script} <port> [app_id] [app_key] [app_secret]`);
+    process.exit(2);
+  }
+  return { port, appId, appKey, appSecret };
+}
+
+/** The official server SDK for the target app, over plain HTTP; `options` adds to its settings. */
+export function officialServer({ port, appId, appKey, appSecret }, options = {}) {
+  return new PusherServer({
+    appId,
+    key: appKey,
+    secret: appSecret,
+    host: "127.0.0.1",
+    port: String(port),
+    useTLS: false,
+    timeout: WAIT_MS,
+    ...options,
+  });
 }
