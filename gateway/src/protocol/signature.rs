@@ -110,46 +110,18 @@ mod tests {
         let expected = "58df8b0c36d6982b82c3ecf6b4662e34fe8c25bba48f5369f135bf843651c3a4";
         assert_eq!(sign(SECRET, "1234.1234:private-foobar"), expected);
         let auth = format!("{KEY}:{expected}");
-        assert!(verify_channel_auth(
-            KEY,
-            SECRET,
-            "1234.1234",
-            "private-foobar",
-            None,
-            &auth
-        ));
-        assert!(!verify_channel_auth(
-            KEY,
-            SECRET,
-            "1234.1235",
-            "private-foobar",
-            None,
-            &auth
-        ));
-        assert!(!verify_channel_auth(
-            "other",
-            SECRET,
-            "1234.1234",
-            "private-foobar",
-            None,
-            &auth
-        ));
-        assert!(!verify_channel_auth(
-            KEY,
-            SECRET,
-            "1234.1234",
-            "private-foobar",
-            None,
-            KEY
-        ));
-        assert!(!verify_channel_auth(
-            KEY,
-            SECRET,
-            "1234.1234",
-            "private-foobar",
-            None,
-            "k:zz"
-        ));
+        let cases = [
+            (KEY, "1234.1234", auth.as_str(), true),
+            (KEY, "1234.1235", auth.as_str(), false),
+            ("other", "1234.1234", auth.as_str(), false),
+            (KEY, "1234.1234", KEY, false),
+            (KEY, "1234.1234", "k:zz", false),
+        ];
+        for (key, socket_id, given, valid) in cases {
+            let verified =
+                verify_channel_auth(key, SECRET, socket_id, "private-foobar", None, given);
+            assert_eq!(verified, valid, "{key} {socket_id} {given}");
+        }
     }
 
     #[test]
