@@ -85,7 +85,7 @@ async fn serve(node: Arc<Node>, stream: TcpStream) {
 
 /// Asks every shard for its fanout latency histogram and adds them up.
 async fn merged_latency(node: &Node) -> Histogram<u64> {
-    let mut merged = Histogram::new_with_bounds(1, 60_000_000, 3).expect("static histogram bounds");
+    let mut merged = crate::admin::stats::latency_histogram();
     let mut replies = Vec::new();
     for shard in &node.shards {
         let (reply, receiver) = oneshot::channel();

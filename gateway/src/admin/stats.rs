@@ -192,3 +192,9 @@ impl ShardStats {
 pub fn add(counter: &AtomicU64, n: u64) {
     counter.fetch_add(n, Relaxed);
 }
+
+/// An empty latency histogram in microseconds, from 1 µs to a minute at 3 significant digits:
+/// the one shape every shard and the cluster bridge record into, so that they merge.
+pub fn latency_histogram() -> hdrhistogram::Histogram<u64> {
+    hdrhistogram::Histogram::new_with_bounds(1, 60_000_000, 3).expect("static histogram bounds")
+}

@@ -298,7 +298,7 @@ impl Bridge {
             nonce,
             rosters: Rosters::default(),
             pending: Pending::default(),
-            lag: Histogram::new_with_bounds(1, 60_000_000, 3).expect("static histogram bounds"),
+            lag: crate::admin::stats::latency_histogram(),
             last_heartbeat: now,
             last_echo: now,
             unconfirmed: 0,

@@ -103,9 +103,7 @@ impl Shard {
             next_id: Cell::new(1),
             scratch: RefCell::new(vec![0; SCRATCH_BYTES]),
             tls_scratch: RefCell::new(Vec::new()),
-            latency: RefCell::new(
-                Histogram::new_with_bounds(1, 60_000_000, 3).expect("static histogram bounds"),
-            ),
+            latency: RefCell::new(crate::admin::stats::latency_histogram()),
             started: Instant::now(),
             drain_waiters: RefCell::new(Vec::new()),
             pong: crate::ws::frame::text_frame(crate::protocol::message::PONG),
