@@ -403,24 +403,7 @@ impl Client {
 
     /// Every event that arrives until none has for `quiet`.
     pub fn events_until_quiet(&mut self, quiet: Duration) -> Vec<Value> {
-        self.set_timeout(quiet);
-        let mut events = Vec::new();
-        loop {
-            match self.socket.read() {
-                Ok(Message::Text(text)) => events.push(serde_json::from_str(&text).unwrap()),
-                Ok(Message::Ping(_) | Message::Pong(_)) => {}
-                Ok(other) => panic!("unexpected frame {other:?}"),
-                Err(tungstenite::Error::Io(e))
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                    ) =>
-                {
-                    return events
-                }
-                Err(e) => panic!("connection failed: {e}"),
-            }
-        }
+        std::iter::from_fn(|| self.event_within(quiet)).collect()
     }
 
     /// Reads until the server closes; returns the close code.
