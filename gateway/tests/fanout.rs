@@ -39,6 +39,11 @@ fn hundreds_of_subscribers_over_every_shard_receive_one_publish_once() {
     }
     assert_eq!(gateway.metric("gateway_messages_out_total"), 600.0);
     assert_eq!(gateway.metric("gateway_inbox_drops_total"), 0.0);
+    let (_, metrics) = common::http_get(gateway.admin_port, "/metrics").unwrap();
+    for shard in 0..2 {
+        let line = format!("gateway_cluster_backlog{{shard=\"{shard}\"}} 0");
+        assert!(metrics.lines().any(|l| l == line), "{line} in /metrics");
+    }
 }
 
 #[test]

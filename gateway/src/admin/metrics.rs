@@ -24,7 +24,19 @@ fn per_shard(
     help: &str,
     pick: fn(&ShardStats) -> &AtomicU64,
 ) {
-    header(out, name, "counter", help);
+    per_shard_of_kind(out, node, name, "counter", help, pick);
+}
+
+/// One line a shard, for a value of the given Prometheus type.
+fn per_shard_of_kind(
+    out: &mut String,
+    node: &Node,
+    name: &str,
+    kind: &str,
+    help: &str,
+    pick: fn(&ShardStats) -> &AtomicU64,
+) {
+    header(out, name, kind, help);
     for (index, shard) in node.shards.iter().enumerate() {
         let _ = writeln!(
             out,
@@ -203,6 +215,14 @@ pub fn render(node: &Node, latency: &Histogram<u64>) -> String {
         "gateway_connects_total",
         "WebSocket sessions opened.",
         |s| &s.connects,
+    );
+    per_shard_of_kind(
+        &mut out,
+        node,
+        "gateway_cluster_backlog",
+        "gauge",
+        "Membership and interest changes waiting for room in the Redis bridge's queue.",
+        |s| &s.cluster_backlog,
     );
     by_reason::<Disconnect>(
         &mut out,

@@ -126,6 +126,8 @@ pub struct ShardStats {
     pub slow_consumer_disconnects: AtomicU64,
     /// Messages other threads could not put in this shard's full inbox.
     pub inbox_drops: AtomicU64,
+    /// Messages for the Redis bridge that wait in this shard because its queue was full.
+    pub cluster_backlog: AtomicU64,
     pub tls_handshakes: AtomicU64,
     pub tls_failures: Box<[AtomicU64]>,
     /// Webhook events this shard could not put in the sender thread's full queue.
@@ -150,6 +152,7 @@ impl ShardStats {
             bytes_out: AtomicU64::new(0),
             slow_consumer_disconnects: AtomicU64::new(0),
             inbox_drops: AtomicU64::new(0),
+            cluster_backlog: AtomicU64::new(0),
             tls_handshakes: AtomicU64::new(0),
             tls_failures: counters(TlsFailure::ALL.len()),
             webhook_drops: AtomicU64::new(0),

@@ -224,9 +224,12 @@ impl Shard {
         while let Some(message) = backlog.pop_front() {
             if let Err(message) = cluster.offer(message) {
                 backlog.push_front(message);
-                return;
+                break;
             }
         }
+        self.stats()
+            .cluster_backlog
+            .store(backlog.len() as u64, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Queues a frame to one connection, closing it as a slow consumer when its queue is full
