@@ -206,6 +206,57 @@ fn only_tls_1_2_and_1_3_are_spoken_with_alpn_http_1_1() {
 }
 
 #[test]
+fn openssl_key_updates_are_followed_and_the_end_is_clean() {
+    let certs = certificates("keyupdate");
+    let tls = start(&certs, &[]);
+    let mut openssl = Command::new("openssl")
+        .args([
+            "s_client",
+            "-connect",
+            &format!("127.0.0.1:{}", tls.tls_port),
+        ])
+        .args(["-servername", "localhost", "-tls1_3", "-crlf", "-msg"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("openssl is installed");
+    let mut input = openssl.stdin.take().unwrap();
+    let pause = || std::thread::sleep(Duration::from_millis(400));
+    pause();
+    // A request, then a key update asking for one back (s_client's `K` command), then a request
+    // under the new keys, after which the gateway closes the connection.
+    input
+        .write_all(b"GET /first HTTP/1.1\nHost: localhost\n\n")
+        .unwrap();
+    pause();
+    input.write_all(b"K\n").unwrap();
+    pause();
+    input
+        .write_all(b"GET /second HTTP/1.1\nHost: localhost\nConnection: close\n\n")
+        .unwrap();
+    pause();
+    drop(input);
+    let output = openssl.wait_with_output().unwrap();
+    let output = String::from_utf8_lossy(&output.stdout);
+    let sent = output.find(">>> TLS 1.3, Handshake [length 0005], KeyUpdate");
+    let answered = output.find("<<< TLS 1.3, Handshake [length 0005], KeyUpdate");
+    assert!(
+        sent.is_some() && answered > sent,
+        "both sides change keys:\n{output}"
+    );
+    let second = output.find("no route for /second");
+    assert!(
+        second > answered,
+        "a request under the new keys is answered:\n{output}"
+    );
+    assert!(
+        output.contains("<<< TLS 1.3, Alert [length 0002], warning close_notify"),
+        "the gateway ends the connection with close_notify:\n{output}"
+    );
+}
+
+#[test]
 fn sessions_resume_on_every_shard() {
     let certs = certificates("resume");
     let tls = start(&certs, &["--shards", "2"]);
@@ -328,6 +379,27 @@ fn bad_input_on_the_tls_port_is_closed_and_counted() {
         "a stalled handshake is closed"
     );
 
+    // After the handshake, a record that fails authentication: on an HTTP connection and on a
+    // WebSocket session.
+    let plain_http = tls_connect(&config, tls.tls_port).unwrap();
+    let session = wss_client(
+        tls_connect(&config, tls.tls_port).unwrap(),
+        tls.tls_port,
+        "other",
+    );
+    for (count, mut stream) in [plain_http, session.into_inner()].into_iter().enumerate() {
+        assert_eq!(
+            forged_record_answer(&mut stream),
+            Err(rustls::Error::AlertReceived(
+                rustls::AlertDescription::BadRecordMac
+            )),
+            "the gateway says why it closes"
+        );
+        let expected = count as f64 + 1.0;
+        let metric = "gateway_tls_record_errors_total";
+        assert_eq!(tls.gateway.wait_metric(metric, expected), expected);
+    }
+
     for reason in ["plain_http", "protocol", "timeout"] {
         let metric = format!("gateway_tls_handshake_failures_total{{reason=\"{reason}\"}}");
         assert_eq!(tls.gateway.wait_metric(&metric, 1.0), 1.0, "{reason}");
@@ -338,6 +410,20 @@ fn bad_input_on_the_tls_port_is_closed_and_counted() {
         "fine",
         "other TLS clients keep working"
     );
+}
+
+/// Writes a record no key made and returns what the client makes of the gateway's answer.
+fn forged_record_answer(stream: &mut TlsStream) -> Result<(), rustls::Error> {
+    let forged = [&[23, 3, 3, 0, 32][..], &[0x5a; 32]].concat();
+    stream.sock.write_all(&forged).unwrap();
+    let mut answer = Vec::new();
+    let _ = stream.sock.read_to_end(&mut answer);
+    let mut unread = &answer[..];
+    while !unread.is_empty() {
+        stream.conn.read_tls(&mut unread).unwrap();
+        stream.conn.process_new_packets()?;
+    }
+    Ok(())
 }
 
 /// Runs openssl to make a key in a given PEM form (`OUT` in the command stands for the key file)

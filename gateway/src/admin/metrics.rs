@@ -335,6 +335,13 @@ pub fn render(node: &Node, latency: &Histogram<u64>) -> String {
         "TLS handshakes completed.",
         |s| &s.tls_handshakes,
     );
+    per_shard(
+        &mut out,
+        node,
+        "gateway_tls_record_errors_total",
+        "TLS connections closed after the handshake for a record that failed authentication or broke the protocol.",
+        |s| &s.tls_record_errors,
+    );
     by_reason::<TlsFailure>(
         &mut out,
         node,

@@ -129,6 +129,8 @@ pub struct ShardStats {
     /// Messages for the Redis bridge that wait in this shard because its queue was full.
     pub cluster_backlog: AtomicU64,
     pub tls_handshakes: AtomicU64,
+    /// TLS connections closed for a record that failed authentication or broke the protocol.
+    pub tls_record_errors: AtomicU64,
     pub tls_failures: Box<[AtomicU64]>,
     /// Webhook events this shard could not put in the sender thread's full queue.
     pub webhook_drops: AtomicU64,
@@ -154,6 +156,7 @@ impl ShardStats {
             inbox_drops: AtomicU64::new(0),
             cluster_backlog: AtomicU64::new(0),
             tls_handshakes: AtomicU64::new(0),
+            tls_record_errors: AtomicU64::new(0),
             tls_failures: counters(TlsFailure::ALL.len()),
             webhook_drops: AtomicU64::new(0),
         }

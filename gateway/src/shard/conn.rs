@@ -11,7 +11,8 @@ use bytes::{Buf, Bytes};
 
 use crate::admin::stats::Disconnect;
 use crate::shard::io as socket;
-use crate::shard::transport::TlsSession;
+use crate::shard::transport::{self, TlsSession};
+use crate::tls::records::RecordError;
 use crate::ws::Assembler;
 
 /// Most frames handed to one sendmsg.
@@ -208,7 +209,7 @@ impl Conn {
         tls: &mut TlsSession,
         cipher: &mut Vec<u8>,
     ) -> io::Result<(Flush, usize)> {
-        if !tls.send_outgoing(self.fd)? {
+        if !transport::send_outgoing(self.fd, tls)? {
             return Ok((Flush::Blocked, 0));
         }
         let mut written = 0;
@@ -216,17 +217,18 @@ impl Conn {
             cipher.clear();
             {
                 let mut outbound = self.outbound.borrow_mut();
+                if outbound.is_empty() {
+                    Self::release_burst(&mut outbound);
+                    return Ok((Flush::Drained, written));
+                }
+                // One expansion of the send key for the whole batch.
+                let mut sealer = tls.sealer().map_err(invalid_data)?;
                 while cipher.len() < TLS_BATCH_BYTES {
                     let Some(frame) = outbound.pop_front() else {
                         break;
                     };
                     self.queued_bytes.set(self.queued_bytes.get() - frame.len());
-                    tls.encrypt(&frame, cipher)
-                        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-                }
-                if cipher.is_empty() {
-                    Self::release_burst(&mut outbound);
-                    return Ok((Flush::Drained, written));
+                    sealer.seal(&frame, cipher).map_err(invalid_data)?;
                 }
             }
             let sent = socket::send_some(self.fd, cipher)?;
@@ -244,4 +246,8 @@ impl Conn {
             *outbound = VecDeque::new();
         }
     }
+}
+
+fn invalid_data(error: RecordError) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, error)
 }

@@ -27,6 +27,8 @@ const KEEP_ALIVE_IDLE: Duration = Duration::from_secs(60);
 enum ReadFailure {
     Closed,
     Head(HeadError),
+    /// A TLS record after the handshake failed authentication or broke the protocol.
+    TlsRecord,
 }
 
 /// Answers 503 to a connection over the node's limit (a TLS one is closed: answering would take
@@ -80,6 +82,10 @@ pub async fn serve(
         let (head, head_len) = match read {
             Ok(Ok(found)) => found,
             Ok(Err(ReadFailure::Closed)) => return,
+            Ok(Err(ReadFailure::TlsRecord)) => {
+                stats::add(&shard.stats().tls_record_errors, 1);
+                return;
+            }
             Err(_) => {
                 shard.reject(Rejection::HeadTimeout);
                 return;
@@ -182,6 +188,9 @@ async fn read_request(
             }
         }
         match transport.read_some(stream, pending, 4096).await {
+            Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                return Err(ReadFailure::TlsRecord)
+            }
             Ok(0) | Err(_) => return Err(ReadFailure::Closed),
             Ok(_) => {}
         }
@@ -236,10 +245,15 @@ pub(super) async fn respond(
     keep_alive: bool,
 ) -> bool {
     shard.stats().http_status(response.status);
-    transport
+    let written = transport
         .write_all(stream, &response.to_bytes(keep_alive))
         .await
-        .is_ok()
+        .is_ok();
+    if written && !keep_alive {
+        // A clean end (close_notify on TLS, then FIN), so the client knows nothing was cut off.
+        transport.shutdown(stream).await;
+    }
+    written
 }
 
 async fn answer(shard: &Shard, route: &Route, head: &RequestHead, body: &[u8]) -> Response {

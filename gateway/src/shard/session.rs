@@ -11,7 +11,7 @@ use monoio::net::TcpStream;
 
 use super::conn::{Conn, Flush, Reader};
 use super::http::respond;
-use super::transport::{TlsSession, Transport};
+use super::transport::{self, TlsSession, Transport};
 use super::{io, OpenSocket, Shard};
 use crate::admin::stats::{self, Disconnect, Rejection};
 use crate::http::api::parse_query;
@@ -341,9 +341,15 @@ fn read_tls(shard: &Shard, conn: &Conn, tls: &mut TlsSession) -> bool {
         cipher.truncate(start + n);
         stats::add(&shard.stats().bytes_in, n as u64);
         conn.touch(shard.now());
-        let Ok(used) = tls.absorb(&mut cipher, &mut |plain| consume_plain(shard, conn, plain))
-        else {
-            return false;
+        let used = match tls.absorb(&mut cipher, &mut |plain| consume_plain(shard, conn, plain)) {
+            Ok(used) => used,
+            Err(error) => {
+                tracing::debug!(shard = shard.index, %error, "TLS connection broke the protocol");
+                stats::add(&shard.stats().tls_record_errors, 1);
+                // The alert that says why goes out if the socket takes it now.
+                let _ = transport::send_outgoing(conn.fd(), tls);
+                return false;
+            }
         };
         cipher.drain(..used);
         if tls.peer_closed() {

@@ -1,20 +1,14 @@
-//! How a connection's bytes travel: as they are, or through TLS driven by rustls' unbuffered
-//! API. Ciphertext is read into and encrypted from buffers the shard owns; a connection keeps
-//! ciphertext only for a record split across reads or bytes its socket has not taken yet, so an
-//! idle TLS connection holds its TLS state and nothing else.
+//! How a connection's bytes travel: as they are, or through TLS (`tls::session`, which has no
+//! IO). Ciphertext is read into and encrypted from buffers the shard owns.
 
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
-use std::sync::Arc;
 
 use monoio::net::TcpStream;
-use rustls::server::UnbufferedServerConnection;
-use rustls::unbuffered::{
-    AppDataRecord, ConnectionState, EncodeError, EncryptError, UnbufferedStatus,
-};
-use rustls::ServerConfig;
 
 use super::io as socket;
+use crate::tls::records::RecordError;
+pub use crate::tls::session::TlsSession;
 
 /// Largest TLS record on the wire (16 KiB of payload plus header and expansion).
 pub const MAX_RECORD: usize = 16 * 1024 + 256;
@@ -25,208 +19,19 @@ pub enum Transport {
     Tls(Box<TlsSession>),
 }
 
-/// One TLS connection's state.
-pub struct TlsSession {
-    conn: UnbufferedServerConnection,
-    /// Ciphertext of a record that straddles reads.
-    incoming: Vec<u8>,
-    /// Ciphertext the socket has not taken yet.
-    outgoing: Vec<u8>,
-    peer_closed: bool,
-}
-
 /// How a TLS handshake failed.
 #[derive(Debug, thiserror::Error)]
 pub enum HandshakeFailure {
     #[error("plain HTTP sent to the TLS port")]
     PlainHttp,
     #[error("TLS protocol error: {0}")]
-    Protocol(rustls::Error),
+    Protocol(RecordError),
     #[error("connection closed during the handshake")]
     Closed,
 }
 
-fn tls_error(error: rustls::Error) -> io::Error {
+fn tls_error(error: RecordError) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, error)
-}
-
-/// Appends what `write` puts into a buffer, growing it when rustls asks for more room.
-fn append<E>(
-    out: &mut Vec<u8>,
-    first_guess: usize,
-    mut write: impl FnMut(&mut [u8]) -> Result<usize, E>,
-    needs: impl Fn(&E) -> Option<usize>,
-) -> Result<(), E> {
-    let start = out.len();
-    let mut room = first_guess;
-    loop {
-        out.resize(start + room, 0);
-        match write(&mut out[start..]) {
-            Ok(n) => {
-                out.truncate(start + n);
-                return Ok(());
-            }
-            Err(error) => match needs(&error) {
-                Some(required) if required > room => room = required,
-                _ => {
-                    out.truncate(start);
-                    return Err(error);
-                }
-            },
-        }
-    }
-}
-
-fn encode_room(error: &EncodeError) -> Option<usize> {
-    match error {
-        EncodeError::InsufficientSize(size) => Some(size.required_size),
-        _ => None,
-    }
-}
-
-fn encrypt_room(error: &EncryptError) -> Option<usize> {
-    match error {
-        EncryptError::InsufficientSize(size) => Some(size.required_size),
-        _ => None,
-    }
-}
-
-impl TlsSession {
-    pub fn new(config: Arc<ServerConfig>) -> Result<TlsSession, rustls::Error> {
-        Ok(TlsSession {
-            conn: UnbufferedServerConnection::new(config)?,
-            incoming: Vec::new(),
-            outgoing: Vec::new(),
-            peer_closed: false,
-        })
-    }
-
-    pub fn is_handshaking(&self) -> bool {
-        self.conn.is_handshaking()
-    }
-
-    /// Processes the ciphertext in `buf`, handing each plaintext payload to `on_plain` and
-    /// queuing what the protocol answers (handshake, tickets, alerts) in `outgoing`. Returns how
-    /// many bytes it used; the rest is an incomplete record.
-    pub fn absorb(
-        &mut self,
-        buf: &mut [u8],
-        on_plain: &mut dyn FnMut(&[u8]),
-    ) -> Result<usize, rustls::Error> {
-        let mut used = 0;
-        loop {
-            let UnbufferedStatus { mut discard, state } =
-                self.conn.process_tls_records(&mut buf[used..]);
-            let done = match state? {
-                ConnectionState::ReadTraffic(mut records) => {
-                    while let Some(record) = records.next_record() {
-                        let AppDataRecord {
-                            discard: more,
-                            payload,
-                        } = record?;
-                        discard += more;
-                        on_plain(payload);
-                    }
-                    false
-                }
-                ConnectionState::EncodeTlsData(mut encoder) => {
-                    append(
-                        &mut self.outgoing,
-                        4096,
-                        |out| encoder.encode(out),
-                        encode_room,
-                    )
-                    .map_err(|e| rustls::Error::General(e.to_string()))?;
-                    false
-                }
-                ConnectionState::TransmitTlsData(transmit) => {
-                    // The bytes wait in `outgoing`; the caller sends them before anything else.
-                    transmit.done();
-                    false
-                }
-                ConnectionState::PeerClosed | ConnectionState::Closed => {
-                    self.peer_closed = true;
-                    true
-                }
-                // BlockedHandshake and WriteTraffic: nothing more to read until more arrives.
-                // (Early data stays off: ServerConfig::max_early_data_size is left at 0.)
-                _ => true,
-            };
-            used += discard;
-            if done {
-                return Ok(used);
-            }
-        }
-    }
-
-    /// Encrypts application data, appending the records to `out`.
-    pub fn encrypt(&mut self, data: &[u8], out: &mut Vec<u8>) -> Result<(), rustls::Error> {
-        loop {
-            let UnbufferedStatus { state, .. } = self.conn.process_tls_records(&mut []);
-            match state? {
-                ConnectionState::WriteTraffic(mut writer) => {
-                    let guess = data.len() + 64 * (1 + data.len() / (16 * 1024));
-                    return append(out, guess, |buf| writer.encrypt(data, buf), encrypt_room)
-                        .map_err(|e| rustls::Error::General(e.to_string()));
-                }
-                ConnectionState::EncodeTlsData(mut encoder) => {
-                    append(out, 4096, |buf| encoder.encode(buf), encode_room)
-                        .map_err(|e| rustls::Error::General(e.to_string()))?;
-                }
-                ConnectionState::TransmitTlsData(transmit) => transmit.done(),
-                _ => return Err(rustls::Error::General("TLS connection cannot send".into())),
-            }
-        }
-    }
-
-    /// Appends a close_notify alert to `out`.
-    fn close_notify(&mut self, out: &mut Vec<u8>) {
-        let UnbufferedStatus { state, .. } = self.conn.process_tls_records(&mut []);
-        if let Ok(ConnectionState::WriteTraffic(mut writer)) = state {
-            let _ = append(out, 64, |buf| writer.queue_close_notify(buf), encrypt_room);
-        }
-    }
-
-    pub fn peer_closed(&self) -> bool {
-        self.peer_closed
-    }
-
-    /// Ciphertext waiting for the socket.
-    pub fn has_outgoing(&self) -> bool {
-        !self.outgoing.is_empty()
-    }
-
-    /// Sends waiting ciphertext without blocking; false when the socket took only part of it.
-    pub fn send_outgoing(&mut self, fd: RawFd) -> io::Result<bool> {
-        while !self.outgoing.is_empty() {
-            match socket::send_vectored(fd, &[std::io::IoSlice::new(&self.outgoing)]) {
-                Ok(n) => {
-                    self.outgoing.drain(..n);
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(false),
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
-        // An idle connection keeps no buffer.
-        self.outgoing = Vec::new();
-        Ok(true)
-    }
-
-    /// Keeps ciphertext the socket did not take, to go out before anything else.
-    pub fn keep_outgoing(&mut self, unsent: &[u8]) {
-        self.outgoing.extend_from_slice(unsent);
-    }
-
-    /// Takes the bytes of a record split across reads (the caller puts them first).
-    pub fn take_incoming(&mut self) -> Vec<u8> {
-        std::mem::take(&mut self.incoming)
-    }
-
-    /// Keeps the bytes of an incomplete record until more arrive.
-    pub fn keep_incoming(&mut self, partial: &[u8]) {
-        self.incoming = partial.to_vec();
-    }
 }
 
 impl Transport {
@@ -268,7 +73,8 @@ impl Transport {
         Ok(early)
     }
 
-    /// Reads some plaintext, appending it to `buf`; 0 means the peer closed.
+    /// Reads some plaintext, appending it to `buf`; 0 means the peer closed. A TLS record that
+    /// breaks the protocol is an `InvalidData` error.
     pub async fn read_some(
         &mut self,
         stream: &TcpStream,
@@ -284,9 +90,15 @@ impl Transport {
         let mut cipher = tls.take_incoming();
         loop {
             if !cipher.is_empty() {
-                let used = tls
-                    .absorb(&mut cipher, &mut |plain| buf.extend_from_slice(plain))
-                    .map_err(tls_error)?;
+                let used = match tls.absorb(&mut cipher, &mut |plain| buf.extend_from_slice(plain))
+                {
+                    Ok(used) => used,
+                    Err(error) => {
+                        // The alert that says why goes out if the socket takes it now.
+                        let _ = send_outgoing(fd, tls);
+                        return Err(tls_error(error));
+                    }
+                };
                 cipher.drain(..used);
                 send_all_outgoing(stream, tls).await?;
             }
@@ -309,7 +121,9 @@ impl Transport {
             Transport::Plain => socket::send_all(stream, fd, bytes).await,
             Transport::Tls(tls) => {
                 let mut cipher = Vec::new();
-                tls.encrypt(bytes, &mut cipher).map_err(tls_error)?;
+                tls.sealer()
+                    .and_then(|mut sealer| sealer.seal(bytes, &mut cipher))
+                    .map_err(tls_error)?;
                 tls.keep_outgoing(&cipher);
                 send_all_outgoing(stream, tls).await
             }
@@ -328,9 +142,22 @@ impl Transport {
     }
 }
 
+/// Sends waiting ciphertext without blocking; false when the socket took only part of it.
+pub fn send_outgoing(fd: RawFd, tls: &mut TlsSession) -> io::Result<bool> {
+    while tls.has_outgoing() {
+        match socket::send_vectored(fd, &[io::IoSlice::new(tls.outgoing())]) {
+            Ok(n) => tls.sent(n),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(true)
+}
+
 /// Sends all waiting ciphertext, waiting for the socket as needed.
 pub async fn send_all_outgoing(stream: &TcpStream, tls: &mut TlsSession) -> io::Result<()> {
-    while !tls.send_outgoing(stream.as_raw_fd())? {
+    while !send_outgoing(stream.as_raw_fd(), tls)? {
         stream.writable(false).await?;
     }
     Ok(())
@@ -352,28 +179,5 @@ mod tests {
         assert!(looks_like_http(b"POST /apps"));
         assert!(!looks_like_http(&[0x16, 0x03, 0x01, 0x00, 0x10]));
         assert!(!looks_like_http(b"GE"));
-    }
-
-    #[test]
-    fn append_grows_the_buffer_to_what_the_writer_needs() {
-        let mut out = b"ab".to_vec();
-        let result: Result<(), usize> = append(
-            &mut out,
-            1,
-            |buf| {
-                if buf.len() < 3 {
-                    Err(3)
-                } else {
-                    buf[..3].copy_from_slice(b"xyz");
-                    Ok(3)
-                }
-            },
-            |needed| Some(*needed),
-        );
-        assert_eq!(result, Ok(()));
-        assert_eq!(out, b"abxyz");
-        let failed: Result<(), usize> = append(&mut out, 1, |_| Err(0), |_| None);
-        assert_eq!(failed, Err(0));
-        assert_eq!(out, b"abxyz", "a failed write leaves the buffer as it was");
     }
 }

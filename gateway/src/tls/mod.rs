@@ -4,6 +4,8 @@
 
 mod certs;
 mod devcert;
+pub mod records;
+pub mod session;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -86,5 +88,8 @@ pub fn server_config(store: Arc<CertStore>) -> Result<Arc<ServerConfig>, TlsErro
     // Tickets carry the session; a shared server-side cache would need a lock.
     config.session_storage = Arc::new(NoServerSessionStorage {});
     config.send_tls13_tickets = 1;
+    // After the handshake the gateway protects records itself (`records`), keeping only keys
+    // per connection; rustls hands the traffic secrets over only when this is set.
+    config.enable_secret_extraction = true;
     Ok(Arc::new(config))
 }

@@ -1,0 +1,534 @@
+//! TLS record protection once the handshake is over, with no IO.
+//!
+//! rustls runs the handshake; then its traffic secrets move here and rustls keeps only what key
+//! updates need (`KernelConnection`, TLS 1.3 only). Between records a connection holds just the
+//! raw keys, initialisation vectors and sequence numbers: the expanded AEAD key (544 bytes per
+//! direction in ring) is built per batch of records and dropped with it, which is what lets an
+//! idle TLS connection fit the memory budget.
+//!
+//! Record formats: RFC 8446 §5 (TLS 1.3: one outer type, the real type inside, nonce = iv XOR
+//! sequence, the header as additional data), RFC 5288 (TLS 1.2 AES-GCM: four-byte salt plus an
+//! explicit eight-byte nonce) and RFC 7905 (TLS 1.2 ChaCha20-Poly1305: nonce = iv XOR sequence).
+
+use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_128_GCM, AES_256_GCM};
+use ring::aead::{CHACHA20_POLY1305, NONCE_LEN};
+use rustls::kernel::KernelConnection;
+use rustls::server::ServerConnectionData;
+use rustls::{ConnectionTrafficSecrets, ExtractedSecrets, ProtocolVersion, SupportedCipherSuite};
+
+const HEADER_LEN: usize = 5;
+const TAG_LEN: usize = 16;
+const EXPLICIT_NONCE_LEN: usize = 8;
+/// Largest plaintext in one record.
+pub const MAX_FRAGMENT: usize = 16 * 1024;
+/// Largest protected record body each version allows (RFC 8446 §5.2, RFC 5246 §6.2.3).
+const MAX_BODY_TLS13: usize = MAX_FRAGMENT + 256;
+const MAX_BODY_TLS12: usize = MAX_FRAGMENT + 2048;
+/// rustls refreshes or closes well before the 64-bit sequence number could wrap.
+const SEQUENCE_SOFT_LIMIT: u64 = 0xffff_ffff_ffff_0000;
+
+const CHANGE_CIPHER_SPEC: u8 = 20;
+const ALERT: u8 = 21;
+const HANDSHAKE: u8 = 22;
+const APPLICATION_DATA: u8 = 23;
+
+const CLIENT_HELLO: u8 = 1;
+const KEY_UPDATE: u8 = 24;
+const UPDATE_NOT_REQUESTED: u8 = 0;
+const UPDATE_REQUESTED: u8 = 1;
+
+const WARNING: u8 = 1;
+const FATAL: u8 = 2;
+const CLOSE_NOTIFY: u8 = 0;
+const UNEXPECTED_MESSAGE: u8 = 10;
+const BAD_RECORD_MAC: u8 = 20;
+const RECORD_OVERFLOW: u8 = 22;
+const DECODE_ERROR: u8 = 50;
+const INTERNAL_ERROR: u8 = 80;
+const USER_CANCELED: u8 = 90;
+const NO_RENEGOTIATION: u8 = 100;
+
+/// Why a connection's records cannot go on.
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    #[error("a record failed authentication")]
+    BadRecordMac,
+    #[error("a record is longer than TLS allows")]
+    RecordOverflow,
+    #[error("unexpected {0} after the handshake")]
+    UnexpectedMessage(&'static str),
+    #[error("a malformed post-handshake message")]
+    Decode,
+    #[error("the peer sent fatal alert {0}")]
+    PeerAlert(u8),
+    #[error("TLS 1.2 keys are used up; the connection must close")]
+    KeysExhausted,
+    #[error("cipher suite {0:?} has no record protection here")]
+    UnsupportedSuite(rustls::CipherSuite),
+    #[error("TLS: {0}")]
+    Tls(#[from] rustls::Error),
+}
+
+impl RecordError {
+    /// The alert to send before closing, when the peer should hear one.
+    fn alert(&self) -> Option<u8> {
+        match self {
+            RecordError::BadRecordMac => Some(BAD_RECORD_MAC),
+            RecordError::RecordOverflow => Some(RECORD_OVERFLOW),
+            RecordError::UnexpectedMessage(_) => Some(UNEXPECTED_MESSAGE),
+            RecordError::Decode => Some(DECODE_ERROR),
+            RecordError::PeerAlert(_) | RecordError::KeysExhausted => None,
+            RecordError::UnsupportedSuite(_) | RecordError::Tls(_) => Some(INTERNAL_ERROR),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Version {
+    Tls12,
+    Tls13,
+}
+
+/// One direction's traffic keys and the next record's sequence number.
+struct Direction {
+    secrets: ConnectionTrafficSecrets,
+    sequence: u64,
+}
+
+impl Direction {
+    /// Expands the key for a batch of records.
+    fn key(&self) -> Result<(LessSafeKey, [u8; NONCE_LEN]), RecordError> {
+        let (algorithm, key, iv) = match &self.secrets {
+            ConnectionTrafficSecrets::Aes128Gcm { key, iv } => (&AES_128_GCM, key, iv),
+            ConnectionTrafficSecrets::Aes256Gcm { key, iv } => (&AES_256_GCM, key, iv),
+            ConnectionTrafficSecrets::Chacha20Poly1305 { key, iv } => (&CHACHA20_POLY1305, key, iv),
+            _ => {
+                return Err(RecordError::Tls(rustls::Error::General(
+                    "unknown traffic secret kind".into(),
+                )))
+            }
+        };
+        let key = UnboundKey::new(algorithm, key.as_ref())
+            .map_err(|_| rustls::Error::General("traffic key of the wrong length".into()))?;
+        let iv = iv
+            .as_ref()
+            .try_into()
+            .map_err(|_| rustls::Error::General("traffic iv of the wrong length".into()))?;
+        Ok((LessSafeKey::new(key), iv))
+    }
+
+    fn is_gcm(&self) -> bool {
+        !matches!(
+            self.secrets,
+            ConnectionTrafficSecrets::Chacha20Poly1305 { .. }
+        )
+    }
+
+    /// The nonce for the next record: the iv with the sequence number XORed into its tail.
+    fn nonce(&self, iv: &[u8; NONCE_LEN]) -> [u8; NONCE_LEN] {
+        let mut nonce = *iv;
+        for (byte, seq) in nonce[4..].iter_mut().zip(self.sequence.to_be_bytes()) {
+            *byte ^= seq;
+        }
+        nonce
+    }
+}
+
+/// TLS 1.2's additional data: sequence number, type, version and plaintext length.
+fn tls12_aad(sequence: u64, typ: u8, version: [u8; 2], len: usize) -> [u8; 13] {
+    let mut aad = [0; 13];
+    aad[..8].copy_from_slice(&sequence.to_be_bytes());
+    aad[8] = typ;
+    aad[9..11].copy_from_slice(&version);
+    aad[11..].copy_from_slice(&(len as u16).to_be_bytes());
+    aad
+}
+
+/// What a batch of received records came to.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Opened {
+    /// Bytes of whole records taken from the buffer; the rest is an incomplete record.
+    pub used: usize,
+    /// The peer sent close_notify.
+    pub peer_closed: bool,
+}
+
+/// A connection's record protection after the handshake.
+pub struct RecordLayer {
+    version: Version,
+    rx: Direction,
+    tx: Direction,
+    /// Records one send key may protect before it must change (TLS 1.3) or the connection end.
+    tx_limit: u64,
+    /// rustls' remains of the connection, computing new secrets on key updates (TLS 1.3).
+    key_updates: Option<Box<KernelConnection<ServerConnectionData>>>,
+}
+
+impl RecordLayer {
+    /// Takes over from rustls at the end of the handshake.
+    pub fn new(
+        secrets: ExtractedSecrets,
+        kernel: KernelConnection<ServerConnectionData>,
+    ) -> Result<RecordLayer, RecordError> {
+        let suite = kernel.negotiated_cipher_suite();
+        let common = match suite {
+            SupportedCipherSuite::Tls12(suite) => &suite.common,
+            SupportedCipherSuite::Tls13(suite) => &suite.common,
+        };
+        let version = match kernel.protocol_version() {
+            ProtocolVersion::TLSv1_3 => Version::Tls13,
+            ProtocolVersion::TLSv1_2 => Version::Tls12,
+            _ => return Err(RecordError::UnsupportedSuite(common.suite)),
+        };
+        let ExtractedSecrets {
+            tx: (tx_sequence, tx),
+            rx: (rx_sequence, rx),
+        } = secrets;
+        let layer = RecordLayer {
+            version,
+            rx: Direction {
+                secrets: rx,
+                sequence: rx_sequence,
+            },
+            tx: Direction {
+                secrets: tx,
+                sequence: tx_sequence,
+            },
+            tx_limit: common.confidentiality_limit.min(SEQUENCE_SOFT_LIMIT),
+            key_updates: (version == Version::Tls13).then(|| Box::new(kernel)),
+        };
+        // Fail now, not on the first record, when a suite has no key this layer can build.
+        layer.rx.key()?;
+        layer.tx.key()?;
+        Ok(layer)
+    }
+
+    fn max_body(&self) -> usize {
+        match self.version {
+            Version::Tls12 => MAX_BODY_TLS12,
+            Version::Tls13 => MAX_BODY_TLS13,
+        }
+    }
+
+    /// Decrypts the whole records at the start of `buf` in place, handing application data to
+    /// `on_plain` and appending what the protocol answers (a key update, a refusal to
+    /// renegotiate) to `out`.
+    pub fn open(
+        &mut self,
+        buf: &mut [u8],
+        out: &mut Vec<u8>,
+        on_plain: &mut dyn FnMut(&[u8]),
+    ) -> Result<Opened, RecordError> {
+        let mut opened = Opened::default();
+        let mut expanded = None;
+        while let Some(header) = buf.get(opened.used..opened.used + HEADER_LEN) {
+            let header: [u8; HEADER_LEN] = header.try_into().map_err(|_| RecordError::Decode)?;
+            let body_len = usize::from(u16::from_be_bytes([header[3], header[4]]));
+            if body_len > self.max_body() {
+                return Err(RecordError::RecordOverflow);
+            }
+            let start = opened.used + HEADER_LEN;
+            let Some(body) = buf.get_mut(start..start + body_len) else {
+                break;
+            };
+            opened.used = start + body_len;
+            let (key, iv) = match &expanded {
+                Some(expanded) => expanded,
+                None => expanded.insert(self.rx.key()?),
+            };
+            let (typ, plain) = self.decrypt(key, iv, header, body)?;
+            match typ {
+                APPLICATION_DATA => {
+                    if !plain.is_empty() {
+                        on_plain(plain);
+                    }
+                }
+                ALERT => {
+                    if self.peer_alert(plain)? {
+                        opened.peer_closed = true;
+                        return Ok(opened);
+                    }
+                }
+                HANDSHAKE => {
+                    if self.post_handshake(plain, out)? {
+                        // New receive keys from the next record on.
+                        expanded = None;
+                    }
+                }
+                CHANGE_CIPHER_SPEC => {
+                    return Err(RecordError::UnexpectedMessage("change_cipher_spec"))
+                }
+                _ => return Err(RecordError::UnexpectedMessage("record type")),
+            }
+        }
+        Ok(opened)
+    }
+
+    /// Authenticates and decrypts one record body in place; returns its type and plaintext.
+    fn decrypt<'a>(
+        &mut self,
+        key: &LessSafeKey,
+        iv: &[u8; NONCE_LEN],
+        header: [u8; HEADER_LEN],
+        body: &'a mut [u8],
+    ) -> Result<(u8, &'a [u8]), RecordError> {
+        let sequence = self.rx.sequence;
+        let (typ, plain) = match self.version {
+            Version::Tls13 => {
+                if header[0] != APPLICATION_DATA {
+                    return Err(RecordError::UnexpectedMessage("unprotected record"));
+                }
+                let nonce = Nonce::assume_unique_for_key(self.rx.nonce(iv));
+                let plain = key
+                    .open_in_place(nonce, Aad::from(header), body)
+                    .map_err(|_| RecordError::BadRecordMac)?;
+                // The real type is the last non-zero byte; zeros after it are padding.
+                let end = plain
+                    .iter()
+                    .rposition(|&b| b != 0)
+                    .ok_or(RecordError::UnexpectedMessage("record without a type"))?;
+                (plain[end], &plain[..end])
+            }
+            Version::Tls12 => {
+                let (nonce, sealed) = if self.rx.is_gcm() {
+                    if body.len() < EXPLICIT_NONCE_LEN {
+                        return Err(RecordError::BadRecordMac);
+                    }
+                    let (explicit, sealed) = body.split_at_mut(EXPLICIT_NONCE_LEN);
+                    let mut nonce = *iv;
+                    nonce[4..].copy_from_slice(explicit);
+                    (nonce, sealed)
+                } else {
+                    (self.rx.nonce(iv), body)
+                };
+                let plain_len = sealed
+                    .len()
+                    .checked_sub(TAG_LEN)
+                    .ok_or(RecordError::BadRecordMac)?;
+                let aad = tls12_aad(sequence, header[0], [header[1], header[2]], plain_len);
+                let plain = key
+                    .open_in_place(Nonce::assume_unique_for_key(nonce), Aad::from(aad), sealed)
+                    .map_err(|_| RecordError::BadRecordMac)?;
+                (header[0], &*plain)
+            }
+        };
+        if plain.len() > MAX_FRAGMENT {
+            return Err(RecordError::RecordOverflow);
+        }
+        self.rx.sequence += 1;
+        Ok((typ, plain))
+    }
+
+    /// Handles an alert; true when it is close_notify.
+    fn peer_alert(&self, alert: &[u8]) -> Result<bool, RecordError> {
+        let &[level, description] = alert else {
+            return Err(RecordError::Decode);
+        };
+        match description {
+            CLOSE_NOTIFY => Ok(true),
+            USER_CANCELED => Ok(false),
+            // TLS 1.2 warnings carry on; in TLS 1.3 every other alert is fatal.
+            _ if level == WARNING && self.version == Version::Tls12 => Ok(false),
+            _ => Err(RecordError::PeerAlert(description)),
+        }
+    }
+
+    /// Handles handshake messages after the handshake; true when the receive keys changed.
+    fn post_handshake(
+        &mut self,
+        mut messages: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<bool, RecordError> {
+        let mut rekeyed = false;
+        while let &[typ, a, b, c, ref rest @ ..] = messages {
+            let len = u32::from_be_bytes([0, a, b, c]) as usize;
+            let (body, after) =
+                rest.split_at_checked(len)
+                    .ok_or(RecordError::UnexpectedMessage(
+                        "fragmented handshake message",
+                    ))?;
+            messages = after;
+            match (self.version, typ) {
+                (Version::Tls13, KEY_UPDATE) => {
+                    let &[request] = body else {
+                        return Err(RecordError::Decode);
+                    };
+                    if !messages.is_empty() {
+                        // A key change ends its record (RFC 8446 §5.1).
+                        return Err(RecordError::UnexpectedMessage("data after key_update"));
+                    }
+                    let kernel = self
+                        .key_updates
+                        .as_mut()
+                        .ok_or(RecordError::UnexpectedMessage("key_update"))?;
+                    let (sequence, secrets) = kernel.update_rx_secret()?;
+                    self.rx = Direction { secrets, sequence };
+                    rekeyed = true;
+                    match request {
+                        UPDATE_NOT_REQUESTED => {}
+                        UPDATE_REQUESTED => {
+                            let (key, iv) = self.tx.key()?;
+                            self.update_send_keys(&key, &iv, out)?;
+                        }
+                        _ => return Err(RecordError::Decode),
+                    }
+                }
+                (Version::Tls12, CLIENT_HELLO) => {
+                    let (key, iv) = self.tx.key()?;
+                    self.seal_record(&key, &iv, ALERT, &[WARNING, NO_RENEGOTIATION], out);
+                }
+                _ => return Err(RecordError::UnexpectedMessage("handshake message")),
+            }
+        }
+        if !messages.is_empty() {
+            return Err(RecordError::UnexpectedMessage(
+                "fragmented handshake message",
+            ));
+        }
+        Ok(rekeyed)
+    }
+
+    /// Announces new send keys under the old ones, then switches (TLS 1.3).
+    fn update_send_keys(
+        &mut self,
+        key: &LessSafeKey,
+        iv: &[u8; NONCE_LEN],
+        out: &mut Vec<u8>,
+    ) -> Result<(), RecordError> {
+        let kernel = self
+            .key_updates
+            .as_mut()
+            .ok_or(RecordError::KeysExhausted)?;
+        let (sequence, secrets) = kernel.update_tx_secret()?;
+        self.seal_record(
+            key,
+            iv,
+            HANDSHAKE,
+            &[KEY_UPDATE, 0, 0, 1, UPDATE_NOT_REQUESTED],
+            out,
+        );
+        self.tx = Direction { secrets, sequence };
+        Ok(())
+    }
+
+    /// A sealer for a batch of outgoing records, with the send key expanded once.
+    pub fn sealer(&mut self) -> Result<Sealer<'_>, RecordError> {
+        let (key, iv) = self.tx.key()?;
+        Ok(Sealer {
+            layer: self,
+            key,
+            iv,
+        })
+    }
+
+    /// Appends a close_notify alert to `out`.
+    pub fn close_notify(&mut self, out: &mut Vec<u8>) -> Result<(), RecordError> {
+        self.sealer()?.record(ALERT, &[WARNING, CLOSE_NOTIFY], out)
+    }
+
+    /// Appends the alert that tells the peer why the connection ends, when there is one.
+    pub fn fail(&mut self, error: &RecordError, out: &mut Vec<u8>) {
+        if let Some(description) = error.alert() {
+            let _ = self
+                .sealer()
+                .and_then(|mut sealer| sealer.record(ALERT, &[FATAL, description], out));
+        }
+    }
+
+    /// Protects one record of at most `MAX_FRAGMENT` bytes, appending it to `out`.
+    fn seal_record(
+        &mut self,
+        key: &LessSafeKey,
+        iv: &[u8; NONCE_LEN],
+        typ: u8,
+        payload: &[u8],
+        out: &mut Vec<u8>,
+    ) {
+        let start = out.len();
+        let nonce = self.tx.nonce(iv);
+        match self.version {
+            Version::Tls13 => {
+                let body_len = payload.len() + 1 + TAG_LEN;
+                let header = record_header(APPLICATION_DATA, body_len);
+                out.reserve(HEADER_LEN + body_len);
+                out.extend_from_slice(&header);
+                out.extend_from_slice(payload);
+                out.push(typ);
+                self.seal_tail(key, nonce, Aad::from(header), start + HEADER_LEN, out);
+            }
+            Version::Tls12 => {
+                let explicit = if self.tx.is_gcm() {
+                    &nonce[4..]
+                } else {
+                    &[][..]
+                };
+                let body_len = explicit.len() + payload.len() + TAG_LEN;
+                let aad = tls12_aad(self.tx.sequence, typ, [3, 3], payload.len());
+                out.reserve(HEADER_LEN + body_len);
+                out.extend_from_slice(&record_header(typ, body_len));
+                out.extend_from_slice(explicit);
+                let sealed_from = out.len();
+                out.extend_from_slice(payload);
+                self.seal_tail(key, nonce, Aad::from(aad), sealed_from, out);
+            }
+        }
+        self.tx.sequence += 1;
+    }
+
+    /// Encrypts `out[from..]` in place and appends the tag.
+    fn seal_tail(
+        &self,
+        key: &LessSafeKey,
+        nonce: [u8; NONCE_LEN],
+        aad: Aad<impl AsRef<[u8]>>,
+        from: usize,
+        out: &mut Vec<u8>,
+    ) {
+        let nonce = Nonce::assume_unique_for_key(nonce);
+        // Sealing fails only for inputs far beyond one record, which `seal_record` never gets.
+        if let Ok(tag) = key.seal_in_place_separate_tag(nonce, aad, &mut out[from..]) {
+            out.extend_from_slice(tag.as_ref());
+        }
+    }
+}
+
+fn record_header(typ: u8, body_len: usize) -> [u8; HEADER_LEN] {
+    let [hi, lo] = (body_len as u16).to_be_bytes();
+    [typ, 3, 3, hi, lo]
+}
+
+/// Protects a batch of outgoing records with one expansion of the send key.
+pub struct Sealer<'a> {
+    layer: &'a mut RecordLayer,
+    key: LessSafeKey,
+    iv: [u8; NONCE_LEN],
+}
+
+impl Sealer<'_> {
+    /// Appends `data` to `out` as application-data records.
+    pub fn seal(&mut self, data: &[u8], out: &mut Vec<u8>) -> Result<(), RecordError> {
+        for fragment in data.chunks(MAX_FRAGMENT) {
+            self.record(APPLICATION_DATA, fragment, out)?;
+        }
+        Ok(())
+    }
+
+    fn record(&mut self, typ: u8, payload: &[u8], out: &mut Vec<u8>) -> Result<(), RecordError> {
+        if self.layer.tx.sequence >= self.layer.tx_limit {
+            // The key has protected all it safely may: change it, or end the connection.
+            self.layer.update_send_keys(&self.key, &self.iv, out)?;
+            (self.key, self.iv) = self.layer.tx.key()?;
+        }
+        self.layer
+            .seal_record(&self.key, &self.iv, typ, payload, out);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+impl RecordLayer {
+    /// Lowers the number of records one send key may protect, to reach it in a test.
+    pub(crate) fn limit_records_per_send_key(&mut self, limit: u64) {
+        self.tx_limit = limit;
+    }
+}
