@@ -17,7 +17,7 @@ use serde_norway::Value as Yaml;
 /// Every metric name the gateway exposes on /metrics. Dashboards, alerts and the autoscaler may
 /// use only these. The gateway's own test checks this same list against a live /metrics, so a
 /// rename on either side fails a test.
-const GATEWAY_METRICS: [&str; 18] = [
+const GATEWAY_METRICS: [&str; 19] = [
     "gateway_connections",
     "gateway_max_connections",
     "gateway_connects_total",
@@ -36,6 +36,7 @@ const GATEWAY_METRICS: [&str; 18] = [
     "gateway_redis_publish_failures_total",
     "gateway_tls_handshakes_total",
     "gateway_tls_handshake_failures_total",
+    "gateway_tls_record_errors_total",
 ];
 /// Summaries among them, whose `_sum` and `_count` series are exposed too.
 const SUMMARIES: [&str; 1] = ["gateway_fanout_latency_seconds"];
