@@ -344,10 +344,9 @@ fn read_tls(shard: &Shard, conn: &Conn, tls: &mut TlsSession) -> bool {
         let used = match tls.absorb(&mut cipher, &mut |plain| consume_plain(shard, conn, plain)) {
             Ok(used) => used,
             Err(error) => {
+                let error = transport::refuse(conn.fd(), tls, error);
                 tracing::debug!(shard = shard.index, %error, "TLS connection broke the protocol");
                 stats::add(&shard.stats().tls_record_errors, 1);
-                // The alert that says why goes out if the socket takes it now.
-                let _ = transport::send_outgoing(conn.fd(), tls);
                 return false;
             }
         };

@@ -61,7 +61,7 @@ impl Transport {
             }
             let used = tls
                 .absorb(&mut buf, &mut |plain| early.extend_from_slice(plain))
-                .map_err(HandshakeFailure::Protocol)?;
+                .map_err(|error| HandshakeFailure::Protocol(refuse(fd, tls, error)))?;
             buf.drain(..used);
             send_all_outgoing(stream, tls)
                 .await
@@ -90,15 +90,9 @@ impl Transport {
         let mut cipher = tls.take_incoming();
         loop {
             if !cipher.is_empty() {
-                let used = match tls.absorb(&mut cipher, &mut |plain| buf.extend_from_slice(plain))
-                {
-                    Ok(used) => used,
-                    Err(error) => {
-                        // The alert that says why goes out if the socket takes it now.
-                        let _ = send_outgoing(fd, tls);
-                        return Err(tls_error(error));
-                    }
-                };
+                let used = tls
+                    .absorb(&mut cipher, &mut |plain| buf.extend_from_slice(plain))
+                    .map_err(|error| tls_error(refuse(fd, tls, error)))?;
                 cipher.drain(..used);
                 send_all_outgoing(stream, tls).await?;
             }
@@ -153,6 +147,12 @@ pub fn send_outgoing(fd: RawFd, tls: &mut TlsSession) -> io::Result<bool> {
         }
     }
     Ok(true)
+}
+
+/// Sends the alert that says why a TLS connection ends, if the socket takes it now.
+pub fn refuse(fd: RawFd, tls: &mut TlsSession, error: RecordError) -> RecordError {
+    let _ = send_outgoing(fd, tls);
+    error
 }
 
 /// Sends all waiting ciphertext, waiting for the socket as needed.

@@ -4,6 +4,8 @@
 
 mod certs;
 mod devcert;
+#[cfg(test)]
+mod peers;
 pub mod records;
 pub mod session;
 

@@ -61,6 +61,8 @@ pub enum RecordError {
     Decode,
     #[error("the peer sent fatal alert {0}")]
     PeerAlert(u8),
+    #[error("too many {0} without application data between them")]
+    Flood(&'static str),
     #[error("TLS 1.2 keys are used up; the connection must close")]
     KeysExhausted,
     #[error("cipher suite {0:?} has no record protection here")]
@@ -75,7 +77,7 @@ impl RecordError {
         match self {
             RecordError::BadRecordMac => Some(BAD_RECORD_MAC),
             RecordError::RecordOverflow => Some(RECORD_OVERFLOW),
-            RecordError::UnexpectedMessage(_) => Some(UNEXPECTED_MESSAGE),
+            RecordError::UnexpectedMessage(_) | RecordError::Flood(_) => Some(UNEXPECTED_MESSAGE),
             RecordError::Decode => Some(DECODE_ERROR),
             RecordError::PeerAlert(_) | RecordError::KeysExhausted => None,
             RecordError::UnsupportedSuite(_) | RecordError::Tls(_) => Some(INTERNAL_ERROR),
@@ -153,13 +155,46 @@ pub struct Opened {
     pub peer_closed: bool,
 }
 
+/// A send key expanded for a batch of records, with its iv.
+type SendKey = (LessSafeKey, [u8; NONCE_LEN]);
+
+/// How many records without application data may come in a row before the peer is taken to be
+/// flooding (each of them costs work, some an answer), as rustls counts them.
+const MAX_KEY_UPDATES_IN_A_ROW: u8 = 32;
+const MAX_WARNINGS_IN_A_ROW: u8 = 4;
+const MAX_EMPTY_IN_A_ROW: u8 = 32;
+
+/// Records since the last one with application data, by kind.
+#[derive(Default)]
+struct SinceData {
+    key_updates: u8,
+    warnings: u8,
+    empty: u8,
+}
+
+impl SinceData {
+    fn count(counter: &mut u8, limit: u8, what: &'static str) -> Result<(), RecordError> {
+        *counter += 1;
+        if *counter > limit {
+            return Err(RecordError::Flood(what));
+        }
+        Ok(())
+    }
+}
+
 /// A connection's record protection after the handshake.
 pub struct RecordLayer {
     version: Version,
     rx: Direction,
     tx: Direction,
-    /// Records one send key may protect before it must change (TLS 1.3) or the connection end.
+    /// The send sequence number at which the key must change (TLS 1.3, leaving room for the
+    /// key update record itself) or the connection end (TLS 1.2).
     tx_limit: u64,
+    since_data: SinceData,
+    /// The peer asked for new send keys; they come before the next record sent.
+    key_update_requested: bool,
+    /// A TLS 1.2 peer asked to renegotiate; it was refused once and may not ask again.
+    renegotiation_refused: bool,
     /// rustls' remains of the connection, computing new secrets on key updates (TLS 1.3).
     key_updates: Option<Box<KernelConnection<ServerConnectionData>>>,
 }
@@ -194,7 +229,10 @@ impl RecordLayer {
                 secrets: tx,
                 sequence: tx_sequence,
             },
-            tx_limit: common.confidentiality_limit.min(SEQUENCE_SOFT_LIMIT),
+            tx_limit: common.confidentiality_limit.min(SEQUENCE_SOFT_LIMIT) - 1,
+            since_data: SinceData::default(),
+            key_update_requested: false,
+            renegotiation_refused: false,
             key_updates: (version == Version::Tls13).then(|| Box::new(kernel)),
         };
         // Fail now, not on the first record, when a suite has no key this layer can build.
@@ -211,8 +249,7 @@ impl RecordLayer {
     }
 
     /// Decrypts the whole records at the start of `buf` in place, handing application data to
-    /// `on_plain` and appending what the protocol answers (a key update, a refusal to
-    /// renegotiate) to `out`.
+    /// `on_plain` and appending what the protocol answers (a refusal to renegotiate) to `out`.
     pub fn open(
         &mut self,
         buf: &mut [u8],
@@ -237,11 +274,19 @@ impl RecordLayer {
                 None => expanded.insert(self.rx.key()?),
             };
             let (typ, plain) = self.decrypt(key, iv, header, body)?;
+            if plain.is_empty() {
+                // Only application data may be empty, and not endlessly (RFC 8446 §5.4).
+                if typ != APPLICATION_DATA {
+                    return Err(RecordError::Decode);
+                }
+                let since = &mut self.since_data;
+                SinceData::count(&mut since.empty, MAX_EMPTY_IN_A_ROW, "empty records")?;
+                continue;
+            }
             match typ {
                 APPLICATION_DATA => {
-                    if !plain.is_empty() {
-                        on_plain(plain);
-                    }
+                    self.since_data = SinceData::default();
+                    on_plain(plain);
                 }
                 ALERT => {
                     if self.peer_alert(plain)? {
@@ -279,15 +324,19 @@ impl RecordLayer {
                     return Err(RecordError::UnexpectedMessage("unprotected record"));
                 }
                 let nonce = Nonce::assume_unique_for_key(self.rx.nonce(iv));
-                let plain = key
+                let inner = key
                     .open_in_place(nonce, Aad::from(header), body)
                     .map_err(|_| RecordError::BadRecordMac)?;
+                // Content, type byte and padding together (RFC 8446 §5.4).
+                if inner.len() > MAX_FRAGMENT + 1 {
+                    return Err(RecordError::RecordOverflow);
+                }
                 // The real type is the last non-zero byte; zeros after it are padding.
-                let end = plain
+                let end = inner
                     .iter()
                     .rposition(|&b| b != 0)
                     .ok_or(RecordError::UnexpectedMessage("record without a type"))?;
-                (plain[end], &plain[..end])
+                (inner[end], &inner[..end])
             }
             Version::Tls12 => {
                 let (nonce, sealed) = if self.rx.is_gcm() {
@@ -309,28 +358,38 @@ impl RecordLayer {
                 let plain = key
                     .open_in_place(Nonce::assume_unique_for_key(nonce), Aad::from(aad), sealed)
                     .map_err(|_| RecordError::BadRecordMac)?;
+                if plain.len() > MAX_FRAGMENT {
+                    return Err(RecordError::RecordOverflow);
+                }
                 (header[0], &*plain)
             }
         };
-        if plain.len() > MAX_FRAGMENT {
-            return Err(RecordError::RecordOverflow);
-        }
         self.rx.sequence += 1;
         Ok((typ, plain))
     }
 
     /// Handles an alert; true when it is close_notify.
-    fn peer_alert(&self, alert: &[u8]) -> Result<bool, RecordError> {
+    fn peer_alert(&mut self, alert: &[u8]) -> Result<bool, RecordError> {
         let &[level, description] = alert else {
             return Err(RecordError::Decode);
         };
-        match description {
-            CLOSE_NOTIFY => Ok(true),
-            USER_CANCELED => Ok(false),
-            // TLS 1.2 warnings carry on; in TLS 1.3 every other alert is fatal.
-            _ if level == WARNING && self.version == Version::Tls12 => Ok(false),
-            _ => Err(RecordError::PeerAlert(description)),
+        if description == CLOSE_NOTIFY {
+            return Ok(true);
         }
+        // TLS 1.3 ignores the level: every alert but user_canceled is fatal (RFC 8446 §6).
+        // TLS 1.2 goes by it (RFC 5246 §7.2).
+        let fatal = match (self.version, level) {
+            (Version::Tls13, _) => description != USER_CANCELED,
+            (Version::Tls12, WARNING) => false,
+            (Version::Tls12, FATAL) => true,
+            (Version::Tls12, _) => return Err(RecordError::Decode),
+        };
+        if fatal {
+            return Err(RecordError::PeerAlert(description));
+        }
+        let since = &mut self.since_data;
+        SinceData::count(&mut since.warnings, MAX_WARNINGS_IN_A_ROW, "warning alerts")?;
+        Ok(false)
     }
 
     /// Handles handshake messages after the handshake; true when the receive keys changed.
@@ -357,6 +416,12 @@ impl RecordLayer {
                         // A key change ends its record (RFC 8446 §5.1).
                         return Err(RecordError::UnexpectedMessage("data after key_update"));
                     }
+                    let since = &mut self.since_data;
+                    SinceData::count(
+                        &mut since.key_updates,
+                        MAX_KEY_UPDATES_IN_A_ROW,
+                        "key updates",
+                    )?;
                     let kernel = self
                         .key_updates
                         .as_mut()
@@ -366,16 +431,17 @@ impl RecordLayer {
                     rekeyed = true;
                     match request {
                         UPDATE_NOT_REQUESTED => {}
-                        UPDATE_REQUESTED => {
-                            let (key, iv) = self.tx.key()?;
-                            self.update_send_keys(&key, &iv, out)?;
-                        }
+                        // Answered once before the next record we send, however many came
+                        // meanwhile (RFC 8446 §4.6.3).
+                        UPDATE_REQUESTED => self.key_update_requested = true,
                         _ => return Err(RecordError::Decode),
                     }
                 }
-                (Version::Tls12, CLIENT_HELLO) => {
-                    let (key, iv) = self.tx.key()?;
-                    self.seal_record(&key, &iv, ALERT, &[WARNING, NO_RENEGOTIATION], out);
+                (Version::Tls12, CLIENT_HELLO) if !self.renegotiation_refused => {
+                    // Refused once with a warning, as rustls does; asking again ends it.
+                    self.renegotiation_refused = true;
+                    let alert = [WARNING, NO_RENEGOTIATION];
+                    self.seal_checked(&mut self.tx.key()?, ALERT, &alert, out)?;
                 }
                 _ => return Err(RecordError::UnexpectedMessage("handshake message")),
             }
@@ -388,11 +454,10 @@ impl RecordLayer {
         Ok(rekeyed)
     }
 
-    /// Announces new send keys under the old ones, then switches (TLS 1.3).
+    /// Announces new send keys under the old ones, then switches to them (TLS 1.3).
     fn update_send_keys(
         &mut self,
-        key: &LessSafeKey,
-        iv: &[u8; NONCE_LEN],
+        key: &mut SendKey,
         out: &mut Vec<u8>,
     ) -> Result<(), RecordError> {
         let kernel = self
@@ -400,25 +465,17 @@ impl RecordLayer {
             .as_mut()
             .ok_or(RecordError::KeysExhausted)?;
         let (sequence, secrets) = kernel.update_tx_secret()?;
-        self.seal_record(
-            key,
-            iv,
-            HANDSHAKE,
-            &[KEY_UPDATE, 0, 0, 1, UPDATE_NOT_REQUESTED],
-            out,
-        );
+        let update = [KEY_UPDATE, 0, 0, 1, UPDATE_NOT_REQUESTED];
+        self.seal_record(key, HANDSHAKE, &update, out)?;
         self.tx = Direction { secrets, sequence };
+        *key = self.tx.key()?;
         Ok(())
     }
 
     /// A sealer for a batch of outgoing records, with the send key expanded once.
     pub fn sealer(&mut self) -> Result<Sealer<'_>, RecordError> {
-        let (key, iv) = self.tx.key()?;
-        Ok(Sealer {
-            layer: self,
-            key,
-            iv,
-        })
+        let key = self.tx.key()?;
+        Ok(Sealer { layer: self, key })
     }
 
     /// Appends a close_notify alert to `out`.
@@ -435,18 +492,34 @@ impl RecordLayer {
         }
     }
 
-    /// Protects one record of at most `MAX_FRAGMENT` bytes, appending it to `out`.
-    fn seal_record(
+    /// Protects one record, changing the send key first when it has reached its limit.
+    fn seal_checked(
         &mut self,
-        key: &LessSafeKey,
-        iv: &[u8; NONCE_LEN],
+        key: &mut SendKey,
         typ: u8,
         payload: &[u8],
         out: &mut Vec<u8>,
-    ) {
+    ) -> Result<(), RecordError> {
+        if self.key_update_requested || self.tx.sequence >= self.tx_limit {
+            // The peer asked, or the key has protected all it safely may: change it (or, in
+            // TLS 1.2, end the connection).
+            self.key_update_requested = false;
+            self.update_send_keys(key, out)?;
+        }
+        self.seal_record(key, typ, payload, out)
+    }
+
+    /// Protects one record of at most `MAX_FRAGMENT` bytes, appending it to `out`.
+    fn seal_record(
+        &mut self,
+        (key, iv): &SendKey,
+        typ: u8,
+        payload: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), RecordError> {
         let start = out.len();
-        let nonce = self.tx.nonce(iv);
-        match self.version {
+        let nonce = Nonce::assume_unique_for_key(self.tx.nonce(iv));
+        let sealed = match self.version {
             Version::Tls13 => {
                 let body_len = payload.len() + 1 + TAG_LEN;
                 let header = record_header(APPLICATION_DATA, body_len);
@@ -454,40 +527,38 @@ impl RecordLayer {
                 out.extend_from_slice(&header);
                 out.extend_from_slice(payload);
                 out.push(typ);
-                self.seal_tail(key, nonce, Aad::from(header), start + HEADER_LEN, out);
+                key.seal_in_place_separate_tag(
+                    nonce,
+                    Aad::from(header),
+                    &mut out[start + HEADER_LEN..],
+                )
             }
             Version::Tls12 => {
-                let explicit = if self.tx.is_gcm() {
-                    &nonce[4..]
+                let explicit_len = if self.tx.is_gcm() {
+                    EXPLICIT_NONCE_LEN
                 } else {
-                    &[][..]
+                    0
                 };
-                let body_len = explicit.len() + payload.len() + TAG_LEN;
+                let body_len = explicit_len + payload.len() + TAG_LEN;
                 let aad = tls12_aad(self.tx.sequence, typ, [3, 3], payload.len());
                 out.reserve(HEADER_LEN + body_len);
                 out.extend_from_slice(&record_header(typ, body_len));
-                out.extend_from_slice(explicit);
+                out.extend_from_slice(&nonce.as_ref()[NONCE_LEN - explicit_len..]);
                 let sealed_from = out.len();
                 out.extend_from_slice(payload);
-                self.seal_tail(key, nonce, Aad::from(aad), sealed_from, out);
+                key.seal_in_place_separate_tag(nonce, Aad::from(aad), &mut out[sealed_from..])
             }
-        }
-        self.tx.sequence += 1;
-    }
-
-    /// Encrypts `out[from..]` in place and appends the tag.
-    fn seal_tail(
-        &self,
-        key: &LessSafeKey,
-        nonce: [u8; NONCE_LEN],
-        aad: Aad<impl AsRef<[u8]>>,
-        from: usize,
-        out: &mut Vec<u8>,
-    ) {
-        let nonce = Nonce::assume_unique_for_key(nonce);
-        // Sealing fails only for inputs far beyond one record, which `seal_record` never gets.
-        if let Ok(tag) = key.seal_in_place_separate_tag(nonce, aad, &mut out[from..]) {
-            out.extend_from_slice(tag.as_ref());
+        };
+        match sealed {
+            Ok(tag) => {
+                out.extend_from_slice(tag.as_ref());
+                self.tx.sequence += 1;
+                Ok(())
+            }
+            Err(_) => {
+                out.truncate(start);
+                Err(rustls::Error::EncryptError.into())
+            }
         }
     }
 }
@@ -500,8 +571,7 @@ fn record_header(typ: u8, body_len: usize) -> [u8; HEADER_LEN] {
 /// Protects a batch of outgoing records with one expansion of the send key.
 pub struct Sealer<'a> {
     layer: &'a mut RecordLayer,
-    key: LessSafeKey,
-    iv: [u8; NONCE_LEN],
+    key: SendKey,
 }
 
 impl Sealer<'_> {
@@ -514,14 +584,7 @@ impl Sealer<'_> {
     }
 
     fn record(&mut self, typ: u8, payload: &[u8], out: &mut Vec<u8>) -> Result<(), RecordError> {
-        if self.layer.tx.sequence >= self.layer.tx_limit {
-            // The key has protected all it safely may: change it, or end the connection.
-            self.layer.update_send_keys(&self.key, &self.iv, out)?;
-            (self.key, self.iv) = self.layer.tx.key()?;
-        }
-        self.layer
-            .seal_record(&self.key, &self.iv, typ, payload, out);
-        Ok(())
+        self.layer.seal_checked(&mut self.key, typ, payload, out)
     }
 }
 
@@ -530,5 +593,65 @@ impl RecordLayer {
     /// Lowers the number of records one send key may protect, to reach it in a test.
     pub(crate) fn limit_records_per_send_key(&mut self, limit: u64) {
         self.tx_limit = limit;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tls::peers::{Peers, TLS12, TLS13};
+
+    #[test]
+    fn alerts_follow_each_versions_rules() {
+        let mut peers = Peers::connect(TLS13[0]);
+        let records = peers.records();
+        assert!(records.peer_alert(&[WARNING, CLOSE_NOTIFY]).expect("close"));
+        assert!(!records
+            .peer_alert(&[FATAL, USER_CANCELED])
+            .expect("level ignored"));
+        let error = records
+            .peer_alert(&[WARNING, 40])
+            .expect_err("fatal in TLS 1.3");
+        assert!(matches!(error, RecordError::PeerAlert(40)), "{error}");
+        assert!(records.peer_alert(&[WARNING]).is_err(), "malformed");
+
+        let mut peers = Peers::connect(TLS12[0]);
+        let records = peers.records();
+        let error = records
+            .peer_alert(&[FATAL, USER_CANCELED])
+            .expect_err("fatal level");
+        assert!(
+            matches!(error, RecordError::PeerAlert(USER_CANCELED)),
+            "{error}"
+        );
+        let error = records.peer_alert(&[3, 40]).expect_err("no such level");
+        assert!(matches!(error, RecordError::Decode), "{error}");
+        for _ in 0..MAX_WARNINGS_IN_A_ROW {
+            assert!(!records.peer_alert(&[WARNING, 40]).expect("a warning"));
+        }
+        let error = records.peer_alert(&[WARNING, 40]).expect_err("too many");
+        assert!(matches!(error, RecordError::Flood(_)), "{error}");
+    }
+
+    #[test]
+    fn renegotiation_is_refused_once_then_fatal() {
+        let client_hello = [CLIENT_HELLO, 0, 0, 0];
+        let mut peers = Peers::connect(TLS12[0]);
+        let mut out = Vec::new();
+        let rekeyed = peers.records().post_handshake(&client_hello, &mut out);
+        assert!(!rekeyed.expect("refused with a warning"));
+        assert_eq!(out.first(), Some(&ALERT));
+        peers.deliver(&out).expect("the client reads the warning");
+        peers.server_sends(b"still open").expect("client reads");
+        assert_eq!(peers.client_reads(), b"still open");
+
+        let error = peers
+            .records()
+            .post_handshake(&client_hello, &mut Vec::new())
+            .expect_err("asking again ends it");
+        assert!(
+            matches!(error, RecordError::UnexpectedMessage(_)),
+            "{error}"
+        );
     }
 }

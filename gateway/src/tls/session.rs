@@ -79,6 +79,10 @@ impl TlsSession {
         buf: &mut [u8],
         on_plain: &mut dyn FnMut(&[u8]),
     ) -> Result<usize, RecordError> {
+        if self.peer_closed {
+            // Nothing after close_notify counts (RFC 8446 §6.1).
+            return Ok(buf.len());
+        }
         let mut used = 0;
         if let TlsState::Handshake(conn) = &mut self.state {
             let (handshaken, finished) = handshake_step(
@@ -182,9 +186,21 @@ fn handshake_step(
     on_plain: &mut dyn FnMut(&[u8]),
 ) -> Result<(usize, bool), RecordError> {
     let mut used = 0;
+    // rustls is offered one more record each time round, so that it stops where the handshake
+    // ends and every record after that goes to the record layer, not into rustls' state.
+    let mut offered = next_record_end(buf, 0);
     loop {
-        let UnbufferedStatus { mut discard, state } = conn.process_tls_records(&mut buf[used..]);
-        let stop = match state? {
+        let UnbufferedStatus { mut discard, state } =
+            conn.process_tls_records(&mut buf[used..offered]);
+        let state = match state {
+            Ok(state) => state,
+            Err(error) => {
+                // rustls wants the rest of the same buffer again, to hand out its alert.
+                queue_alert(conn, &mut buf[used + discard..offered], outgoing);
+                return Err(error.into());
+            }
+        };
+        let stopped = match state {
             ConnectionState::ReadTraffic(mut records) => {
                 while let Some(record) = records.next_record() {
                     let AppDataRecord {
@@ -194,176 +210,78 @@ fn handshake_step(
                     discard += more;
                     on_plain(payload);
                 }
-                None
+                false
             }
             ConnectionState::EncodeTlsData(mut encoder) => {
                 encode_into(outgoing, |out| encoder.encode(out))?;
-                None
+                false
             }
             ConnectionState::TransmitTlsData(transmit) => {
                 // The bytes wait in `outgoing`; the caller sends them before anything else.
                 transmit.done();
-                None
+                false
             }
             ConnectionState::PeerClosed | ConnectionState::Closed => {
                 *peer_closed = true;
-                Some(false)
+                true
             }
-            // A TLS 1.3 server may write before the client's Finished; only a finished
-            // handshake is handed over.
-            ConnectionState::WriteTraffic(_) => Some(true),
-            // BlockedHandshake: nothing more to do until more arrives. (Early data stays off:
-            // ServerConfig::max_early_data_size is left at 0.)
-            _ => Some(false),
+            // BlockedHandshake, and WriteTraffic, which a TLS 1.3 server reaches before the
+            // client's Finished. (Early data stays off: max_early_data_size is left at 0.)
+            _ => true,
         };
         used += discard;
-        if let Some(write_traffic) = stop {
-            return Ok((used, write_traffic && !conn.is_handshaking()));
+        if stopped {
+            if *peer_closed {
+                return Ok((used, false));
+            }
+            if !conn.is_handshaking() {
+                return Ok((used, true));
+            }
+            if offered == buf.len() {
+                return Ok((used, false));
+            }
+            offered = next_record_end(buf, offered);
+        }
+    }
+}
+
+/// Where the record that starts at `from` ends, or the end of `buf` when it is incomplete.
+fn next_record_end(buf: &[u8], from: usize) -> usize {
+    match buf.get(from..from + 5) {
+        Some(&[_, _, _, hi, lo]) => {
+            (from + 5 + usize::from(u16::from_be_bytes([hi, lo]))).min(buf.len())
+        }
+        _ => buf.len(),
+    }
+}
+
+/// Encodes the fatal alert rustls queued when the handshake failed, so the client hears why.
+fn queue_alert(conn: &mut UnbufferedServerConnection, rest: &mut [u8], outgoing: &mut Vec<u8>) {
+    if let Ok(ConnectionState::EncodeTlsData(mut encoder)) = conn.process_tls_records(rest).state {
+        let _ = encode_into(outgoing, |out| encoder.encode(out));
+    }
+}
+
+#[cfg(test)]
+impl TlsSession {
+    /// The record layer, once the handshake has handed over to it.
+    pub(crate) fn records(&mut self) -> Option<&mut RecordLayer> {
+        match &mut self.state {
+            TlsState::Traffic(records) => Some(records),
+            _ => None,
         }
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::io::{ErrorKind, Read, Write};
+    use std::io::{Read, Write};
 
-    use rustls::pki_types::{PrivateKeyDer, ServerName};
-    use rustls::{CipherSuite, ClientConfig, ClientConnection, RootCertStore};
+    use rustls::pki_types::PrivateKeyDer;
+    use rustls::CipherSuite;
 
     use super::*;
-
-    const TLS13: [CipherSuite; 3] = [
-        CipherSuite::TLS13_AES_128_GCM_SHA256,
-        CipherSuite::TLS13_AES_256_GCM_SHA384,
-        CipherSuite::TLS13_CHACHA20_POLY1305_SHA256,
-    ];
-    const TLS12: [CipherSuite; 3] = [
-        CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
-        CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
-        CipherSuite::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
-    ];
-
-    /// A rustls client and the gateway's session, joined by byte buffers.
-    struct Peers {
-        client: ClientConnection,
-        server: TlsSession,
-        /// Application data the server has received.
-        received: Vec<u8>,
-        /// Application data the client has received.
-        client_received: Vec<u8>,
-    }
-
-    impl Peers {
-        /// Completes a handshake that offers only `suite`.
-        fn connect(suite: CipherSuite) -> Peers {
-            let certified =
-                rcgen::generate_simple_self_signed(vec!["localhost".into()]).expect("certificate");
-            let cert = certified.cert.der().clone();
-            let key = PrivateKeyDer::Pkcs8(certified.signing_key.serialize_der().into());
-            let provider = Arc::new(rustls::crypto::ring::default_provider());
-            let mut server = ServerConfig::builder_with_provider(provider)
-                .with_safe_default_protocol_versions()
-                .expect("versions")
-                .with_no_client_auth()
-                .with_single_cert(vec![cert.clone()], key)
-                .expect("server config");
-            server.enable_secret_extraction = true;
-
-            let mut offered = rustls::crypto::ring::default_provider();
-            offered.cipher_suites.retain(|s| s.suite() == suite);
-            let mut roots = RootCertStore::empty();
-            roots.add(cert).expect("root");
-            let client = ClientConfig::builder_with_provider(Arc::new(offered))
-                .with_safe_default_protocol_versions()
-                .expect("versions")
-                .with_root_certificates(roots)
-                .with_no_client_auth();
-            let name = ServerName::try_from("localhost").expect("name");
-            let mut peers = Peers {
-                client: ClientConnection::new(Arc::new(client), name).expect("client"),
-                server: TlsSession::new(Arc::new(server)).expect("server"),
-                received: Vec::new(),
-                client_received: Vec::new(),
-            };
-            for _ in 0..8 {
-                peers.exchange().expect("handshake");
-                if !peers.client.is_handshaking() && !peers.server.is_handshaking() {
-                    break;
-                }
-            }
-            assert!(
-                !peers.server.is_handshaking(),
-                "handed over to the record layer"
-            );
-            assert_eq!(
-                peers.client.negotiated_cipher_suite().map(|s| s.suite()),
-                Some(suite)
-            );
-            peers
-        }
-
-        /// Moves what the client has written to the server, and the server's answers back.
-        fn exchange(&mut self) -> Result<(), RecordError> {
-            let mut wire = self.server.take_incoming();
-            while self.client.wants_write() {
-                self.client.write_tls(&mut wire).expect("client writes");
-            }
-            let received = &mut self.received;
-            let result = self
-                .server
-                .absorb(&mut wire, &mut |plain| received.extend_from_slice(plain));
-            if let Ok(used) = result {
-                if used < wire.len() {
-                    self.server.keep_incoming(&wire[used..]);
-                }
-            }
-            self.server_to_client().expect("client reads");
-            result.map(|_| ())
-        }
-
-        fn server_to_client(&mut self) -> Result<(), rustls::Error> {
-            let wire = self.server.outgoing().to_vec();
-            self.server.sent(wire.len());
-            self.deliver(&wire)
-        }
-
-        fn deliver(&mut self, wire: &[u8]) -> Result<(), rustls::Error> {
-            let mut unread = wire;
-            let mut chunk = [0; 4096];
-            while !unread.is_empty() {
-                self.client.read_tls(&mut unread).expect("buffer");
-                self.client.process_new_packets()?;
-                loop {
-                    match self.client.reader().read(&mut chunk) {
-                        Ok(0) => break,
-                        Ok(n) => self.client_received.extend_from_slice(&chunk[..n]),
-                        Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                        Err(e) => panic!("client read: {e}"),
-                    }
-                }
-            }
-            Ok(())
-        }
-
-        /// Seals `data` on the server and hands the records to the client.
-        fn server_sends(&mut self, data: &[u8]) -> Result<(), rustls::Error> {
-            let mut wire = Vec::new();
-            let mut sealer = self.server.sealer().expect("sealer");
-            sealer.seal(data, &mut wire).expect("seal");
-            self.deliver(&wire)
-        }
-
-        fn client_reads(&mut self) -> Vec<u8> {
-            std::mem::take(&mut self.client_received)
-        }
-
-        fn records(&mut self) -> &mut RecordLayer {
-            match &mut self.server.state {
-                TlsState::Traffic(records) => records,
-                _ => panic!("not handed over"),
-            }
-        }
-    }
+    use crate::tls::peers::{Peers, TLS12, TLS13};
 
     fn big_message() -> Vec<u8> {
         (0..40_000u32).map(|i| (i % 251) as u8).collect()
@@ -413,6 +331,132 @@ mod tests {
             (used, peers.received.as_slice()),
             (wire.len(), &b"hello"[..])
         );
+    }
+
+    #[test]
+    fn records_cut_anywhere_come_out_whole_and_in_order() {
+        let mut rng = fastrand::Rng::with_seed(7);
+        for suite in [TLS13[0], TLS12[2]] {
+            let mut peers = Peers::connect(suite);
+            peers.client.set_buffer_limit(None);
+            let mut sent = Vec::new();
+            for i in 0..20 {
+                let len = if i % 5 == 0 {
+                    40_000
+                } else {
+                    rng.usize(1..2_000)
+                };
+                let message: Vec<u8> = (0..len).map(|_| rng.u8(..)).collect();
+                peers.client.writer().write_all(&message).expect("write");
+                sent.extend_from_slice(&message);
+            }
+            let mut wire = Vec::new();
+            while peers.client.wants_write() {
+                peers.client.write_tls(&mut wire).expect("client writes");
+            }
+            let mut rest = &wire[..];
+            while !rest.is_empty() {
+                let (chunk, after) = rest.split_at(rng.usize(1..3_000).min(rest.len()));
+                rest = after;
+                let mut buf = peers.server.take_incoming();
+                buf.extend_from_slice(chunk);
+                let received = &mut peers.received;
+                let used = peers
+                    .server
+                    .absorb(&mut buf, &mut |plain| received.extend_from_slice(plain))
+                    .expect("absorb");
+                if used < buf.len() {
+                    peers.server.keep_incoming(&buf[used..]);
+                }
+            }
+            assert!(peers.received == sent, "{suite:?}: every byte, in order");
+        }
+    }
+
+    #[test]
+    fn records_after_the_clients_finished_go_to_the_record_layer() {
+        let mut peers = Peers::start(TLS13[0]);
+        peers.exchange().expect("client hello, server flight");
+        assert!(
+            !peers.client.is_handshaking(),
+            "the client only has to send Finished"
+        );
+        // Finished, data and a key update asking for one back, in one read: rustls must stop at
+        // Finished, or the answer it would queue is lost in the hand-over.
+        peers.client.writer().write_all(b"first").expect("write");
+        peers.client.refresh_traffic_keys().expect("key update");
+        peers.client.writer().write_all(b"second").expect("write");
+        peers.exchange().expect("one read");
+        assert!(!peers.server.is_handshaking());
+        assert_eq!(peers.received, b"firstsecond");
+        peers
+            .server_sends(b"reply")
+            .expect("the client follows the answering key update");
+        assert_eq!(peers.client_reads(), b"reply");
+    }
+
+    #[test]
+    fn key_updates_without_data_between_are_limited() {
+        let mut peers = Peers::connect(TLS13[0]);
+        for round in [&b"x"[..], b"y"] {
+            for _ in 0..32 {
+                peers.client.refresh_traffic_keys().expect("key update");
+            }
+            peers.client.writer().write_all(round).expect("write");
+            peers.exchange().expect("32 in a row, then data, are fine");
+        }
+        assert_eq!(peers.received, b"xy");
+        for _ in 0..33 {
+            peers.client.refresh_traffic_keys().expect("key update");
+        }
+        let mut wire = Vec::new();
+        while peers.client.wants_write() {
+            peers.client.write_tls(&mut wire).expect("client writes");
+        }
+        let error = peers
+            .server
+            .absorb(&mut wire, &mut |_| {})
+            .expect_err("a flood of key updates");
+        assert!(matches!(error, RecordError::Flood(_)), "{error}");
+    }
+
+    #[test]
+    fn nothing_after_close_notify_counts() {
+        let mut peers = Peers::connect(TLS13[0]);
+        peers.client.send_close_notify();
+        peers.exchange().expect("close_notify");
+        assert!(peers.server.peer_closed());
+        let mut after = vec![23, 3, 3, 0, 20];
+        after.resize(25, 0x5a);
+        let used = peers
+            .server
+            .absorb(&mut after, &mut |_| {
+                panic!("nothing is read after close_notify")
+            })
+            .expect("ignored, not an error");
+        assert_eq!(used, after.len());
+    }
+
+    #[test]
+    fn a_failed_handshake_tells_the_client_why() {
+        let mut peers = Peers::start(TLS13[0]);
+        let mut not_a_hello = [22, 3, 1, 0, 5, 1, 0, 0, 1, 0];
+        peers
+            .server
+            .absorb(&mut not_a_hello, &mut |_| {})
+            .expect_err("a malformed ClientHello");
+        let alert = peers.server.outgoing();
+        assert_eq!(alert.first(), Some(&21), "an alert record: {alert:?}");
+        assert_eq!(alert.get(5), Some(&2), "fatal");
+
+        // A handshake message longer than its record: an error (rustls has no alert for it),
+        // and asking rustls for its alert must not upset its view of the buffer.
+        let mut peers = Peers::start(TLS13[0]);
+        let mut too_long = [22, 3, 1, 0, 5, 1, 2, 3, 4, 5];
+        peers
+            .server
+            .absorb(&mut too_long, &mut |_| {})
+            .expect_err("a handshake message longer than allowed");
     }
 
     #[test]
