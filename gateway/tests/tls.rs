@@ -203,6 +203,12 @@ fn only_tls_1_2_and_1_3_are_spoken_with_alpn_http_1_1() {
             "{flag}:\n{output}"
         );
     }
+    // A client that speaks no protocol the gateway does hears why it is refused.
+    let output = s_client(tls.tls_port, &["-tls1_3", "-alpn", "h2"]);
+    assert!(
+        output.contains("alert no application protocol"),
+        "ALPN h2 only:\n{output}"
+    );
 }
 
 #[test]

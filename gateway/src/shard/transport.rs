@@ -62,6 +62,9 @@ impl Transport {
             let used = tls
                 .absorb(&mut buf, &mut |plain| early.extend_from_slice(plain))
                 .map_err(|error| HandshakeFailure::Protocol(refuse(fd, tls, error)))?;
+            if tls.peer_closed() {
+                return Err(HandshakeFailure::Closed);
+            }
             buf.drain(..used);
             send_all_outgoing(stream, tls)
                 .await

@@ -24,11 +24,20 @@ pub struct TlsSession {
 
 enum TlsState {
     /// rustls runs the handshake; boxed, as it is over ten times the size of what follows.
-    Handshake(Box<UnbufferedServerConnection>),
+    Handshake(Box<Handshake>),
     /// Records are protected here; rustls keeps only what key updates need.
     Traffic(RecordLayer),
     /// The hand-over from rustls failed; the connection can only close.
     Failed,
+}
+
+/// rustls running the handshake.
+struct Handshake {
+    conn: UnbufferedServerConnection,
+    /// Where the whole records offered to rustls end, counted from the first byte it has not
+    /// discarded: rustls has read that far and goes on from there, even where it has not
+    /// discarded (a handshake message split over records).
+    offered: usize,
 }
 
 /// Appends what rustls encodes, growing the buffer when it asks for more room.
@@ -59,7 +68,10 @@ fn encode_into(
 impl TlsSession {
     pub fn new(config: Arc<ServerConfig>) -> Result<TlsSession, rustls::Error> {
         Ok(TlsSession {
-            state: TlsState::Handshake(Box::new(UnbufferedServerConnection::new(config)?)),
+            state: TlsState::Handshake(Box::new(Handshake {
+                conn: UnbufferedServerConnection::new(config)?,
+                offered: 0,
+            })),
             incoming: Vec::new(),
             outgoing: Vec::new(),
             peer_closed: false,
@@ -84,9 +96,9 @@ impl TlsSession {
             return Ok(buf.len());
         }
         let mut used = 0;
-        if let TlsState::Handshake(conn) = &mut self.state {
+        if let TlsState::Handshake(handshake) = &mut self.state {
             let (handshaken, finished) = handshake_step(
-                conn,
+                handshake,
                 buf,
                 &mut self.outgoing,
                 &mut self.peer_closed,
@@ -114,10 +126,11 @@ impl TlsSession {
 
     /// Moves the connection from rustls' handshake to the gateway's record layer.
     fn hand_over(&mut self) -> Result<(), RecordError> {
-        let TlsState::Handshake(conn) = std::mem::replace(&mut self.state, TlsState::Failed) else {
+        let TlsState::Handshake(handshake) = std::mem::replace(&mut self.state, TlsState::Failed)
+        else {
             return Ok(());
         };
-        let (secrets, kernel) = conn.dangerous_into_kernel_connection()?;
+        let (secrets, kernel) = handshake.conn.dangerous_into_kernel_connection()?;
         self.state = TlsState::Traffic(RecordLayer::new(secrets, kernel)?);
         Ok(())
     }
@@ -179,17 +192,20 @@ impl TlsSession {
 /// Runs rustls over `buf` during the handshake. Returns the bytes it used and whether the
 /// handshake is over with nothing left for rustls to send, ready for the hand-over.
 fn handshake_step(
-    conn: &mut UnbufferedServerConnection,
+    handshake: &mut Handshake,
     buf: &mut [u8],
     outgoing: &mut Vec<u8>,
     peer_closed: &mut bool,
     on_plain: &mut dyn FnMut(&[u8]),
 ) -> Result<(usize, bool), RecordError> {
+    let conn = &mut handshake.conn;
     let mut used = 0;
-    // rustls is offered one more record each time round, so that it stops where the handshake
-    // ends and every record after that goes to the record layer, not into rustls' state.
-    let mut offered = next_record_end(buf, 0);
-    loop {
+    // rustls is offered one more whole record each time round, so that it stops where the
+    // handshake ends and every record after that goes to the record layer, not into rustls'
+    // state. An incomplete record is offered too, for rustls to check its header.
+    let mut whole = handshake.offered.min(buf.len());
+    let mut offered = offer_next(buf, &mut whole);
+    let finished = loop {
         let UnbufferedStatus { mut discard, state } =
             conn.process_tls_records(&mut buf[used..offered]);
         let state = match state {
@@ -232,33 +248,43 @@ fn handshake_step(
         used += discard;
         if stopped {
             if *peer_closed {
-                return Ok((used, false));
+                break false;
             }
             if !conn.is_handshaking() {
-                return Ok((used, true));
+                break true;
             }
             if offered == buf.len() {
-                return Ok((used, false));
+                break false;
             }
-            offered = next_record_end(buf, offered);
+            offered = offer_next(buf, &mut whole);
         }
-    }
+    };
+    handshake.offered = whole.saturating_sub(used);
+    Ok((used, finished))
 }
 
-/// Where the record that starts at `from` ends, or the end of `buf` when it is incomplete.
-fn next_record_end(buf: &[u8], from: usize) -> usize {
-    match buf.get(from..from + 5) {
-        Some(&[_, _, _, hi, lo]) => {
-            (from + 5 + usize::from(u16::from_be_bytes([hi, lo]))).min(buf.len())
+/// Where to offer rustls up to next: the end of the record that starts at `whole`, which moves
+/// there when the record is complete, or the end of `buf` when it is not.
+fn offer_next(buf: &[u8], whole: &mut usize) -> usize {
+    if let Some(&[_, _, _, hi, lo]) = buf.get(*whole..*whole + 5) {
+        let end = *whole + 5 + usize::from(u16::from_be_bytes([hi, lo]));
+        if end <= buf.len() {
+            *whole = end;
+            return end;
         }
-        _ => buf.len(),
     }
+    buf.len()
 }
 
-/// Encodes the fatal alert rustls queued when the handshake failed, so the client hears why.
+/// Encodes what rustls queued when the handshake failed, ending with the fatal alert, so the
+/// client hears why.
 fn queue_alert(conn: &mut UnbufferedServerConnection, rest: &mut [u8], outgoing: &mut Vec<u8>) {
-    if let Ok(ConnectionState::EncodeTlsData(mut encoder)) = conn.process_tls_records(rest).state {
-        let _ = encode_into(outgoing, |out| encoder.encode(out));
+    // Queued records come out before rustls looks at `rest` again, so it stays valid.
+    while let Ok(ConnectionState::EncodeTlsData(mut encoder)) = conn.process_tls_records(rest).state
+    {
+        if encode_into(outgoing, |out| encoder.encode(out)).is_err() {
+            return;
+        }
     }
 }
 
@@ -457,6 +483,50 @@ mod tests {
             .server
             .absorb(&mut too_long, &mut |_| {})
             .expect_err("a handshake message longer than allowed");
+    }
+
+    #[test]
+    fn a_client_hello_split_over_records_and_reads_is_put_together() {
+        // The ClientHello cut into three handshake records; the reads end after the second
+        // record, and inside the third.
+        for cut_into_third in [0, 7] {
+            let mut peers = Peers::start(TLS13[0]);
+            let mut hello = Vec::new();
+            peers.client.write_tls(&mut hello).expect("client hello");
+            let message = &hello[5..];
+            let thirds = [
+                &message[..10],
+                &message[10..message.len() / 2],
+                &message[message.len() / 2..],
+            ];
+            let mut wire = Vec::new();
+            for third in thirds {
+                wire.extend_from_slice(&[22, 3, 1]);
+                wire.extend_from_slice(&(third.len() as u16).to_be_bytes());
+                wire.extend_from_slice(third);
+            }
+            let first_read = 5 + 10 + 5 + thirds[1].len() + cut_into_third;
+            for read in [&wire[..first_read], &wire[first_read..]] {
+                let mut buf = peers.server.take_incoming();
+                buf.extend_from_slice(read);
+                let used = peers
+                    .server
+                    .absorb(&mut buf, &mut |_| {})
+                    .expect("a split hello is fine");
+                if used < buf.len() {
+                    peers.server.keep_incoming(&buf[used..]);
+                }
+            }
+            peers
+                .server_to_client()
+                .expect("the client reads the server's flight");
+            for _ in 0..4 {
+                peers.exchange().expect("handshake");
+            }
+            assert!(!peers.server.is_handshaking(), "cut {cut_into_third}");
+            peers.server_sends(b"joined").expect("client reads");
+            assert_eq!(peers.client_reads(), b"joined");
+        }
     }
 
     #[test]
