@@ -13,7 +13,7 @@ use crate::cluster::{self, ClusterLink, ClusterStats};
 use crate::config::Config;
 use crate::node::{Node, NodeTls, ShardLink};
 use crate::shard::Listeners;
-use crate::tls::CertStore;
+use crate::tls::{CertStore, SettledChange};
 
 /// Descriptors kept back from the connection ceiling for the runtime itself (io_uring rings,
 /// event fds, listeners, the admin port, logs).
@@ -21,8 +21,9 @@ const RESERVED_FDS_BASE: u64 = 32;
 const RESERVED_FDS_PER_SHARD: u64 = 8;
 /// Pending connections each listener's kernel queue holds (capped by net.core.somaxconn).
 const LISTEN_BACKLOG: i32 = 4096;
-/// How often the certificate files are checked for changes.
-const CERT_POLL_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
+/// How often the certificate files are checked for changes. Changed files load once they have
+/// held still for one interval, so within two intervals of the last write.
+const CERT_POLL_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
@@ -283,12 +284,10 @@ fn bind_shard_listeners(
 
 /// Reloads the certificate when its files change on disk.
 fn watch_certificate_files(store: &CertStore) {
-    let mut seen = store.files_changed_at();
+    let mut change = SettledChange::new(store.files_changed_at());
     loop {
         std::thread::sleep(CERT_POLL_INTERVAL);
-        let now = store.files_changed_at();
-        if now.is_some() && now != seen {
-            seen = now;
+        if change.poll(store.files_changed_at()) {
             // A refusal is logged and counted by the store; the old certificate stays.
             let _ = store.reload();
         }

@@ -300,6 +300,16 @@ fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
     }
 }
 
+/// A connection made before a reload still gets what is published to its channel.
+fn assert_still_served(tls: &TlsGateway, client: &mut WebSocket<TlsStream>, channel: &str) {
+    tls.gateway.publish(channel, "still", "here");
+    assert_eq!(
+        next_event(client)["event"],
+        "still",
+        "the old connection is untouched"
+    );
+}
+
 #[test]
 fn a_reloaded_certificate_serves_new_handshakes_and_a_broken_one_is_refused() {
     let certs = certificates("reload");
@@ -326,12 +336,7 @@ fn a_reloaded_certificate_serves_new_handshakes_and_a_broken_one_is_refused() {
         old_leaf,
         "new handshakes get the new certificate"
     );
-    tls.gateway.publish("updates", "still", "here");
-    assert_eq!(
-        next_event(&mut old_client)["event"],
-        "still",
-        "the old connection is untouched"
-    );
+    assert_still_served(&tls, &mut old_client, "updates");
 
     std::fs::write(
         certs.join("chain.pem"),
@@ -349,6 +354,44 @@ fn a_reloaded_certificate_serves_new_handshakes_and_a_broken_one_is_refused() {
         leaf_of(&new_stream),
         "the good certificate stays in service"
     );
+}
+
+#[test]
+fn certificate_files_replaced_on_disk_are_picked_up_without_a_signal() {
+    let certs = certificates("watch");
+    let tls = start(&certs, &[]);
+    let old_config = client_config(&certs.join("ca.pem"));
+    let mut old_client = wss_client(
+        tls_connect(&old_config, tls.tls_port).unwrap(),
+        tls.tls_port,
+        "renewals",
+    );
+
+    // A renewal as tools write it: the chain first, the key a moment later.
+    let fresh = certificates("watch-new");
+    std::fs::copy(fresh.join("chain.pem"), certs.join("chain.pem")).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    std::fs::copy(fresh.join("key.pem"), certs.join("key.pem")).unwrap();
+    wait_for("the reload", || {
+        tls.gateway.metric("gateway_tls_cert_reloads_total") >= 1.0
+    });
+    assert_eq!(
+        tls.gateway.metric("gateway_tls_cert_reload_failures_total"),
+        0.0,
+        "the half-written pair was never loaded"
+    );
+
+    let new_config = client_config(&fresh.join("ca.pem"));
+    assert!(
+        tls_connect(&new_config, tls.tls_port).is_ok(),
+        "new handshakes get the new certificate"
+    );
+    // A fresh client, so that no ticket lets it resume past the certificate check.
+    assert!(
+        tls_connect(&client_config(&certs.join("ca.pem")), tls.tls_port).is_err(),
+        "the old certificate is out of service"
+    );
+    assert_still_served(&tls, &mut old_client, "renewals");
 }
 
 #[test]

@@ -63,10 +63,48 @@ impl CertStore {
         }
     }
 
-    /// When either file last changed, to notice new files on disk.
-    pub fn files_changed_at(&self) -> Option<(SystemTime, SystemTime)> {
+    /// When each file last changed (following symlinks), to notice new files on disk; `None`
+    /// while either is missing.
+    pub fn files_changed_at(&self) -> FileStamps {
         let modified = |path: &Path| std::fs::metadata(path).and_then(|m| m.modified()).ok();
         Some((modified(&self.cert_path)?, modified(&self.key_path)?))
+    }
+}
+
+/// The modification times of the certificate and key files.
+pub type FileStamps = Option<(SystemTime, SystemTime)>;
+
+/// Decides, from one reading of the files' times per poll, when changed files are ready to load:
+/// once they read the same on two polls in a row. Renewals write the chain and the key one after
+/// the other, and loading between the two would refuse a good pair as mismatched.
+#[derive(Debug)]
+pub struct SettledChange {
+    loaded: FileStamps,
+    pending: FileStamps,
+}
+
+impl SettledChange {
+    /// Starts from the times of the files in service.
+    pub fn new(loaded: FileStamps) -> SettledChange {
+        SettledChange {
+            loaded,
+            pending: None,
+        }
+    }
+
+    /// Takes this poll's reading; true when the files should be loaded now.
+    pub fn poll(&mut self, now: FileStamps) -> bool {
+        if now.is_none() || now == self.loaded {
+            self.pending = None;
+            return false;
+        }
+        if now == self.pending {
+            self.loaded = now;
+            self.pending = None;
+            return true;
+        }
+        self.pending = now;
+        false
     }
 }
 
@@ -94,4 +132,50 @@ pub fn server_config(store: Arc<CertStore>) -> Result<Arc<ServerConfig>, TlsErro
     // per connection; rustls hands the traffic secrets over only when this is set.
     config.enable_secret_extraction = true;
     Ok(Arc::new(config))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn stamps(cert: u64, key: u64) -> FileStamps {
+        let at = |secs| SystemTime::UNIX_EPOCH + Duration::from_secs(secs);
+        Some((at(cert), at(key)))
+    }
+
+    #[test]
+    fn changed_files_load_once_they_hold_still() {
+        let mut change = SettledChange::new(stamps(1, 1));
+        assert!(!change.poll(stamps(1, 1)), "nothing changed");
+        assert!(
+            !change.poll(stamps(5, 1)),
+            "the chain is new, the key not yet"
+        );
+        assert!(
+            !change.poll(stamps(5, 6)),
+            "the key arrived: wait one more poll"
+        );
+        assert!(change.poll(stamps(5, 6)), "both held still: load");
+        assert!(!change.poll(stamps(5, 6)), "loaded once");
+    }
+
+    #[test]
+    fn missing_files_are_waited_for() {
+        let mut change = SettledChange::new(stamps(1, 1));
+        assert!(!change.poll(stamps(2, 2)));
+        assert!(!change.poll(None), "replaced by delete and create");
+        assert!(!change.poll(None));
+        assert!(!change.poll(stamps(3, 3)));
+        assert!(change.poll(stamps(3, 3)));
+    }
+
+    #[test]
+    fn files_put_back_as_they_were_are_not_loaded_again() {
+        let mut change = SettledChange::new(stamps(1, 1));
+        assert!(!change.poll(stamps(2, 1)));
+        assert!(!change.poll(stamps(1, 1)));
+        assert!(!change.poll(stamps(1, 1)));
+    }
 }
