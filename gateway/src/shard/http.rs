@@ -68,6 +68,8 @@ pub async fn serve(
     let mut first = true;
     loop {
         if !first && pending.is_empty() {
+            // An idle keep-alive connection keeps no buffer.
+            pending.shrink_to_fit();
             match monoio::time::timeout(KEEP_ALIVE_IDLE, stream.readable(false)).await {
                 Ok(Ok(())) => {}
                 _ => return,

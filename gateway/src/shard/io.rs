@@ -75,7 +75,8 @@ pub async fn send_all(stream: &TcpStream, fd: RawFd, mut bytes: &[u8]) -> io::Re
 }
 
 /// Waits for bytes and appends what is there (at most `max` bytes) to `buf`. Returns how many
-/// were read; 0 means the peer closed.
+/// were read; 0 means the peer closed. The room for them is taken only when bytes are there and
+/// handed back before waiting, so a connection waiting here holds no more than its unread bytes.
 pub async fn recv_into(
     stream: &TcpStream,
     fd: RawFd,
@@ -83,20 +84,19 @@ pub async fn recv_into(
     max: usize,
 ) -> io::Result<usize> {
     let start = buf.len();
-    buf.resize(start + max, 0);
-    let outcome = loop {
-        match recv(fd, &mut buf[start..]) {
+    loop {
+        buf.resize(start + max, 0);
+        let outcome = recv(fd, &mut buf[start..]);
+        buf.truncate(start + *outcome.as_ref().unwrap_or(&0));
+        match outcome {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                if let Err(e) = stream.readable(false).await {
-                    break Err(e);
-                }
+                buf.shrink_to_fit();
+                stream.readable(false).await?;
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            other => break other,
+            other => return other,
         }
-    };
-    buf.truncate(start + *outcome.as_ref().unwrap_or(&0));
-    outcome
+    }
 }
 
 #[cfg(test)]
