@@ -215,6 +215,7 @@ impl Conn {
         let mut written = 0;
         loop {
             cipher.clear();
+            let mut sealed = Ok(());
             {
                 let mut outbound = self.outbound.borrow_mut();
                 if outbound.is_empty() {
@@ -223,15 +224,17 @@ impl Conn {
                 }
                 // One expansion of the send key for the whole batch.
                 let mut sealer = tls.sealer().map_err(invalid_data)?;
-                while cipher.len() < TLS_BATCH_BYTES {
+                while sealed.is_ok() && cipher.len() < TLS_BATCH_BYTES {
                     let Some(frame) = outbound.pop_front() else {
                         break;
                     };
                     self.queued_bytes.set(self.queued_bytes.get() - frame.len());
-                    sealer.seal(&frame, cipher).map_err(invalid_data)?;
+                    sealed = sealer.seal(&frame, cipher);
                 }
             }
             let sent = socket::send_some(self.fd, cipher)?;
+            // The records sealed before a failure, and the alert that ends them, went out first.
+            sealed.map_err(invalid_data)?;
             written += sent;
             if sent < cipher.len() {
                 tls.keep_outgoing(&cipher[sent..]);

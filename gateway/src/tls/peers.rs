@@ -33,6 +33,11 @@ pub(crate) struct Peers {
 impl Peers {
     /// A client that offers only `suite` and a server, before the handshake.
     pub fn start(suite: CipherSuite) -> Peers {
+        Peers::start_with(suite, |_| {})
+    }
+
+    /// As `start`, with the server's configuration changed by `adjust`.
+    pub fn start_with(suite: CipherSuite, adjust: impl FnOnce(&mut ServerConfig)) -> Peers {
         let certified =
             rcgen::generate_simple_self_signed(vec!["localhost".into()]).expect("certificate");
         let cert = certified.cert.der().clone();
@@ -45,16 +50,19 @@ impl Peers {
             .with_single_cert(vec![cert.clone()], key)
             .expect("server config");
         server.enable_secret_extraction = true;
+        adjust(&mut server);
 
         let mut offered = rustls::crypto::ring::default_provider();
         offered.cipher_suites.retain(|s| s.suite() == suite);
         let mut roots = RootCertStore::empty();
         roots.add(cert).expect("root");
-        let client = ClientConfig::builder_with_provider(Arc::new(offered))
+        let mut client = ClientConfig::builder_with_provider(Arc::new(offered))
             .with_safe_default_protocol_versions()
             .expect("versions")
             .with_root_certificates(roots)
             .with_no_client_auth();
+        // So that a test can seal records as the client, with its keys.
+        client.enable_secret_extraction = true;
         let name = ServerName::try_from("localhost").expect("name");
         Peers {
             client: ClientConnection::new(Arc::new(client), name).expect("client"),

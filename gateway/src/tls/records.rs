@@ -43,6 +43,7 @@ const CLOSE_NOTIFY: u8 = 0;
 const UNEXPECTED_MESSAGE: u8 = 10;
 const BAD_RECORD_MAC: u8 = 20;
 const RECORD_OVERFLOW: u8 = 22;
+const ILLEGAL_PARAMETER: u8 = 47;
 const DECODE_ERROR: u8 = 50;
 const INTERNAL_ERROR: u8 = 80;
 const USER_CANCELED: u8 = 90;
@@ -59,11 +60,13 @@ pub enum RecordError {
     UnexpectedMessage(&'static str),
     #[error("a malformed post-handshake message")]
     Decode,
+    #[error("a post-handshake message with a value TLS does not define: {0}")]
+    IllegalParameter(&'static str),
     #[error("the peer sent fatal alert {0}")]
     PeerAlert(u8),
     #[error("too many {0} without application data between them")]
     Flood(&'static str),
-    #[error("TLS 1.2 keys are used up; the connection must close")]
+    #[error("TLS 1.2 keys are used up; the connection ends with close_notify")]
     KeysExhausted,
     #[error("cipher suite {0:?} has no record protection here")]
     UnsupportedSuite(rustls::CipherSuite),
@@ -79,6 +82,7 @@ impl RecordError {
             RecordError::RecordOverflow => Some(RECORD_OVERFLOW),
             RecordError::UnexpectedMessage(_) | RecordError::Flood(_) => Some(UNEXPECTED_MESSAGE),
             RecordError::Decode => Some(DECODE_ERROR),
+            RecordError::IllegalParameter(_) => Some(ILLEGAL_PARAMETER),
             RecordError::PeerAlert(_) | RecordError::KeysExhausted => None,
             RecordError::UnsupportedSuite(_) | RecordError::Tls(_) => Some(INTERNAL_ERROR),
         }
@@ -188,7 +192,7 @@ pub struct RecordLayer {
     rx: Direction,
     tx: Direction,
     /// The send sequence number at which the key must change (TLS 1.3, leaving room for the
-    /// key update record itself) or the connection end (TLS 1.2).
+    /// key update record itself) or the connection end (TLS 1.2, leaving room for close_notify).
     tx_limit: u64,
     since_data: SinceData,
     /// The peer asked for new send keys; they come before the next record sent.
@@ -277,7 +281,7 @@ impl RecordLayer {
             if plain.is_empty() {
                 // Only application data may be empty, and not endlessly (RFC 8446 §5.4).
                 if typ != APPLICATION_DATA {
-                    return Err(RecordError::Decode);
+                    return Err(RecordError::UnexpectedMessage("empty record"));
                 }
                 let since = &mut self.since_data;
                 SinceData::count(&mut since.empty, MAX_EMPTY_IN_A_ROW, "empty records")?;
@@ -412,6 +416,10 @@ impl RecordLayer {
                     let &[request] = body else {
                         return Err(RecordError::Decode);
                     };
+                    // Checked before the keys change (RFC 8446 §4.6.3).
+                    if request != UPDATE_NOT_REQUESTED && request != UPDATE_REQUESTED {
+                        return Err(RecordError::IllegalParameter("key_update request"));
+                    }
                     if !messages.is_empty() {
                         // A key change ends its record (RFC 8446 §5.1).
                         return Err(RecordError::UnexpectedMessage("data after key_update"));
@@ -429,13 +437,9 @@ impl RecordLayer {
                     let (sequence, secrets) = kernel.update_rx_secret()?;
                     self.rx = Direction { secrets, sequence };
                     rekeyed = true;
-                    match request {
-                        UPDATE_NOT_REQUESTED => {}
-                        // Answered once before the next record we send, however many came
-                        // meanwhile (RFC 8446 §4.6.3).
-                        UPDATE_REQUESTED => self.key_update_requested = true,
-                        _ => return Err(RecordError::Decode),
-                    }
+                    // Answered once before the next record we send, however many came meanwhile
+                    // (RFC 8446 §4.6.3).
+                    self.key_update_requested |= request == UPDATE_REQUESTED;
                 }
                 (Version::Tls12, CLIENT_HELLO) if !self.renegotiation_refused => {
                     // Refused once with a warning, as rustls does; asking again ends it.
@@ -501,8 +505,15 @@ impl RecordLayer {
         out: &mut Vec<u8>,
     ) -> Result<(), RecordError> {
         if self.key_update_requested || self.tx.sequence >= self.tx_limit {
-            // The peer asked, or the key has protected all it safely may: change it (or, in
-            // TLS 1.2, end the connection).
+            if self.version == Version::Tls12 {
+                // TLS 1.2 cannot change keys: the one record the limit leaves says close_notify,
+                // and nothing follows it.
+                if self.tx.sequence == self.tx_limit {
+                    self.seal_record(key, ALERT, &[WARNING, CLOSE_NOTIFY], out)?;
+                }
+                return Err(RecordError::KeysExhausted);
+            }
+            // The peer asked, or the key has protected all it safely may: change it.
             self.key_update_requested = false;
             self.update_send_keys(key, out)?;
         }
@@ -631,6 +642,48 @@ mod tests {
         }
         let error = records.peer_alert(&[WARNING, 40]).expect_err("too many");
         assert!(matches!(error, RecordError::Flood(_)), "{error}");
+    }
+
+    /// Seals one record with the client's keys, as a client that breaks the rules would, and
+    /// has the server's record layer open it.
+    fn client_record(typ: u8, payload: &[u8]) -> (Result<Opened, RecordError>, Vec<u8>) {
+        let Peers {
+            client, mut server, ..
+        } = Peers::connect(TLS13[0]);
+        let (sequence, secrets) = client.dangerous_extract_secrets().expect("secrets").tx;
+        let records = server.records().expect("handed over");
+        let mut as_client = Direction { secrets, sequence };
+        std::mem::swap(&mut records.tx, &mut as_client);
+        let mut wire = Vec::new();
+        let key = records.tx.key().expect("client key");
+        records
+            .seal_record(&key, typ, payload, &mut wire)
+            .expect("sealed");
+        std::mem::swap(&mut records.tx, &mut as_client);
+        let mut answer = Vec::new();
+        let opened = records.open(&mut wire, &mut answer, &mut |_| {});
+        if let Err(error) = &opened {
+            records.fail(error, &mut answer);
+        }
+        (opened, answer)
+    }
+
+    #[test]
+    fn post_handshake_records_are_checked_as_rfc_8446_says() {
+        let (opened, _) = client_record(HANDSHAKE, &[KEY_UPDATE, 0, 0, 1, UPDATE_NOT_REQUESTED]);
+        assert!(opened.is_ok(), "a well-formed key update: {opened:?}");
+
+        let cases: [(u8, &[u8], u8); 3] = [
+            (HANDSHAKE, &[], UNEXPECTED_MESSAGE),
+            (ALERT, &[], UNEXPECTED_MESSAGE),
+            (HANDSHAKE, &[KEY_UPDATE, 0, 0, 1, 2], ILLEGAL_PARAMETER),
+        ];
+        for (typ, payload, alert) in cases {
+            let (opened, answer) = client_record(typ, payload);
+            let error = opened.expect_err("refused");
+            assert_eq!(error.alert(), Some(alert), "{typ} {payload:?}: {error}");
+            assert!(!answer.is_empty(), "the alert goes out");
+        }
     }
 
     #[test]

@@ -31,6 +31,9 @@ enum TlsState {
     Failed,
 }
 
+/// What every call after a failed hand-over answers: the connection can only close.
+const HAND_OVER_FAILED: rustls::Error = rustls::Error::HandshakeNotComplete;
+
 /// rustls running the handshake.
 struct Handshake {
     conn: UnbufferedServerConnection,
@@ -109,8 +112,10 @@ impl TlsSession {
                 self.hand_over()?;
             }
         }
-        let TlsState::Traffic(records) = &mut self.state else {
-            return Ok(used);
+        let records = match &mut self.state {
+            TlsState::Traffic(records) => records,
+            TlsState::Handshake(_) => return Ok(used),
+            TlsState::Failed => return Err(HAND_OVER_FAILED.into()),
         };
         match records.open(&mut buf[used..], &mut self.outgoing, on_plain) {
             Ok(opened) => {
@@ -567,17 +572,30 @@ mod tests {
     #[test]
     fn tls12_ends_the_connection_when_its_keys_wear_out() {
         let mut peers = Peers::connect(CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256);
-        peers.server_sends(b"first").expect("client reads");
-        peers.records().limit_records_per_send_key(1);
-        let mut wire = Vec::new();
-        let error = peers
-            .server
-            .sealer()
-            .expect("sealer")
-            .seal(b"one too many", &mut wire)
-            .expect_err("TLS 1.2 cannot change keys");
+        peers.records().limit_records_per_send_key(4);
+        let mut delivered = 0;
+        let error = loop {
+            let mut wire = Vec::new();
+            let sealed = peers.server.sealer().expect("sealer").seal(b"m", &mut wire);
+            peers.deliver(&wire).expect("client reads");
+            match sealed {
+                Ok(()) => delivered += 1,
+                Err(error) => break error,
+            }
+            assert!(delivered < 4, "the limit is reached");
+        };
         assert!(matches!(error, RecordError::KeysExhausted), "{error}");
-        assert!(wire.is_empty());
+        assert_eq!(peers.client_reads(), vec![b'm'; delivered]);
+        let mut rest = [0; 8];
+        assert_eq!(
+            peers.client.reader().read(&mut rest).expect("clean end"),
+            0,
+            "the last record the key may protect is close_notify"
+        );
+        let mut wire = Vec::new();
+        let after = peers.server.sealer().expect("sealer").seal(b"m", &mut wire);
+        assert!(matches!(after, Err(RecordError::KeysExhausted)));
+        assert!(wire.is_empty(), "nothing follows close_notify");
     }
 
     #[test]
@@ -651,6 +669,24 @@ mod tests {
             let mut rest = [0; 8];
             assert_eq!(peers.client.reader().read(&mut rest).expect("clean end"), 0);
         }
+    }
+
+    #[test]
+    fn a_failed_hand_over_ends_the_connection_for_good() {
+        // Without secret extraction rustls cannot hand the keys over.
+        let mut peers = Peers::start_with(TLS13[0], |config| {
+            config.enable_secret_extraction = false;
+        });
+        let error = (0..8)
+            .find_map(|_| peers.exchange().err())
+            .expect("the hand-over fails");
+        assert!(matches!(error, RecordError::Tls(_)), "{error}");
+        assert!(!peers.server.is_handshaking());
+        let mut more = vec![23, 3, 3, 0, 1, 0];
+        assert!(
+            peers.server.absorb(&mut more, &mut |_| {}).is_err(),
+            "and it stays failed"
+        );
     }
 
     #[test]
