@@ -292,6 +292,50 @@ fn sessions_resume_on_every_shard() {
     }
 }
 
+#[test]
+fn a_client_that_closes_with_its_finished_still_gets_its_ticket() {
+    let certs = certificates("close-at-once");
+    let tls = start(&certs, &[]);
+    let config = client_config(&certs.join("ca.pem"));
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut conn = ClientConnection::new(config.clone(), name).unwrap();
+    let mut tcp = TcpStream::connect(("127.0.0.1", tls.tls_port)).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    while conn.is_handshaking() {
+        while conn.wants_write() {
+            conn.write_tls(&mut tcp).unwrap();
+        }
+        if conn.read_tls(&mut tcp).unwrap() == 0 {
+            panic!("closed during the handshake");
+        }
+        conn.process_new_packets().unwrap();
+    }
+    // The client's Finished and its close_notify in one write, as a client that only wanted the
+    // handshake sends them.
+    conn.send_close_notify();
+    let mut last_flight = Vec::new();
+    while conn.wants_write() {
+        conn.write_tls(&mut last_flight).unwrap();
+    }
+    tcp.write_all(&last_flight).unwrap();
+    while conn.read_tls(&mut tcp).unwrap_or(0) > 0 {
+        conn.process_new_packets().unwrap();
+    }
+
+    let again = tls_connect(&config, tls.tls_port).unwrap();
+    assert_eq!(
+        again.conn.handshake_kind(),
+        Some(rustls::HandshakeKind::Resumed),
+        "the ticket came before the gateway closed"
+    );
+    assert_eq!(
+        tls.gateway.wait_metric("gateway_tls_handshakes_total", 2.0),
+        2.0
+    );
+    let closed = "gateway_tls_handshake_failures_total{reason=\"closed\"}";
+    assert_eq!(tls.gateway.metric(closed), 0.0, "a finished handshake");
+}
+
 fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while !done() {

@@ -62,13 +62,15 @@ impl Transport {
             let used = tls
                 .absorb(&mut buf, &mut |plain| early.extend_from_slice(plain))
                 .map_err(|error| HandshakeFailure::Protocol(refuse(fd, tls, error)))?;
-            if tls.peer_closed() {
-                return Err(HandshakeFailure::Closed);
-            }
             buf.drain(..used);
+            // Sent even when the client's close_notify came with its Finished: the session
+            // tickets are in it, and a client may read on after closing its side.
             send_all_outgoing(stream, tls)
                 .await
                 .map_err(|_| HandshakeFailure::Closed)?;
+            if tls.peer_closed() && tls.is_handshaking() {
+                return Err(HandshakeFailure::Closed);
+            }
         }
         if !buf.is_empty() {
             tls.keep_incoming(&buf);
