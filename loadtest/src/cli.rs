@@ -2,7 +2,8 @@
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -28,6 +29,9 @@ pub enum Command {
     /// Connect, subscribe and disconnect in a loop, then check that the server's connection
     /// gauge returns to where it started.
     Churn(ChurnArgs),
+    /// Open TLS connections back to back, each closed right after its handshake: full or
+    /// resumed handshakes per second, and per second of the server's CPU time.
+    Handshakes(HandshakesArgs),
     /// Runs one share of a run for the process that started it (stdin/stdout JSON lines).
     #[command(hide = true)]
     Worker,
@@ -167,4 +171,36 @@ pub struct ChurnArgs {
     /// Longest wait after the churn for the gauge to return to its baseline.
     #[arg(long, default_value_t = 10.0, value_name = "SECONDS")]
     pub settle_timeout: f64,
+}
+
+#[derive(Debug, Args)]
+pub struct HandshakesArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// Seconds of handshaking.
+    #[arg(long, default_value_t = 5.0, value_name = "SECONDS")]
+    pub duration: f64,
+    /// Connections handshaking at once; each loop opens the next when its last one closed.
+    #[arg(long, default_value_t = 8, value_name = "N")]
+    pub concurrency: usize,
+    /// Resume sessions with the tickets the server hands out (each loop keeps its own).
+    #[arg(long)]
+    pub resume: bool,
+    /// TLS version to offer.
+    #[arg(long, value_enum, default_value_t = TlsVersion::Any)]
+    pub tls_version: TlsVersion,
+}
+
+/// The TLS versions a client offers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+pub enum TlsVersion {
+    #[value(name = "1.2")]
+    #[serde(rename = "1.2")]
+    Tls12,
+    #[value(name = "1.3")]
+    #[serde(rename = "1.3")]
+    Tls13,
+    /// Both, as browsers do; the server chooses.
+    #[serde(rename = "any")]
+    Any,
 }

@@ -2,6 +2,7 @@
 
 mod cause;
 mod cli;
+mod handshakes;
 mod histogram;
 mod http;
 mod link;
@@ -64,6 +65,7 @@ fn main() -> ExitCode {
         Command::Connect(args) => Plan::connect(args, open_file_limit),
         Command::Fanout(args) => Plan::fanout(args, open_file_limit),
         Command::Churn(args) => Plan::churn(args, open_file_limit),
+        Command::Handshakes(args) => Plan::handshakes(args, open_file_limit),
     };
     let plan = match plan {
         Ok(plan) => plan,

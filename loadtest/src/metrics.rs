@@ -1,5 +1,5 @@
-//! What the tool reads from the server's side: resident memory from /proc, and a connection
-//! gauge from its Prometheus page.
+//! What the tool reads from the server's side: resident memory and CPU time from /proc, and a
+//! connection gauge from its Prometheus page.
 
 use std::time::Duration;
 
@@ -11,6 +11,10 @@ pub enum MetricsError {
     ProcStatus { pid: u32, source: std::io::Error },
     #[error("/proc/{0}/status has no VmRSS line")]
     NoRss(u32),
+    #[error("cannot read /proc/{pid}/stat: {source}")]
+    ProcStat { pid: u32, source: std::io::Error },
+    #[error("/proc/{0}/stat has no CPU times")]
+    NoCpuTimes(u32),
     #[error("metrics request failed: {0}")]
     Http(#[from] HttpError),
     #[error("metrics answered HTTP {0}")]
@@ -32,6 +36,26 @@ fn parse_vm_rss(status: &str) -> Option<u64> {
         .find_map(|line| line.strip_prefix("VmRSS:"))
         .and_then(|rest| rest.split_whitespace().next())
         .and_then(|kib| kib.parse().ok())
+}
+
+/// The CPU time a process has used so far, user and system, in seconds.
+pub fn cpu_seconds(pid: u32) -> Result<f64, MetricsError> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map_err(|source| MetricsError::ProcStat { pid, source })?;
+    let ticks = parse_cpu_ticks(&stat).ok_or(MetricsError::NoCpuTimes(pid))?;
+    // SAFETY: sysconf takes a plain integer and reads or writes no memory of ours.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    Ok(ticks as f64 / per_second.max(1) as f64)
+}
+
+/// utime + stime, fields 14 and 15 of /proc/PID/stat, in clock ticks. The command name in field
+/// 2 may hold spaces and parentheses, so fields are counted from its closing parenthesis.
+fn parse_cpu_ticks(stat: &str) -> Option<u64> {
+    let after_name = &stat[stat.rfind(')')? + 1..];
+    let mut fields = after_name.split_whitespace().skip(11);
+    let user: u64 = fields.next()?.parse().ok()?;
+    let system: u64 = fields.next()?.parse().ok()?;
+    Some(user + system)
 }
 
 /// The sum of every sample of `metric` (all label sets) on the page.
@@ -88,6 +112,18 @@ mod tests {
         assert_eq!(sum_samples(page, "gateway_connections"), Some(200.0));
         assert_eq!(sum_samples(page, "gateway_connects_total"), Some(7.0));
         assert_eq!(sum_samples(page, "missing"), None);
+    }
+
+    #[test]
+    fn cpu_time_is_user_plus_system() {
+        let stat = "4242 (a (b) c) S 1 4242 4242 0 -1 4194560 500 0 0 0 731 95 0 0 20 0 3 0 1";
+        assert_eq!(parse_cpu_ticks(stat), Some(731 + 95));
+        assert_eq!(parse_cpu_ticks("4242 (short) S 1"), None);
+        let spin = std::time::Instant::now();
+        while spin.elapsed() < Duration::from_millis(30) {
+            std::hint::black_box(0);
+        }
+        assert!(cpu_seconds(std::process::id()).expect("own stat") > 0.0);
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::cli::{ChurnArgs, CommonArgs, ConnectArgs, FanoutArgs};
+use crate::cli::{ChurnArgs, CommonArgs, ConnectArgs, FanoutArgs, HandshakesArgs, TlsVersion};
 use crate::http::HttpEndpoint;
 use crate::link::{WorkerSpec, WorkerTask};
 use crate::pusher::{EndpointError, TargetSettings};
@@ -43,6 +43,8 @@ pub enum PlanError {
     SourceIps(#[from] SourceIpError),
     #[error(transparent)]
     Endpoint(#[from] EndpointError),
+    #[error("handshakes needs a wss:// URL (got {0})")]
+    NotTls(String),
     #[error("the run needs up to {needed:.0} s, over --max-duration {limit:.0} s")]
     TooLong { needed: f64, limit: f64 },
 }
@@ -102,10 +104,19 @@ pub struct ChurnPlan {
     pub settle_timeout: Duration,
 }
 
+pub struct HandshakesPlan {
+    pub common: Common,
+    pub duration: Duration,
+    pub concurrency: usize,
+    pub resume: bool,
+    pub tls_version: TlsVersion,
+}
+
 pub enum Plan {
     Connect(ConnectPlan),
     Fanout(FanoutPlan),
     Churn(ChurnPlan),
+    Handshakes(HandshakesPlan),
 }
 
 fn out_of_range(flag: &'static str, requirement: String, value: impl ToString) -> PlanError {
@@ -344,11 +355,39 @@ impl Plan {
         }))
     }
 
+    pub fn handshakes(args: HandshakesArgs, open_file_limit: u64) -> Result<Plan, PlanError> {
+        let concurrency = count_in("concurrency", args.concurrency, 1, 10_000)?;
+        let common = common(args.common, concurrency as u64, open_file_limit)?;
+        if common.workers != 1 {
+            return Err(out_of_range(
+                "workers",
+                "1: handshakes runs in one process".into(),
+                common.workers,
+            ));
+        }
+        if !common.url.scheme.is_tls() {
+            return Err(PlanError::NotTls(common.url.to_string()));
+        }
+        let duration = positive("duration", args.duration, MAX_RUN_SECONDS)?;
+        ensure_fits(
+            &common,
+            duration + 2.0 * common.step_timeout.as_secs_f64() + OVERHEAD_SECONDS,
+        )?;
+        Ok(Plan::Handshakes(HandshakesPlan {
+            common,
+            duration: Duration::from_secs_f64(duration),
+            concurrency,
+            resume: args.resume,
+            tls_version: args.tls_version,
+        }))
+    }
+
     pub fn common(&self) -> &Common {
         match self {
             Plan::Connect(plan) => &plan.common,
             Plan::Fanout(plan) => &plan.common,
             Plan::Churn(plan) => &plan.common,
+            Plan::Handshakes(plan) => &plan.common,
         }
     }
 }
@@ -404,6 +443,7 @@ mod tests {
             crate::cli::Command::Connect(args) => Plan::connect(args, 20_000),
             crate::cli::Command::Fanout(args) => Plan::fanout(args, 20_000),
             crate::cli::Command::Churn(args) => Plan::churn(args, 20_000),
+            crate::cli::Command::Handshakes(args) => Plan::handshakes(args, 20_000),
             crate::cli::Command::Worker => panic!("not a plan"),
         }
     }
@@ -458,6 +498,31 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    #[test]
+    fn handshakes_need_tls_and_one_process() {
+        assert!(matches!(
+            parse("loadtest handshakes --url ws://127.0.0.1:6001/app/k"),
+            Err(PlanError::NotTls(_))
+        ));
+        assert!(matches!(
+            parse("loadtest handshakes --url wss://localhost:6443/app/k --insecure --workers 2"),
+            Err(PlanError::OutOfRange {
+                flag: "workers",
+                ..
+            })
+        ));
+        let Ok(Plan::Handshakes(plan)) = parse(
+            "loadtest handshakes --url wss://localhost:6443/app/k --insecure --resume \
+             --tls-version 1.3 --concurrency 4 --duration 2",
+        ) else {
+            panic!("plan expected");
+        };
+        assert!(plan.resume);
+        assert_eq!(plan.tls_version, TlsVersion::Tls13);
+        assert_eq!(plan.concurrency, 4);
+        assert_eq!(plan.duration, Duration::from_secs(2));
     }
 
     #[test]

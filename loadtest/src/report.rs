@@ -5,6 +5,7 @@ use std::fmt::Write as _;
 
 use serde::{Deserialize, Serialize};
 
+use crate::cli::TlsVersion;
 use crate::histogram::LatencySummary;
 use crate::tally::{AffectedSubscriber, CauseCounts};
 
@@ -23,6 +24,8 @@ pub struct Report {
     pub fanout: Option<FanoutReport>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub churn: Option<ChurnReport>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handshakes: Option<HandshakesReport>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub server_memory: Option<ServerMemory>,
 }
@@ -105,6 +108,21 @@ pub struct GaugeReport {
     pub settled: u64,
     pub returned_to_baseline: bool,
     pub settle_seconds: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HandshakesReport {
+    pub duration_seconds: f64,
+    pub concurrency: usize,
+    pub resume: bool,
+    pub tls_version: TlsVersion,
+    pub completed: u64,
+    pub resumed: u64,
+    pub failures: CauseCounts,
+    pub handshakes_per_second: f64,
+    pub latency_ms: LatencySummary,
+    pub server_cpu_seconds: Option<f64>,
+    pub handshakes_per_server_cpu_second: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -298,6 +316,44 @@ impl Report {
             latency_row(&mut text, "publish request", &fanout.publish_latency_ms);
             latency_row(&mut text, "tcp connect", &fanout.connect_latency_ms);
             latency_row(&mut text, "handshake", &fanout.handshake_latency_ms);
+        }
+        if let Some(handshakes) = &self.handshakes {
+            let offered = match handshakes.tls_version {
+                TlsVersion::Tls12 => "TLS 1.2",
+                TlsVersion::Tls13 => "TLS 1.3",
+                TlsVersion::Any => "TLS 1.2 and 1.3",
+            };
+            row(
+                &mut text,
+                "handshakes",
+                format!(
+                    "{} completed, {} resumed  ({}/s over {:.2} s; {} offered, {} at once, {})",
+                    handshakes.completed,
+                    handshakes.resumed,
+                    handshakes.handshakes_per_second,
+                    handshakes.duration_seconds,
+                    offered,
+                    handshakes.concurrency,
+                    if handshakes.resume {
+                        "resuming"
+                    } else {
+                        "no resumption"
+                    }
+                ),
+            );
+            row(&mut text, "failures", causes(&handshakes.failures));
+            if let (Some(cpu), Some(rate)) = (
+                handshakes.server_cpu_seconds,
+                handshakes.handshakes_per_server_cpu_second,
+            ) {
+                row(
+                    &mut text,
+                    "server cpu",
+                    format!("{cpu:.2} s  ({rate} handshakes per CPU second)"),
+                );
+            }
+            latency_header(&mut text);
+            latency_row(&mut text, "connect + handshake", &handshakes.latency_ms);
         }
         if let Some(churn) = &self.churn {
             row(

@@ -7,12 +7,14 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::task::spawn_local;
 
+use crate::handshakes::run_handshakes;
 use crate::link::{
     ChannelPublished, FromWorker, LinkError, Progress, ToWorker, WorkerPool, WorkerTask,
 };
 use crate::metrics::{fetch_gauge, resident_kib, MetricsError};
 use crate::plan::{ChurnPlan, Common, ConnectPlan, FanoutPlan, Gauge, Plan};
 use crate::publish::{publish, PublishPlan};
+use crate::pusher::EndpointError;
 use crate::report::{
     per_second, round3, ChurnReport, ConnectReport, FanoutReport, GaugeReport, Report, ServerMemory,
 };
@@ -34,8 +36,10 @@ pub enum RunError {
     WorkersGone,
     #[error("the run reached --max-duration ({0:?}) and was stopped")]
     MaxDuration(Duration),
-    #[error("server memory: {0}")]
+    #[error("server memory or CPU time: {0}")]
     Memory(#[from] MetricsError),
+    #[error(transparent)]
+    Setup(#[from] EndpointError),
 }
 
 /// The workers and what they last said.
@@ -180,7 +184,12 @@ fn tasks_for_shares(
         .collect()
 }
 
-fn base_report(common: &Common, command: &str, started_unix_ms: u64, started: Instant) -> Report {
+pub fn base_report(
+    common: &Common,
+    command: &str,
+    started_unix_ms: u64,
+    started: Instant,
+) -> Report {
     Report {
         command: command.into(),
         url: common.url.to_string(),
@@ -192,11 +201,12 @@ fn base_report(common: &Common, command: &str, started_unix_ms: u64, started: In
         connect: None,
         fanout: None,
         churn: None,
+        handshakes: None,
         server_memory: None,
     }
 }
 
-fn unix_millis() -> u64 {
+pub fn unix_millis() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |since| {
@@ -236,6 +246,7 @@ pub async fn run(plan: Plan) -> Result<Report, RunError> {
             Plan::Connect(plan) => run_connect(plan).await,
             Plan::Fanout(plan) => run_fanout(plan).await,
             Plan::Churn(plan) => run_churn(plan).await,
+            Plan::Handshakes(plan) => run_handshakes(plan).await,
         }
     };
     tokio::time::timeout(max_duration, running)

@@ -8,7 +8,9 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls::{
+    ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme, SupportedProtocolVersion,
+};
 use tokio_rustls::TlsConnector;
 
 #[derive(Debug, thiserror::Error)]
@@ -61,9 +63,18 @@ pub fn client_config(
     ca: Option<&Path>,
     insecure: bool,
 ) -> Result<Arc<ClientConfig>, TlsSetupError> {
+    client_config_offering(ca, insecure, rustls::DEFAULT_VERSIONS).map(Arc::new)
+}
+
+/// A client configuration that offers only `versions`, for callers that adjust it further.
+pub fn client_config_offering(
+    ca: Option<&Path>,
+    insecure: bool,
+    versions: &[&'static SupportedProtocolVersion],
+) -> Result<ClientConfig, TlsSetupError> {
     let provider = provider();
-    let builder = ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()?;
+    let builder =
+        ClientConfig::builder_with_provider(provider.clone()).with_protocol_versions(versions)?;
     let config = match (ca, insecure) {
         (_, true) => builder
             .dangerous()
@@ -76,7 +87,7 @@ pub fn client_config(
             .with_no_client_auth(),
         (None, false) => return Err(TlsSetupError::NoTrust),
     };
-    Ok(Arc::new(config))
+    Ok(config)
 }
 
 fn load_roots(path: &Path) -> Result<RootCertStore, TlsSetupError> {

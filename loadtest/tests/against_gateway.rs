@@ -72,6 +72,10 @@ struct Gateway {
 
 impl Gateway {
     fn start() -> Gateway {
+        Gateway::start_with(&[])
+    }
+
+    fn start_with(extra: &[&str]) -> Gateway {
         let port = free_port();
         let admin_port = free_port();
         let child = Command::new(gateway_binary())
@@ -79,6 +83,7 @@ impl Gateway {
             .arg(port.to_string())
             .arg("--admin-port")
             .arg(admin_port.to_string())
+            .args(extra)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
@@ -227,6 +232,77 @@ fn connect_run_holds_every_connection() {
         "{context}"
     );
     assert_eq!(report["clean"], true, "{context}");
+}
+
+#[test]
+fn handshakes_full_and_resumed_are_counted_against_the_servers_cpu() {
+    let certs = tempfile::tempdir().expect("temporary directory");
+    let made = Command::new(gateway_binary())
+        .arg("cert")
+        .arg("--dir")
+        .arg(certs.path())
+        .stdout(Stdio::null())
+        .status()
+        .expect("gateway cert runs");
+    assert!(made.success());
+    let tls_port = free_port().to_string();
+    let path = |name: &str| certs.path().join(name).to_str().expect("utf-8").to_owned();
+    let (chain, key, ca) = (path("chain.pem"), path("key.pem"), path("ca.pem"));
+    let gateway = Gateway::start_with(&[
+        "--tls-port",
+        &tls_port,
+        "--tls-cert",
+        &chain,
+        "--tls-key",
+        &key,
+    ]);
+    let url = format!("wss://localhost:{tls_port}/app/app-key");
+    for (version, resume) in [("1.3", false), ("1.3", true), ("1.2", true)] {
+        let mut args = vec![
+            "handshakes",
+            "--url",
+            &url,
+            "--ca",
+            &ca,
+            "--duration",
+            "1",
+            "--concurrency",
+            "4",
+            "--tls-version",
+            version,
+            "--server-pid",
+        ];
+        let pid = gateway.pid();
+        args.push(&pid);
+        if resume {
+            args.push("--resume");
+        }
+        let (output, report) = loadtest(&args);
+        let context = describe(&output, &report);
+        assert_eq!(output.status.code(), Some(0), "{context}");
+        let handshakes = &report["handshakes"];
+        let completed = handshakes["completed"].as_u64().expect("a count");
+        assert!(completed > 4, "{context}");
+        assert_eq!(handshakes["failures"], serde_json::json!({}), "{context}");
+        let resumed = handshakes["resumed"].as_u64().expect("a count");
+        if resume {
+            assert!(
+                resumed + 4 >= completed,
+                "all but each loop's first: {context}"
+            );
+        } else {
+            assert_eq!(resumed, 0, "{context}");
+        }
+        assert!(
+            handshakes["server_cpu_seconds"].as_f64() > Some(0.0),
+            "{context}"
+        );
+        assert!(
+            handshakes["handshakes_per_server_cpu_second"].as_f64() > Some(0.0),
+            "{context}"
+        );
+        assert_eq!(handshakes["latency_ms"]["count"], completed, "{context}");
+    }
 }
 
 #[test]
