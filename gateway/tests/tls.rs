@@ -336,6 +336,23 @@ fn a_client_that_closes_with_its_finished_still_gets_its_ticket() {
     assert_eq!(tls.gateway.metric(closed), 0.0, "a finished handshake");
 }
 
+#[test]
+fn port_0_leaves_only_the_tls_listener() {
+    let certs = certificates("tls-only");
+    let tls = start(&certs, &["--port", "0"]);
+    assert!(
+        TcpStream::connect(("127.0.0.1", tls.gateway.port)).is_err(),
+        "no plaintext listener"
+    );
+    let mut stream = tls_connect(&client_config(&certs.join("ca.pem")), tls.tls_port).unwrap();
+    stream
+        .write_all(b"GET /health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response);
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+}
+
 fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while !done() {
