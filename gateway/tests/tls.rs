@@ -158,6 +158,27 @@ fn pusher_js_with_force_tls_and_the_server_sdk_over_https() {
     common::script::run_compat("wss.mjs", command, 7);
 }
 
+#[test]
+fn pusher_js_in_chromium_over_ws_and_wss() {
+    let dir = common::script::js_dir();
+    common::script::require_node_and_modules(&dir);
+    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    assert!(
+        Path::new(&chromium).is_file(),
+        "{chromium} is missing: run `scripts/test` (it installs Debian's chromium), or set CHROMIUM"
+    );
+    let certs = certificates("browser");
+    let tls = start(&certs, &["--shards", "2"]);
+    let mut command = Command::new("node");
+    command
+        .arg(dir.join("browser.mjs"))
+        .arg(tls.gateway.port.to_string())
+        .arg(tls.tls_port.to_string())
+        .env("CHROMIUM", &chromium)
+        .current_dir(&dir);
+    common::script::run_compat("browser.mjs", command, 9);
+}
+
 fn s_client(port: u16, flags: &[&str]) -> String {
     let output = Command::new("openssl")
         .args([

@@ -90,7 +90,7 @@ pub fn js_dir() -> PathBuf {
 /// Fails, saying how to fix it, when Node or the npm packages are missing.
 pub fn require_node_and_modules(dir: &Path) {
     let modules = dir.join("node_modules");
-    for package in ["pusher-js", "pusher"] {
+    for package in ["pusher-js", "pusher", "playwright-core"] {
         assert!(
             modules.join(package).join("package.json").is_file(),
             "{} is missing npm package `{package}`: run `scripts/test` (it runs `npm ci` in {}), \
