@@ -23,6 +23,20 @@ pub fn recv(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
     result(n)
 }
 
+/// Appends what is there (at most `max` bytes) to `buf` without waiting; `WouldBlock` when
+/// nothing is. The room is not zeroed first: a read costs what it reads, not `max`.
+pub fn recv_appending(fd: RawFd, buf: &mut Vec<u8>, max: usize) -> io::Result<usize> {
+    buf.reserve(max);
+    let room = &mut buf.spare_capacity_mut()[..max];
+    // SAFETY: `room` is a valid, writable region of `max` bytes for the whole call, and recv
+    // writes at most that many bytes into it.
+    let n = result(unsafe { libc::recv(fd, room.as_mut_ptr().cast(), max, libc::MSG_DONTWAIT) })?;
+    // SAFETY: recv initialised the first `n` bytes (at most `max`, all within the capacity
+    // reserved above) of the room right after the vector's bytes.
+    unsafe { buf.set_len(buf.len() + n) };
+    Ok(n)
+}
+
 /// Writes as much of `bufs` as the socket takes without waiting; `WouldBlock` when it takes
 /// nothing. One system call for many queued frames.
 pub fn send_vectored(fd: RawFd, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
@@ -83,12 +97,8 @@ pub async fn recv_into(
     buf: &mut Vec<u8>,
     max: usize,
 ) -> io::Result<usize> {
-    let start = buf.len();
     loop {
-        buf.resize(start + max, 0);
-        let outcome = recv(fd, &mut buf[start..]);
-        buf.truncate(start + *outcome.as_ref().unwrap_or(&0));
-        match outcome {
+        match recv_appending(fd, buf, max) {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 buf.shrink_to_fit();
                 stream.readable(false).await?;
@@ -118,6 +128,20 @@ mod tests {
         assert_eq!(&buf[..4], b"abcd");
         shutdown_write(a.as_raw_fd());
         assert_eq!(recv(b.as_raw_fd(), &mut buf).unwrap(), 0);
+    }
+
+    #[test]
+    fn received_bytes_are_appended_after_what_the_buffer_held() {
+        let (a, b) = UnixStream::pair().unwrap();
+        let mut buf = b"kept".to_vec();
+        let err = recv_appending(b.as_raw_fd(), &mut buf, 8).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::WouldBlock);
+        assert_eq!(buf, b"kept", "nothing read, nothing added");
+        send_some(a.as_raw_fd(), b"0123456789").unwrap();
+        assert_eq!(recv_appending(b.as_raw_fd(), &mut buf, 8).unwrap(), 8);
+        assert_eq!(buf, b"kept01234567", "at most `max` bytes");
+        assert_eq!(recv_appending(b.as_raw_fd(), &mut buf, 8).unwrap(), 2);
+        assert_eq!(buf, b"kept0123456789");
     }
 
     #[test]

@@ -323,22 +323,13 @@ fn read_tls(shard: &Shard, conn: &Conn, tls: &mut TlsSession) -> bool {
     cipher.clear();
     cipher.extend_from_slice(&tls.take_incoming());
     for _ in 0..READS_PER_WAKE {
-        let start = cipher.len();
-        cipher.resize(start + super::SCRATCH_BYTES, 0);
-        let n = match io::recv(conn.fd(), &mut cipher[start..]) {
+        let n = match io::recv_appending(conn.fd(), &mut cipher, super::SCRATCH_BYTES) {
             Ok(0) => return false,
             Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                cipher.truncate(start);
-                break;
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {
-                cipher.truncate(start);
-                continue;
-            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(_) => return false,
         };
-        cipher.truncate(start + n);
         stats::add(&shard.stats().bytes_in, n as u64);
         conn.touch(shard.now());
         let used = match tls.absorb(&mut cipher, &mut |plain| consume_plain(shard, conn, plain)) {
