@@ -364,6 +364,31 @@ mod tests {
         );
     }
 
+    /// Feeds `wire` to the server in pieces of random size up to `max_piece`; what it decrypts
+    /// goes to `peers.received`. Returns the first error.
+    fn deliver_in_pieces(
+        peers: &mut Peers,
+        wire: &[u8],
+        max_piece: usize,
+        rng: &mut fastrand::Rng,
+    ) -> Result<(), RecordError> {
+        let mut rest = wire;
+        while !rest.is_empty() {
+            let (piece, after) = rest.split_at(rng.usize(1..=rest.len().min(max_piece)));
+            rest = after;
+            let mut buf = peers.server.take_incoming();
+            buf.extend_from_slice(piece);
+            let received = &mut peers.received;
+            let used = peers
+                .server
+                .absorb(&mut buf, &mut |plain| received.extend_from_slice(plain))?;
+            if used < buf.len() {
+                peers.server.keep_incoming(&buf[used..]);
+            }
+        }
+        Ok(())
+    }
+
     #[test]
     fn records_cut_anywhere_come_out_whole_and_in_order() {
         let mut rng = fastrand::Rng::with_seed(7);
@@ -385,23 +410,67 @@ mod tests {
             while peers.client.wants_write() {
                 peers.client.write_tls(&mut wire).expect("client writes");
             }
-            let mut rest = &wire[..];
-            while !rest.is_empty() {
-                let (chunk, after) = rest.split_at(rng.usize(1..3_000).min(rest.len()));
-                rest = after;
-                let mut buf = peers.server.take_incoming();
-                buf.extend_from_slice(chunk);
-                let received = &mut peers.received;
-                let used = peers
-                    .server
-                    .absorb(&mut buf, &mut |plain| received.extend_from_slice(plain))
-                    .expect("absorb");
-                if used < buf.len() {
-                    peers.server.keep_incoming(&buf[used..]);
-                }
-            }
+            deliver_in_pieces(&mut peers, &wire, 3_000, &mut rng).expect("absorb");
             assert!(peers.received == sent, "{suite:?}: every byte, in order");
         }
+    }
+
+    #[test]
+    fn mangled_and_forged_records_are_refused_and_never_yield_plaintext() {
+        let mut rng = fastrand::Rng::with_seed(11);
+        let mut refused = 0;
+        for round in 0..600 {
+            let suite = [TLS13, TLS12].concat()[round % 6];
+            let mut peers = Peers::connect(suite);
+            peers.client.set_buffer_limit(None);
+            let mut sent = Vec::new();
+            for _ in 0..12 {
+                let mut wire = Vec::new();
+                let message: Vec<u8> = (0..rng.usize(0..20_000)).map(|_| rng.u8(..)).collect();
+                peers.client.writer().write_all(&message).expect("write");
+                sent.extend_from_slice(&message);
+                if round % 6 < 3 && rng.u8(..4) == 0 {
+                    peers.client.refresh_traffic_keys().expect("key update");
+                }
+                while peers.client.wants_write() {
+                    peers.client.write_tls(&mut wire).expect("client writes");
+                }
+                match rng.u8(..6) {
+                    // A flipped bit anywhere: header or body.
+                    0 if !wire.is_empty() => {
+                        let at = rng.usize(..wire.len());
+                        wire[at] ^= 1 << rng.u8(..8);
+                    }
+                    // A record of some type and length with a body no key made.
+                    1 => {
+                        let len = rng.usize(0..300);
+                        let typ = [20, 21, 22, 23, rng.u8(..)][rng.usize(..5)];
+                        wire.extend_from_slice(&[typ, 3, 3]);
+                        wire.extend_from_slice(&(len as u16).to_be_bytes());
+                        wire.extend((0..len).map(|_| rng.u8(..)));
+                    }
+                    // Plain garbage.
+                    2 => wire.extend((0..rng.usize(1..40)).map(|_| rng.u8(..))),
+                    _ => {}
+                }
+                if deliver_in_pieces(&mut peers, &wire, 20_000, &mut rng).is_err() {
+                    assert!(
+                        !peers.server.outgoing().is_empty() || peers.server.peer_closed(),
+                        "{suite:?}: a refused record is answered with an alert"
+                    );
+                    refused += 1;
+                    break;
+                }
+            }
+            assert!(
+                sent.starts_with(&peers.received),
+                "{suite:?}: only what the client sent comes out, in order"
+            );
+        }
+        assert!(
+            refused > 400,
+            "most rounds meet a bad record ({refused} did)"
+        );
     }
 
     #[test]
