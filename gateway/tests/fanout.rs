@@ -49,11 +49,19 @@ fn hundreds_of_subscribers_over_every_shard_receive_one_publish_once() {
 #[test]
 fn cache_channels_replay_the_last_event_on_every_shard() {
     let gateway = Gateway::start(&["--shards", "2"]);
-    let mut first = gateway.client();
-    first.subscribe("cache-score");
-    assert_eq!(first.next_event()["event"], "pusher:cache_miss");
+    // A subscriber on each shard: once each has the last event, so has its shard's cache.
+    let mut watchers = gateway.client_per_shard(2);
+    for watcher in &mut watchers {
+        watcher.subscribe("cache-score");
+        assert_eq!(watcher.next_event()["event"], "pusher:cache_miss");
+    }
     gateway.publish("cache-score", "score", "1-0");
     gateway.publish("cache-score", "score", "2-0");
+    for watcher in &mut watchers {
+        for expected in ["1-0", "2-0"] {
+            assert_eq!(watcher.next_event()["data"], expected);
+        }
+    }
     let mut late: Vec<_> = (0..6).map(|_| gateway.client()).collect();
     for client in &mut late {
         assert_eq!(
