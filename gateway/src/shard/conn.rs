@@ -233,9 +233,13 @@ impl Conn {
                 }
             }
             let sent = socket::send_some(self.fd, cipher)?;
-            // The records sealed before a failure, and the alert that ends them, went out first.
-            sealed.map_err(invalid_data)?;
             written += sent;
+            if let Err(error) = sealed {
+                // The records sealed before the failure, and the alert that ends them, go out
+                // as far as the socket takes them; the connection ends here.
+                tracing::debug!(%error, written, "TLS connection cannot send more");
+                return Err(invalid_data(error));
+            }
             if sent < cipher.len() {
                 tls.keep_outgoing(&cipher[sent..]);
                 return Ok((Flush::Blocked, written));

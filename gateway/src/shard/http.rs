@@ -69,7 +69,7 @@ pub async fn serve(
     loop {
         if !first && pending.is_empty() {
             // An idle keep-alive connection keeps no buffer.
-            pending.shrink_to_fit();
+            pending = Vec::new();
             match monoio::time::timeout(KEEP_ALIVE_IDLE, stream.readable(false)).await {
                 Ok(Ok(())) => {}
                 _ => return,

@@ -89,8 +89,8 @@ pub async fn send_all(stream: &TcpStream, fd: RawFd, mut bytes: &[u8]) -> io::Re
 }
 
 /// Waits for bytes and appends what is there (at most `max` bytes) to `buf`. Returns how many
-/// were read; 0 means the peer closed. The room for them is taken only when bytes are there and
-/// handed back before waiting, so a connection waiting here holds no more than its unread bytes.
+/// were read; 0 means the peer closed. An empty buffer is handed back before waiting and its room
+/// taken again when bytes are there, so a connection waiting with nothing unread holds no buffer.
 pub async fn recv_into(
     stream: &TcpStream,
     fd: RawFd,
@@ -100,7 +100,11 @@ pub async fn recv_into(
     loop {
         match recv_appending(fd, buf, max) {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                buf.shrink_to_fit();
+                // An empty buffer goes back while waiting; one holding part of a request or record
+                // keeps its room, rather than be copied out and back on every wait.
+                if buf.is_empty() {
+                    *buf = Vec::new();
+                }
                 stream.readable(false).await?;
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}

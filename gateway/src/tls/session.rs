@@ -31,9 +31,6 @@ enum TlsState {
     Failed,
 }
 
-/// What every call after a failed hand-over answers: the connection can only close.
-const HAND_OVER_FAILED: rustls::Error = rustls::Error::HandshakeNotComplete;
-
 /// rustls running the handshake.
 struct Handshake {
     conn: UnbufferedServerConnection,
@@ -115,7 +112,10 @@ impl TlsSession {
         let records = match &mut self.state {
             TlsState::Traffic(records) => records,
             TlsState::Handshake(_) => return Ok(used),
-            TlsState::Failed => return Err(HAND_OVER_FAILED.into()),
+            // Every call after a failed hand-over fails too: the connection can only close.
+            TlsState::Failed => {
+                return Err(rustls::Error::General("the TLS hand-over failed".into()).into())
+            }
         };
         match records.open(&mut buf[used..], &mut self.outgoing, on_plain) {
             Ok(opened) => {
