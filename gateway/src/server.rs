@@ -5,6 +5,7 @@ use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 
 use crate::admin::stats::ShardStats;
@@ -251,12 +252,23 @@ pub fn run(config: Config) -> Result<(), StartError> {
             }
         })?;
     }
+    // SIGHUP asks the certificate thread to reload, so that one thread alone loads the files
+    // and knows which of their versions is in service.
+    let reload_requests = match &node.tls {
+        Some(tls) => {
+            let (requests, requested) = crossbeam_channel::bounded(1);
+            let store = tls.store.clone();
+            spawn("cert-watch".into(), move || {
+                watch_certificate_files(&store, &requested)
+            })?;
+            Some(requests)
+        }
+        None => None,
+    };
     let signal_node = node.clone();
-    spawn("signals".into(), move || watch_signals(&signal_node))?;
-    if let Some(tls) = &node.tls {
-        let store = tls.store.clone();
-        spawn("cert-watch".into(), move || watch_certificate_files(&store))?;
-    }
+    spawn("signals".into(), move || {
+        watch_signals(&signal_node, reload_requests.as_ref())
+    })?;
     node.set_ready();
 
     for shard in shards {
@@ -282,21 +294,32 @@ fn bind_shard_listeners(
         .collect()
 }
 
-/// Reloads the certificate when its files change on disk.
-fn watch_certificate_files(store: &CertStore) {
+/// Reloads the certificate when asked (SIGHUP) and when its files change on disk. A refusal is
+/// logged and counted by the store, and the old certificate stays.
+fn watch_certificate_files(store: &CertStore, requested: &Receiver<()>) {
     let mut change = SettledChange::new(store.files_changed_at());
     loop {
-        std::thread::sleep(CERT_POLL_INTERVAL);
-        if change.poll(store.files_changed_at()) {
-            // A refusal is logged and counted by the store; the old certificate stays.
-            let _ = store.reload();
+        match requested.recv_timeout(CERT_POLL_INTERVAL) {
+            Ok(()) => {
+                // Taken before loading: a change made meanwhile is seen, and loaded, next time.
+                let stamps = store.files_changed_at();
+                let _ = store.reload();
+                change = SettledChange::new(stamps);
+            }
+            Err(RecvTimeoutError::Timeout) => {
+                if change.poll(store.files_changed_at()) {
+                    let _ = store.reload();
+                }
+            }
+            // No signal thread: keep watching the files alone.
+            Err(RecvTimeoutError::Disconnected) => std::thread::sleep(CERT_POLL_INTERVAL),
         }
     }
 }
 
-/// The first SIGTERM or SIGINT starts the drain; a second one exits at once. SIGHUP reloads
-/// the TLS certificate.
-fn watch_signals(node: &Node) {
+/// The first SIGTERM or SIGINT starts the drain; a second one exits at once. SIGHUP asks for the
+/// TLS certificate to be reloaded.
+fn watch_signals(node: &Node, reload_requests: Option<&Sender<()>>) {
     let mut signals = match signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP]) {
         Ok(signals) => signals,
         Err(e) => {
@@ -306,9 +329,10 @@ fn watch_signals(node: &Node) {
     };
     for signal in signals.forever() {
         if signal == SIGHUP {
-            match &node.tls {
-                Some(tls) => {
-                    let _ = tls.store.reload();
+            match reload_requests {
+                // Full: a reload is already asked for, and will read the files as they are now.
+                Some(requests) => {
+                    let _ = requests.try_send(());
                 }
                 None => tracing::info!("SIGHUP: no TLS certificate to reload"),
             }
