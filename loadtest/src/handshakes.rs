@@ -27,8 +27,9 @@ use crate::run::{base_report, unix_millis, RunError};
 use crate::tally::{count_cause, CauseCounts};
 use crate::tls::{client_config_offering, TlsSetupError};
 
-/// Tickets one loop keeps: its next connection uses one, and the server gives it another.
-const TICKETS_PER_LOOP: usize = 4;
+/// Servers one loop's session store remembers: one, with up to 8 TLS 1.3 tickets (rustls counts
+/// its store in tickets, 8 a server). Each connection uses a ticket and is given another.
+const SESSIONS_PER_LOOP: usize = 1;
 
 /// What the loops counted.
 #[derive(Default)]
@@ -86,7 +87,7 @@ pub async fn run_handshakes(plan: HandshakesPlan) -> Result<Report, RunError> {
         // Each loop its own session store, so that every loop resumes its own sessions.
         let mut config: ClientConfig = config.clone();
         config.resumption = if plan.resume {
-            Resumption::in_memory_sessions(TICKETS_PER_LOOP)
+            Resumption::in_memory_sessions(SESSIONS_PER_LOOP)
         } else {
             Resumption::disabled()
         };

@@ -16,6 +16,8 @@ import {
   fail,
   finish,
   officialServer,
+  QUIET_MS,
+  sleep,
   start,
   WAIT_MS,
 } from "./harness.mjs";
@@ -147,6 +149,7 @@ await page.evaluate(() =>
   window.clients.wss.channel("private-browser").trigger("client-typing", { who: "wss" }),
 );
 await waitInPage(() => window.seen.ws.typing.length === 1, null, "the client event on ws://");
+await sleep(QUIET_MS);
 checkEqual(
   await page.evaluate(() => [window.seen.ws.typing, window.seen.wss.typing]),
   [[{ who: "wss" }], []],
