@@ -21,13 +21,23 @@ pub const KEY: &str = "app-key";
 pub const SECRET: &str = "app-secret";
 pub const APP_ID: &str = "1";
 
-/// A port nothing listens on right now.
+/// A port nothing listens on right now, and not handed out before in this process: the kernel
+/// may offer a port it just offered again, and a gateway given the same port twice (client and
+/// admin) refuses to start.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut given = GIVEN.lock().unwrap();
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 /// A running gateway, killed when dropped.
