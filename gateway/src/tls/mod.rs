@@ -7,6 +7,7 @@ mod devcert;
 #[cfg(test)]
 mod peers;
 pub mod records;
+mod secrets;
 pub mod session;
 
 use std::path::{Path, PathBuf};
@@ -129,8 +130,10 @@ pub fn server_config(store: Arc<CertStore>) -> Result<Arc<ServerConfig>, TlsErro
     config.session_storage = Arc::new(NoServerSessionStorage {});
     config.send_tls13_tickets = 1;
     // After the handshake the gateway protects records itself (`records`), keeping only keys
-    // per connection; rustls hands the traffic secrets over only when this is set.
+    // per connection; rustls hands the record keys over only when this is set, and the TLS 1.3
+    // traffic secrets that key updates start from only to a key log.
     config.enable_secret_extraction = true;
+    config.key_log = Arc::new(secrets::SecretCatcher);
     Ok(Arc::new(config))
 }
 

@@ -50,6 +50,7 @@ impl Peers {
             .with_single_cert(vec![cert.clone()], key)
             .expect("server config");
         server.enable_secret_extraction = true;
+        server.key_log = Arc::new(super::secrets::SecretCatcher);
         adjust(&mut server);
 
         let mut offered = rustls::crypto::ring::default_provider();

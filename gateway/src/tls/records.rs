@@ -1,20 +1,21 @@
 //! TLS record protection once the handshake is over, with no IO.
 //!
-//! rustls runs the handshake; then its traffic secrets move here and rustls keeps only what key
-//! updates need (`KernelConnection`, TLS 1.3 only). Between records a connection holds just the
-//! raw keys, initialisation vectors and sequence numbers: the expanded AEAD key (544 bytes per
-//! direction in ring) is built per batch of records and dropped with it, which is what lets an
-//! idle TLS connection fit the memory budget.
+//! rustls runs the handshake; then its record keys move here, and rustls' connection is dropped.
+//! TLS 1.3 key updates are derived here from the traffic secrets (`secrets`). Between records a
+//! connection holds just the raw keys, initialisation vectors, those secrets and sequence
+//! numbers: the expanded AEAD key (544 bytes per direction in ring) is built per batch of records
+//! and dropped with it, which is what lets an idle TLS connection fit the memory budget.
 //!
 //! Record formats: RFC 8446 §5 (TLS 1.3: one outer type, the real type inside, nonce = iv XOR
 //! sequence, the header as additional data), RFC 5288 (TLS 1.2 AES-GCM: four-byte salt plus an
 //! explicit eight-byte nonce) and RFC 7905 (TLS 1.2 ChaCha20-Poly1305: nonce = iv XOR sequence).
 
-use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_128_GCM, AES_256_GCM};
+use ring::aead::{Aad, Algorithm, LessSafeKey, Nonce, UnboundKey, AES_128_GCM, AES_256_GCM};
 use ring::aead::{CHACHA20_POLY1305, NONCE_LEN};
-use rustls::kernel::KernelConnection;
-use rustls::server::ServerConnectionData;
 use rustls::{ConnectionTrafficSecrets, ExtractedSecrets, ProtocolVersion, SupportedCipherSuite};
+use zeroize::Zeroize;
+
+use super::secrets::{Caught, TrafficSecret};
 
 const HEADER_LEN: usize = 5;
 const TAG_LEN: usize = 16;
@@ -95,39 +96,90 @@ enum Version {
     Tls13,
 }
 
-/// One direction's traffic keys and the next record's sequence number.
+/// One direction's record key and iv, the TLS 1.3 traffic secret they come from (for the next
+/// key update), and the next record's sequence number.
 struct Direction {
-    secrets: ConnectionTrafficSecrets,
+    algorithm: &'static Algorithm,
+    /// The first `algorithm.key_len()` bytes are the key.
+    key: [u8; 32],
+    iv: [u8; NONCE_LEN],
+    secret: Option<TrafficSecret>,
     sequence: u64,
 }
 
+impl Drop for Direction {
+    fn drop(&mut self) {
+        self.key.zeroize();
+        self.iv.zeroize();
+    }
+}
+
 impl Direction {
-    /// Expands the key for a batch of records.
-    fn key(&self) -> Result<(LessSafeKey, [u8; NONCE_LEN]), RecordError> {
-        let (algorithm, key, iv) = match &self.secrets {
+    /// Takes over rustls' keys for one direction.
+    fn from_rustls(
+        secrets: &ConnectionTrafficSecrets,
+        secret: Option<TrafficSecret>,
+        sequence: u64,
+    ) -> Result<Direction, RecordError> {
+        let (algorithm, given_key, given_iv) = match secrets {
             ConnectionTrafficSecrets::Aes128Gcm { key, iv } => (&AES_128_GCM, key, iv),
             ConnectionTrafficSecrets::Aes256Gcm { key, iv } => (&AES_256_GCM, key, iv),
             ConnectionTrafficSecrets::Chacha20Poly1305 { key, iv } => (&CHACHA20_POLY1305, key, iv),
-            _ => {
-                return Err(RecordError::Tls(rustls::Error::General(
-                    "unknown traffic secret kind".into(),
-                )))
-            }
+            _ => return Err(hand_over_error("unknown traffic secret kind")),
         };
-        let key = UnboundKey::new(algorithm, key.as_ref())
-            .map_err(|_| rustls::Error::General("traffic key of the wrong length".into()))?;
-        let iv = iv
+        let mut key = [0; 32];
+        key.get_mut(..given_key.as_ref().len())
+            .filter(|_| given_key.as_ref().len() == algorithm.key_len())
+            .ok_or_else(|| hand_over_error("traffic key of the wrong length"))?
+            .copy_from_slice(given_key.as_ref());
+        let iv = given_iv
             .as_ref()
             .try_into()
-            .map_err(|_| rustls::Error::General("traffic iv of the wrong length".into()))?;
-        Ok((LessSafeKey::new(key), iv))
+            .map_err(|_| hand_over_error("traffic iv of the wrong length"))?;
+        let direction = Direction {
+            algorithm,
+            key,
+            iv,
+            secret,
+            sequence,
+        };
+        // The secret caught from rustls' key log must be the one behind the keys it gave.
+        if let Some(secret) = &direction.secret {
+            let (derived_key, derived_iv) = secret.key_and_iv(algorithm.key_len());
+            if derived_key != direction.key || derived_iv != direction.iv {
+                return Err(hand_over_error("traffic secret does not match the keys"));
+            }
+        }
+        Ok(direction)
+    }
+
+    /// The direction's keys after a TLS 1.3 key update: derived from the next traffic secret,
+    /// sequence numbers from 0 again.
+    fn updated(&self) -> Result<Direction, RecordError> {
+        let secret = self
+            .secret
+            .as_ref()
+            .ok_or(RecordError::UnexpectedMessage("key_update"))?
+            .next();
+        let (key, iv) = secret.key_and_iv(self.algorithm.key_len());
+        Ok(Direction {
+            algorithm: self.algorithm,
+            key,
+            iv,
+            secret: Some(secret),
+            sequence: 0,
+        })
+    }
+
+    /// Expands the key for a batch of records.
+    fn key(&self) -> Result<(LessSafeKey, [u8; NONCE_LEN]), RecordError> {
+        let key = UnboundKey::new(self.algorithm, &self.key[..self.algorithm.key_len()])
+            .map_err(|_| hand_over_error("traffic key of the wrong length"))?;
+        Ok((LessSafeKey::new(key), self.iv))
     }
 
     fn is_gcm(&self) -> bool {
-        !matches!(
-            self.secrets,
-            ConnectionTrafficSecrets::Chacha20Poly1305 { .. }
-        )
+        self.algorithm != &CHACHA20_POLY1305
     }
 
     /// The nonce for the next record: the iv with the sequence number XORed into its tail.
@@ -199,50 +251,53 @@ pub struct RecordLayer {
     key_update_requested: bool,
     /// A TLS 1.2 peer asked to renegotiate; it was refused once and may not ask again.
     renegotiation_refused: bool,
-    /// rustls' remains of the connection, computing new secrets on key updates (TLS 1.3).
-    key_updates: Option<Box<KernelConnection<ServerConnectionData>>>,
+}
+
+fn hand_over_error(what: &str) -> RecordError {
+    RecordError::Tls(rustls::Error::General(what.into()))
 }
 
 impl RecordLayer {
-    /// Takes over from rustls at the end of the handshake.
+    /// Takes over from rustls at the end of the handshake, given the suite and version it
+    /// negotiated and, for TLS 1.3, the traffic secrets caught from its key log.
     pub fn new(
         secrets: ExtractedSecrets,
-        kernel: KernelConnection<ServerConnectionData>,
+        suite: SupportedCipherSuite,
+        version: ProtocolVersion,
+        traffic: Caught,
     ) -> Result<RecordLayer, RecordError> {
-        let suite = kernel.negotiated_cipher_suite();
         let common = match suite {
             SupportedCipherSuite::Tls12(suite) => &suite.common,
             SupportedCipherSuite::Tls13(suite) => &suite.common,
         };
-        let version = match kernel.protocol_version() {
+        let version = match version {
             ProtocolVersion::TLSv1_3 => Version::Tls13,
             ProtocolVersion::TLSv1_2 => Version::Tls12,
             _ => return Err(RecordError::UnsupportedSuite(common.suite)),
+        };
+        let (rx_secret, tx_secret) = match version {
+            Version::Tls12 => (None, None),
+            Version::Tls13 => {
+                let missing = || hand_over_error("no TLS 1.3 traffic secret from the key log");
+                (
+                    Some(traffic.client.ok_or_else(missing)?),
+                    Some(traffic.server.ok_or_else(missing)?),
+                )
+            }
         };
         let ExtractedSecrets {
             tx: (tx_sequence, tx),
             rx: (rx_sequence, rx),
         } = secrets;
-        let layer = RecordLayer {
+        Ok(RecordLayer {
             version,
-            rx: Direction {
-                secrets: rx,
-                sequence: rx_sequence,
-            },
-            tx: Direction {
-                secrets: tx,
-                sequence: tx_sequence,
-            },
+            rx: Direction::from_rustls(&rx, rx_secret, rx_sequence)?,
+            tx: Direction::from_rustls(&tx, tx_secret, tx_sequence)?,
             tx_limit: common.confidentiality_limit.min(SEQUENCE_SOFT_LIMIT) - 1,
             since_data: SinceData::default(),
             key_update_requested: false,
             renegotiation_refused: false,
-            key_updates: (version == Version::Tls13).then(|| Box::new(kernel)),
-        };
-        // Fail now, not on the first record, when a suite has no key this layer can build.
-        layer.rx.key()?;
-        layer.tx.key()?;
-        Ok(layer)
+        })
     }
 
     fn max_body(&self) -> usize {
@@ -430,12 +485,7 @@ impl RecordLayer {
                         MAX_KEY_UPDATES_IN_A_ROW,
                         "key updates",
                     )?;
-                    let kernel = self
-                        .key_updates
-                        .as_mut()
-                        .ok_or(RecordError::UnexpectedMessage("key_update"))?;
-                    let (sequence, secrets) = kernel.update_rx_secret()?;
-                    self.rx = Direction { secrets, sequence };
+                    self.rx = self.rx.updated()?;
                     rekeyed = true;
                     // Answered once before the next record we send, however many came meanwhile
                     // (RFC 8446 §4.6.3).
@@ -464,14 +514,10 @@ impl RecordLayer {
         key: &mut SendKey,
         out: &mut Vec<u8>,
     ) -> Result<(), RecordError> {
-        let kernel = self
-            .key_updates
-            .as_mut()
-            .ok_or(RecordError::KeysExhausted)?;
-        let (sequence, secrets) = kernel.update_tx_secret()?;
+        let updated = self.tx.updated()?;
         let update = [KEY_UPDATE, 0, 0, 1, UPDATE_NOT_REQUESTED];
         self.seal_record(key, HANDSHAKE, &update, out)?;
-        self.tx = Direction { secrets, sequence };
+        self.tx = updated;
         *key = self.tx.key()?;
         Ok(())
     }
@@ -652,7 +698,7 @@ mod tests {
         } = Peers::connect(TLS13[0]);
         let (sequence, secrets) = client.dangerous_extract_secrets().expect("secrets").tx;
         let records = server.records().expect("handed over");
-        let mut as_client = Direction { secrets, sequence };
+        let mut as_client = Direction::from_rustls(&secrets, None, sequence).expect("keys");
         std::mem::swap(&mut records.tx, &mut as_client);
         let mut wire = Vec::new();
         let key = records.tx.key().expect("client key");

@@ -11,6 +11,7 @@ use rustls::unbuffered::{AppDataRecord, ConnectionState, EncodeError, Unbuffered
 use rustls::ServerConfig;
 
 use super::records::{RecordError, RecordLayer, Sealer};
+use super::secrets::{self, Caught};
 
 /// One TLS connection's state.
 pub struct TlsSession {
@@ -22,10 +23,13 @@ pub struct TlsSession {
     peer_closed: bool,
 }
 
+// The record layer is where a connection spends its life, so it lives inline: boxing it would
+// cost every connection a pointer and an allocation for the sake of the brief handshake.
+#[allow(clippy::large_enum_variant)]
 enum TlsState {
-    /// rustls runs the handshake; boxed, as it is over ten times the size of what follows.
+    /// rustls runs the handshake; boxed, as it is several times the size of what follows.
     Handshake(Box<Handshake>),
-    /// Records are protected here; rustls keeps only what key updates need.
+    /// Records are protected here, and rustls is gone.
     Traffic(RecordLayer),
     /// The hand-over from rustls failed; the connection can only close.
     Failed,
@@ -34,6 +38,8 @@ enum TlsState {
 /// rustls running the handshake.
 struct Handshake {
     conn: UnbufferedServerConnection,
+    /// The TLS 1.3 traffic secrets, once rustls has made them.
+    traffic: Caught,
     /// Where the whole records offered to rustls end, counted from the first byte it has not
     /// discarded: rustls has read that far and goes on from there, even where it has not
     /// discarded (a handshake message split over records).
@@ -70,6 +76,7 @@ impl TlsSession {
         Ok(TlsSession {
             state: TlsState::Handshake(Box::new(Handshake {
                 conn: UnbufferedServerConnection::new(config)?,
+                traffic: Caught::default(),
                 offered: 0,
             })),
             incoming: Vec::new(),
@@ -97,13 +104,17 @@ impl TlsSession {
         }
         let mut used = 0;
         if let TlsState::Handshake(handshake) = &mut self.state {
-            let (handshaken, finished) = handshake_step(
+            // What rustls' key log gets during this step is this connection's.
+            secrets::clear_caught();
+            let step = handshake_step(
                 handshake,
                 buf,
                 &mut self.outgoing,
                 &mut self.peer_closed,
                 on_plain,
-            )?;
+            );
+            secrets::take_caught(&mut handshake.traffic);
+            let (handshaken, finished) = step?;
             used = handshaken;
             if finished {
                 self.hand_over()?;
@@ -135,8 +146,10 @@ impl TlsSession {
         else {
             return Ok(());
         };
-        let (secrets, kernel) = handshake.conn.dangerous_into_kernel_connection()?;
-        self.state = TlsState::Traffic(RecordLayer::new(secrets, kernel)?);
+        let Handshake { conn, traffic, .. } = *handshake;
+        let (keys, kernel) = conn.dangerous_into_kernel_connection()?;
+        let (suite, version) = (kernel.negotiated_cipher_suite(), kernel.protocol_version());
+        self.state = TlsState::Traffic(RecordLayer::new(keys, suite, version, traffic)?);
         Ok(())
     }
 
@@ -617,6 +630,31 @@ mod tests {
                 peers.server_sends(b"reply").expect("client follows");
                 assert_eq!(peers.client_reads(), b"reply", "{suite:?} round {round}");
             }
+        }
+    }
+
+    #[test]
+    fn interleaved_handshakes_each_keep_their_own_traffic_secrets() {
+        // Two connections' handshakes step by step in turn on one thread, as a shard runs them.
+        let mut first = Peers::start(TLS13[0]);
+        let mut second = Peers::start(TLS13[1]);
+        for _ in 0..4 {
+            first.exchange().expect("first handshake");
+            second.exchange().expect("second handshake");
+        }
+        for peers in [&mut first, &mut second] {
+            assert!(!peers.server.is_handshaking(), "handed over");
+            // Key updates both ways follow each connection's own secrets.
+            peers.client.refresh_traffic_keys().expect("key update");
+            peers.client.writer().write_all(b"after").expect("write");
+            peers
+                .exchange()
+                .expect("the server follows the client's new key");
+            assert_eq!(peers.received, b"after");
+            peers
+                .server_sends(b"reply")
+                .expect("the client follows the server's");
+            assert_eq!(peers.client_reads(), b"reply");
         }
     }
 
