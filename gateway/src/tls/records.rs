@@ -264,7 +264,7 @@ impl RecordLayer {
         secrets: ExtractedSecrets,
         suite: SupportedCipherSuite,
         version: ProtocolVersion,
-        traffic: Caught,
+        traffic: &Caught,
     ) -> Result<RecordLayer, RecordError> {
         let common = match suite {
             SupportedCipherSuite::Tls12(suite) => &suite.common,
@@ -280,8 +280,8 @@ impl RecordLayer {
             Version::Tls13 => {
                 let missing = || hand_over_error("no TLS 1.3 traffic secret from the key log");
                 (
-                    Some(traffic.client.ok_or_else(missing)?),
-                    Some(traffic.server.ok_or_else(missing)?),
+                    Some(traffic.client.clone().ok_or_else(missing)?),
+                    Some(traffic.server.clone().ok_or_else(missing)?),
                 )
             }
         };

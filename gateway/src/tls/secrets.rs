@@ -24,7 +24,9 @@ const CLIENT_SECRET_LABEL: &str = "CLIENT_TRAFFIC_SECRET_0";
 const SERVER_SECRET_LABEL: &str = "SERVER_TRAFFIC_SECRET_0";
 
 /// One direction's TLS 1.3 application traffic secret (32 bytes for SHA-256 suites, 48 for
-/// SHA-384 ones).
+/// SHA-384 ones). Wiped where it lies when dropped; a copy is made only by `clone`, never by
+/// moving it out of something that is then freed unwiped.
+#[derive(Clone)]
 pub struct TrafficSecret {
     bytes: [u8; MAX_SECRET_LEN],
     len: u8,
@@ -123,16 +125,18 @@ pub fn clear_caught() {
     CAUGHT.with(|slot| *slot.borrow_mut() = Caught::default());
 }
 
-/// Moves what was caught on this thread since `clear_caught` into `into`.
+/// Copies what was caught on this thread since `clear_caught` into `into`, and wipes the slot.
 pub fn take_caught(into: &mut Caught) {
     CAUGHT.with(|slot| {
         let mut slot = slot.borrow_mut();
-        if let Some(client) = slot.client.take() {
-            into.client = Some(client);
+        if slot.client.is_some() {
+            into.client = slot.client.clone();
         }
-        if let Some(server) = slot.server.take() {
-            into.server = Some(server);
+        if slot.server.is_some() {
+            into.server = slot.server.clone();
         }
+        // Dropped in place, so wiped: a move out would leave the bytes behind in the slot.
+        *slot = Caught::default();
     });
 }
 
@@ -142,13 +146,17 @@ pub struct SecretCatcher;
 
 impl KeyLog for SecretCatcher {
     fn log(&self, label: &str, _client_random: &[u8], secret: &[u8]) {
+        // rustls logs some secrets (TLS 1.2's master secret) without asking `will_log` first.
+        if !self.will_log(label) {
+            return;
+        }
         let secret = TrafficSecret::new(secret);
         CAUGHT.with(|slot| {
             let mut slot = slot.borrow_mut();
-            match label {
-                CLIENT_SECRET_LABEL => slot.client = secret,
-                SERVER_SECRET_LABEL => slot.server = secret,
-                _ => {}
+            if label == CLIENT_SECRET_LABEL {
+                slot.client = secret;
+            } else {
+                slot.server = secret;
             }
         });
     }

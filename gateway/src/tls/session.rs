@@ -146,10 +146,11 @@ impl TlsSession {
         else {
             return Ok(());
         };
-        let Handshake { conn, traffic, .. } = *handshake;
+        // Only rustls' connection moves out; the secrets stay in the box, which wipes them.
+        let conn = handshake.conn;
         let (keys, kernel) = conn.dangerous_into_kernel_connection()?;
         let (suite, version) = (kernel.negotiated_cipher_suite(), kernel.protocol_version());
-        self.state = TlsState::Traffic(RecordLayer::new(keys, suite, version, traffic)?);
+        self.state = TlsState::Traffic(RecordLayer::new(keys, suite, version, &handshake.traffic)?);
         Ok(())
     }
 
