@@ -95,21 +95,28 @@ impl Peers {
 
     /// Moves what the client has written to the server, and the server's answers back.
     pub fn exchange(&mut self) -> Result<(), RecordError> {
-        let mut wire = self.server.take_incoming();
+        let mut wire = Vec::new();
         while self.client.wants_write() {
             self.client.write_tls(&mut wire).expect("client writes");
         }
-        let received = &mut self.received;
-        let result = self
-            .server
-            .absorb(&mut wire, &mut |plain| received.extend_from_slice(plain));
-        if let Ok(used) = result {
-            if used < wire.len() {
-                self.server.keep_incoming(&wire[used..]);
-            }
-        }
+        let result = self.server_reads(&wire);
         self.server_to_client().expect("client reads");
-        result.map(|_| ())
+        result
+    }
+
+    /// Gives the server `bytes` as one read: after what an earlier read left of a record, and
+    /// keeping what is left of one now. What it decrypts goes to `received`.
+    pub fn server_reads(&mut self, bytes: &[u8]) -> Result<(), RecordError> {
+        let mut buf = self.server.take_incoming();
+        buf.extend_from_slice(bytes);
+        let received = &mut self.received;
+        let used = self
+            .server
+            .absorb(&mut buf, &mut |plain| received.extend_from_slice(plain))?;
+        if used < buf.len() {
+            self.server.keep_incoming(&buf[used..]);
+        }
+        Ok(())
     }
 
     pub fn server_to_client(&mut self) -> Result<(), rustls::Error> {

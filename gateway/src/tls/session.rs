@@ -390,15 +390,7 @@ mod tests {
         while !rest.is_empty() {
             let (piece, after) = rest.split_at(rng.usize(1..=rest.len().min(max_piece)));
             rest = after;
-            let mut buf = peers.server.take_incoming();
-            buf.extend_from_slice(piece);
-            let received = &mut peers.received;
-            let used = peers
-                .server
-                .absorb(&mut buf, &mut |plain| received.extend_from_slice(plain))?;
-            if used < buf.len() {
-                peers.server.keep_incoming(&buf[used..]);
-            }
+            peers.server_reads(piece)?;
         }
         Ok(())
     }
@@ -595,15 +587,7 @@ mod tests {
             }
             let first_read = 5 + 10 + 5 + thirds[1].len() + cut_into_third;
             for read in [&wire[..first_read], &wire[first_read..]] {
-                let mut buf = peers.server.take_incoming();
-                buf.extend_from_slice(read);
-                let used = peers
-                    .server
-                    .absorb(&mut buf, &mut |_| {})
-                    .expect("a split hello is fine");
-                if used < buf.len() {
-                    peers.server.keep_incoming(&buf[used..]);
-                }
+                peers.server_reads(read).expect("a split hello is fine");
             }
             peers
                 .server_to_client()
