@@ -127,11 +127,13 @@ impl Direction {
             ConnectionTrafficSecrets::Chacha20Poly1305 { key, iv } => (&CHACHA20_POLY1305, key, iv),
             _ => return Err(hand_over_error("unknown traffic secret kind")),
         };
+        let given_key = given_key.as_ref();
+        if given_key.len() != algorithm.key_len() {
+            return Err(hand_over_error("traffic key of the wrong length"));
+        }
+        // Every AEAD here has a key of at most 32 bytes.
         let mut key = [0; 32];
-        key.get_mut(..given_key.as_ref().len())
-            .filter(|_| given_key.as_ref().len() == algorithm.key_len())
-            .ok_or_else(|| hand_over_error("traffic key of the wrong length"))?
-            .copy_from_slice(given_key.as_ref());
+        key[..given_key.len()].copy_from_slice(given_key);
         let iv = given_iv
             .as_ref()
             .try_into()
