@@ -46,6 +46,54 @@ fn hundreds_of_subscribers_over_every_shard_receive_one_publish_once() {
     }
 }
 
+/// Publishes made one after the other, each on a new connection so that the kernel spreads them
+/// over the shards, reach every subscriber on every shard in publish order.
+fn sequential_publishes_keep_their_order(shards: u32) {
+    const PUBLISHES: usize = 500;
+    let gateway = Gateway::start(&["--shards", &shards.to_string()]);
+    let mut subscribers = gateway.client_per_shard(shards);
+    subscribers.extend((0..4).map(|_| gateway.client()));
+    for subscriber in &mut subscribers {
+        assert_eq!(
+            subscriber.subscribe("ticks")["event"],
+            "pusher_internal:subscription_succeeded"
+        );
+    }
+    for round in 0..3 {
+        for n in 0..PUBLISHES {
+            gateway.publish("ticks", "tick", &n.to_string());
+        }
+        for subscriber in &mut subscribers {
+            let received: Vec<usize> = (0..PUBLISHES)
+                .map(|_| {
+                    subscriber.next_event()["data"]
+                        .as_str()
+                        .unwrap()
+                        .parse()
+                        .unwrap()
+                })
+                .collect();
+            let inversions = received.windows(2).filter(|w| w[0] > w[1]).count();
+            assert_eq!(
+                (inversions, received.first(), received.last()),
+                (0, Some(&0), Some(&(PUBLISHES - 1))),
+                "round {round}, subscriber on shard {}",
+                subscriber.shard()
+            );
+        }
+    }
+}
+
+#[test]
+fn sequential_publishes_keep_their_order_over_two_shards() {
+    sequential_publishes_keep_their_order(2);
+}
+
+#[test]
+fn sequential_publishes_keep_their_order_over_four_shards() {
+    sequential_publishes_keep_their_order(4);
+}
+
 #[test]
 fn cache_channels_replay_the_last_event_on_every_shard() {
     let gateway = Gateway::start(&["--shards", "2"]);
@@ -55,24 +103,16 @@ fn cache_channels_replay_the_last_event_on_every_shard() {
         watcher.subscribe("cache-score");
         assert_eq!(watcher.next_event()["event"], "pusher:cache_miss");
     }
-    gateway.publish("cache-score", "score", "1-0");
-    // A shard learns of the other's new subscriber a moment after it subscribed, and until then
-    // does not send it the channel's events: the last event goes out until both shards had it.
-    let mut seen = [false; 2];
-    for _ in 0..50 {
-        gateway.publish("cache-score", "score", "2-0");
-        for (watcher, seen) in watchers.iter_mut().zip(&mut seen) {
-            while let Some(event) = watcher.event_within(Duration::from_millis(100)) {
-                *seen |= event["data"] == "2-0";
-            }
-        }
-        if seen.iter().all(|&seen| seen) {
-            break;
-        }
+    for score in ["1-0", "2-0", "2-1"] {
+        gateway.publish("cache-score", "score", score);
     }
-    assert_eq!(seen, [true; 2], "both shards had the last event");
-    let mut late: Vec<_> = (0..6).map(|_| gateway.client()).collect();
-    for client in &mut late {
+    for watcher in &mut watchers {
+        let scores: Vec<_> = (0..3)
+            .map(|_| watcher.next_event()["data"].clone())
+            .collect();
+        assert_eq!(scores, ["1-0", "2-0", "2-1"], "shard {}", watcher.shard());
+    }
+    for client in &mut gateway.client_per_shard(2) {
         assert_eq!(
             client.subscribe("cache-score")["event"],
             "pusher_internal:subscription_succeeded"
@@ -80,7 +120,9 @@ fn cache_channels_replay_the_last_event_on_every_shard() {
         let replay = client.next_event();
         assert_eq!(
             (replay["event"].as_str(), replay["data"].as_str()),
-            (Some("score"), Some("2-0"))
+            (Some("score"), Some("2-1")),
+            "shard {}",
+            client.shard()
         );
     }
 }

@@ -142,6 +142,11 @@ impl<T> Inbox<T> {
         .await;
         batch.extend(self.receiver.try_iter());
     }
+
+    /// The oldest queued message, if any, without waiting.
+    pub fn try_next(&self) -> Option<T> {
+        self.receiver.try_recv().ok()
+    }
 }
 
 #[cfg(test)]

@@ -55,6 +55,8 @@ pub struct Shard {
     pub node: Arc<Node>,
     /// This shard as a source of presence members and signed-in users.
     me: Source,
+    /// What other shards, and the cluster bridge, ask of this one.
+    inbox: Inbox,
     registry: RefCell<Registry<Rc<Conn>>>,
     /// Node-wide subscriber counts of the channels this shard keeps them for (see `counts`),
     /// by app.
@@ -87,7 +89,7 @@ pub enum Scope<'a> {
 }
 
 impl Shard {
-    fn new(node: Arc<Node>, index: usize) -> Shard {
+    fn new(node: Arc<Node>, index: usize, inbox: Inbox) -> Shard {
         let apps = node.config.apps.len();
         Shard {
             index,
@@ -96,6 +98,7 @@ impl Shard {
                 shard: index as u32,
             },
             node,
+            inbox,
             registry: RefCell::new(Registry::new(apps)),
             counts: RefCell::new((0..apps).map(|_| HashMap::new()).collect()),
             pending_counts: RefCell::new((0..apps).map(|_| HashSet::new()).collect()),
@@ -265,6 +268,10 @@ impl Shard {
         except: Option<SocketId>,
         cache: bool,
     ) {
+        // A publish made before this one on another shard (its publisher already had the
+        // answer) is in this inbox by now: delivering it first keeps every subscriber here, and
+        // the cache, in publish order. Other shards get both through their inboxes, in order.
+        self.catch_up();
         let broadcast = Arc::new(Broadcast {
             app,
             channel: channel.into(),
@@ -286,6 +293,13 @@ impl Shard {
         }
         if let Some(cluster) = &self.node.cluster {
             cluster.publish(&broadcast);
+        }
+    }
+
+    /// Handles every message already in the inbox.
+    fn catch_up(&self) {
+        while let Some(message) = self.inbox.try_next() {
+            self.handle_message(message);
         }
     }
 
@@ -553,7 +567,7 @@ pub fn run(
         .with_entries(4096)
         .build()?;
     runtime.block_on(async move {
-        let shard = Rc::new(Shard::new(node, index));
+        let shard = Rc::new(Shard::new(node, index, inbox));
         if let Some(listener) = listeners.plain {
             let listener = monoio::net::TcpListener::from_std(listener)?;
             monoio::spawn(accept_loop(shard.clone(), listener, None));
@@ -566,7 +580,7 @@ pub fn run(
                 Some(tls.config.clone()),
             ));
         }
-        monoio::spawn(inbox_loop(shard.clone(), inbox));
+        monoio::spawn(inbox_loop(shard.clone()));
         monoio::spawn(sweep_loop(shard.clone()));
         shard.drain_started().await;
         drain(&shard).await;
@@ -574,10 +588,10 @@ pub fn run(
     })
 }
 
-async fn inbox_loop(shard: Rc<Shard>, inbox: Inbox) {
+async fn inbox_loop(shard: Rc<Shard>) {
     let mut batch = Vec::new();
     loop {
-        inbox.next_batch(&mut batch).await;
+        shard.inbox.next_batch(&mut batch).await;
         for message in batch.drain(..) {
             shard.handle_message(message);
         }
