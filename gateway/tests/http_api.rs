@@ -185,3 +185,80 @@ fn health_reports_status_and_connections() {
         );
     }
 }
+
+/// Sends `raw` on one connection and reads until the server closes it; returns every status line
+/// it answered with.
+fn statuses_until_closed(gateway: &Gateway, raw: &[u8]) -> Vec<u16> {
+    let mut stream = TcpStream::connect(("127.0.0.1", gateway.port)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    stream.write_all(raw).unwrap();
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    // A reset after the answer (the request behind it was never read) ends the reading too.
+    while let Ok(n @ 1..) = stream.read(&mut buf) {
+        answer.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8_lossy(&answer)
+        .split("HTTP/1.1 ")
+        .skip(1)
+        .filter_map(|response| response.get(..3)?.parse().ok())
+        .collect()
+}
+
+#[test]
+fn ambiguous_framing_is_refused_and_nothing_behind_it_is_read() {
+    let gateway = Gateway::start(&["--shards", "2"]);
+    let mut subscriber = gateway.client();
+    subscriber.subscribe("vault");
+    // A validly signed publish, kept alive, that a smuggler hides behind a request whose framing
+    // a proxy might read differently.
+    let hidden = signed_request(
+        "POST",
+        &format!("/apps/{APP_ID}/events"),
+        &[],
+        &json!({"name": "smuggled", "channel": "vault", "data": "x"}).to_string(),
+        now_secs(),
+    )
+    .replace("Connection: close", "Connection: keep-alive");
+    let cases = [
+        format!(
+            "POST /apps/1/events HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nContent-Length: {}\r\n\r\n",
+            hidden.len()
+        ),
+        format!(
+            "POST /apps/1/events HTTP/1.1\r\nHost: x\r\nContent-Length: +{}\r\n\r\n",
+            hidden.len()
+        ),
+        "POST /apps/1/events HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Length: 0\r\n\r\n".into(),
+        "POST /apps/1/events HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n".into(),
+        "POST /apps/1/events HTTP/1.1\r\nHost: x\r\nContent-Length : 0\r\n\r\n".into(),
+        "POST /apps/1/events HTTP/1.1\r\nHost: x\r\nX-Folded: a\r\n b\r\nContent-Length: 0\r\n\r\n".into(),
+        "POST /apps/1/events HTTP/1.1\rHost: x\r\nContent-Length: 0\r\n\r\n".into(),
+        "POST /apps/1/events HTTP/1.1\r\nHost: x\rContent-Length: 0\r\n\r\n".into(),
+    ];
+    for case in &cases {
+        let raw = format!("{case}{hidden}");
+        assert_eq!(
+            statuses_until_closed(&gateway, raw.as_bytes()),
+            [400],
+            "{case:?}"
+        );
+    }
+    assert_eq!(
+        gateway.metric("gateway_rejected_total{reason=\"bad_request\"}"),
+        cases.len() as f64
+    );
+    // The hidden publishes were never read: the next event is this one.
+    gateway.publish("vault", "marker", "m");
+    assert_eq!(subscriber.next_event()["event"], "marker");
+    // The same hidden request behind a well-framed one is served, as keep-alive allows.
+    let framed =
+        format!("GET /apps/1/channels HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n{hidden}");
+    assert_eq!(
+        statuses_until_closed(&gateway, framed.replace("keep-alive", "close").as_bytes()),
+        [401, 200]
+    );
+    assert_eq!(subscriber.next_event()["event"], "smuggled");
+}

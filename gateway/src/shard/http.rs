@@ -208,10 +208,7 @@ async fn read_body(
     pending: &mut Vec<u8>,
     timeout: Duration,
 ) -> Result<Vec<u8>, Response> {
-    let length = head.content_length().map_err(|error| {
-        shard.reject(Rejection::BadRequest);
-        Response::text(error.status(), error.to_string())
-    })?;
+    let length = head.content_length;
     let limit = shard.node.config.max_request_body_bytes;
     if length > limit {
         shard.reject(Rejection::BodyTooLarge);
