@@ -39,9 +39,12 @@ pub struct Node {
     pub started: Instant,
     /// "io_uring" or "epoll".
     pub io_driver: &'static str,
-    /// Sockets (WebSocket sessions and HTTP connections) the node accepts at once.
+    /// WebSocket sessions the node holds at once.
     pub max_connections: usize,
-    /// Sockets open now, for the node limit.
+    /// Sockets (sessions and HTTP connections) the node accepts at once: `max_connections` plus
+    /// a reserve for HTTP connections, so the API still answers on a full node.
+    pub max_sockets: usize,
+    /// Sockets open now, for `max_sockets`.
     pub open_sockets: AtomicUsize,
     pub shards: Vec<ShardLink>,
     pub tls: Option<NodeTls>,
@@ -70,6 +73,7 @@ impl Node {
             started: Instant::now(),
             io_driver,
             max_connections,
+            max_sockets: max_connections.saturating_add(crate::server::API_RESERVE),
             open_sockets: AtomicUsize::new(0),
             shards,
             tls,

@@ -20,6 +20,9 @@ use crate::tls::{CertStore, SettledChange};
 /// event fds, listeners, the admin port, logs).
 const RESERVED_FDS_BASE: u64 = 32;
 const RESERVED_FDS_PER_SHARD: u64 = 8;
+/// Sockets kept back from WebSocket sessions for HTTP connections, so that a backend can still
+/// publish to a node full of clients.
+pub const API_RESERVE: usize = 64;
 /// Pending connections each listener's kernel queue holds (capped by net.core.somaxconn).
 const LISTEN_BACKLOG: i32 = 4096;
 /// How often the certificate files are checked for changes. Changed files load once they have
@@ -63,10 +66,11 @@ pub fn raise_fd_limit() -> u64 {
     limit.rlim_cur
 }
 
-/// Connections this process can hold with `fd_limit` descriptors and `shards` shards.
+/// WebSocket sessions this process can hold with `fd_limit` descriptors and `shards` shards,
+/// leaving `API_RESERVE` sockets to HTTP connections.
 pub fn connection_ceiling(fd_limit: u64, shards: usize) -> usize {
     let reserved = RESERVED_FDS_BASE + RESERVED_FDS_PER_SHARD * shards as u64;
-    fd_limit.saturating_sub(reserved) as usize
+    (fd_limit.saturating_sub(reserved) as usize).saturating_sub(API_RESERVE)
 }
 
 fn socket(addr: SocketAddr) -> io::Result<socket2::Socket> {
@@ -357,7 +361,7 @@ mod tests {
 
     #[test]
     fn ceiling_keeps_descriptors_back_for_the_runtime() {
-        assert_eq!(connection_ceiling(20_000, 2), 20_000 - 48);
+        assert_eq!(connection_ceiling(20_000, 2), 20_000 - 48 - API_RESERVE);
         assert_eq!(connection_ceiling(10, 2), 0);
     }
 

@@ -369,3 +369,34 @@ fn a_subscriber_that_falls_behind_is_closed_with_4100() {
     assert!(received > 0);
     assert_still_served(&gateway, &mut watcher);
 }
+
+#[test]
+fn a_full_node_still_answers_api_requests() {
+    // 200 descriptors: after the runtime's share and the HTTP reserve, room for 88 sessions.
+    let gateway = Gateway::start_with_fd_limit(200, &["--shards", "2"]);
+    let sessions = gateway.metric("gateway_max_connections") as usize;
+    assert_eq!(sessions, 88);
+    let mut watcher = bystander(&gateway);
+    let _others: Vec<_> = (1..sessions).map(|_| gateway.client()).collect();
+
+    let (mut refused, _) = tungstenite::connect(gateway.url(common::KEY)).expect("upgrade");
+    let error = match refused.read().unwrap() {
+        Message::Text(text) => serde_json::from_str::<serde_json::Value>(&text).unwrap(),
+        other => panic!("expected pusher:error, got {other:?}"),
+    };
+    assert_eq!(error["data"]["code"], 4100, "{error}");
+    let mut refused = common::Client {
+        socket: refused,
+        socket_id: String::new(),
+    };
+    assert_eq!(refused.wait_close(), Ended::Closed(Some(4100)));
+    assert!(gateway.metric("gateway_rejected_total{reason=\"over_capacity\"}") >= 1.0);
+
+    // More publishes than the reserve holds, each on its own connection, as SDKs without
+    // keep-alive send them.
+    for n in 0..150 {
+        gateway.publish("bystanders", "full", &n.to_string());
+        assert_eq!(watcher.next_event()["data"], n.to_string());
+    }
+    assert_eq!(gateway.health()["status"], "ok");
+}

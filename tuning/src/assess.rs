@@ -11,9 +11,10 @@ use crate::host::{
     sysctl_path, HostState, KernelVersion, ResourceLimit, CONNTRACK_MAX_KEY, UNLIMITED,
 };
 
-/// File descriptors the gateway keeps back from connections: 32 plus 8 per shard (listener,
-/// io_uring ring, wake-ups), the same rule the gateway applies at start, taken for 64 shards.
-pub const GATEWAY_RESERVED_FDS: u64 = 32 + 8 * 64;
+/// File descriptors the gateway keeps back from WebSocket connections: 32 plus 8 per shard
+/// (listener, io_uring ring, wake-ups) plus 64 for HTTP API requests on a full node, the same
+/// rule the gateway applies at start, taken for 64 shards.
+pub const GATEWAY_RESERVED_FDS: u64 = 32 + 8 * 64 + 64;
 /// Open files left for every other process on the host when sizing `fs.file-max`.
 pub const OTHER_PROCESSES_FILES: u64 = 65_536;
 /// Kernel memory of one idle TCP socket: tcp_sock (~2.3 KiB), socket inode (~0.8 KiB), file,
@@ -611,7 +612,7 @@ mod tests {
         assert_eq!(hard.status, Status::Low);
         assert_eq!(
             hard.fix.as_deref(),
-            Some("ulimit -Hn 100544  (as root; systemd: LimitNOFILE=100544)")
+            Some("ulimit -Hn 100608  (as root; systemd: LimitNOFILE=100608)")
         );
         assert_eq!(assessment.capacity.limited_by, Some("RLIMIT_NOFILE (hard)"));
         assert_eq!(

@@ -125,7 +125,7 @@ pub fn write_table(
     writeln!(
         out,
         "file descriptors: one per connection, plus {} the gateway keeps for itself \
-         (32 + 8 per shard, 64 shards)",
+         (32 + 8 per shard for 64 shards, 64 for API requests)",
         GATEWAY_RESERVED_FDS
     )?;
     let ceilings = capacity

@@ -195,9 +195,16 @@ pub fn render(node: &Node, latency: &Histogram<u64>) -> String {
         &mut out,
         "gateway_max_connections",
         "gauge",
-        "Sockets this node accepts at once.",
+        "WebSocket sessions this node holds at once.",
     );
     let _ = writeln!(out, "gateway_max_connections {}", node.max_connections);
+    header(
+        &mut out,
+        "gateway_max_sockets",
+        "gauge",
+        "Sockets this node accepts at once: sessions plus a reserve for HTTP API requests.",
+    );
+    let _ = writeln!(out, "gateway_max_sockets {}", node.max_sockets);
     header(
         &mut out,
         "gateway_open_sockets",

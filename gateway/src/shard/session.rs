@@ -93,6 +93,13 @@ pub async fn upgrade(
                 origin.as_deref().unwrap_or("(none)")
             ),
         )),
+        // Checked after the upgrade for the same reason; pusher-js reconnects after a 4100 with
+        // a back-off.
+        Some(_) if shard.node.connections() >= shard.node.max_connections as i64 => Some((
+            codes::OVER_CAPACITY,
+            Rejection::OverCapacity,
+            "Over capacity: this node holds its maximum of connections".into(),
+        )),
         Some((index, app))
             if app.max_connections > 0
                 && shard.node.app_connections(index) >= app.max_connections as i64 =>

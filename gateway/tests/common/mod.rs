@@ -65,6 +65,32 @@ impl Gateway {
 
     /// Starts the binary with extra flags and waits until /ready answers 200.
     pub fn start(extra: &[&str]) -> Gateway {
+        Gateway::launch(extra, Command::new(env!("CARGO_BIN_EXE_gateway")))
+    }
+
+    /// Like `start`, with the process's open-files limit (soft and hard) set to `limit`.
+    pub fn start_with_fd_limit(limit: u64, extra: &[&str]) -> Gateway {
+        use std::os::unix::process::CommandExt;
+        let mut command = Command::new(env!("CARGO_BIN_EXE_gateway"));
+        // SAFETY: runs in the forked child before exec; setrlimit is async-signal-safe and only
+        // reads the struct on this stack.
+        unsafe {
+            command.pre_exec(move || {
+                let rlimit = libc::rlimit {
+                    rlim_cur: limit,
+                    rlim_max: limit,
+                };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &rlimit) == 0 {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::last_os_error())
+                }
+            });
+        }
+        Gateway::launch(extra, command)
+    }
+
+    fn launch(extra: &[&str], mut command: Command) -> Gateway {
         let port = free_port();
         let admin_port = free_port();
         let mut args = vec![
@@ -76,7 +102,7 @@ impl Gateway {
             admin_port.to_string(),
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
-        let child = Command::new(env!("CARGO_BIN_EXE_gateway"))
+        let child = command
             .args(&args)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
