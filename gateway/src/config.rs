@@ -155,6 +155,10 @@ pub struct Config {
     pub max_message_bytes: usize,
     /// Bytes queued to one connection before it is closed as a slow consumer (4100).
     pub outbound_queue_bytes: usize,
+    /// Kernel send buffer of each client socket (SO_SNDBUF; the kernel doubles it), so that a
+    /// client that stops reading pins little kernel memory and `outbound_queue_bytes` decides
+    /// when it is slow; 0 leaves the kernel's autotuning (up to `net.ipv4.tcp_wmem`'s maximum).
+    pub send_buffer_bytes: usize,
     /// Messages a shard's inbox holds before further ones are dropped and counted.
     pub inbox_capacity: usize,
     /// Seconds over which a drain spreads the closing of clients.
@@ -200,6 +204,7 @@ impl Default for Config {
             inactivity_timeout: 300,
             max_message_bytes: 64 * 1024,
             outbound_queue_bytes: 1024 * 1024,
+            send_buffer_bytes: 32 * 1024,
             inbox_capacity: 65_536,
             drain_seconds: 10,
             head_timeout: 10,
@@ -240,7 +245,7 @@ pub enum ConfigError {
 }
 
 /// The settings that take one scalar value, in the order `--help` lists them.
-pub const SETTINGS: [(&str, &str); 28] = [
+pub const SETTINGS: [(&str, &str); 29] = [
     ("bind", "address the client port listens on (0.0.0.0)"),
     ("port", "WebSocket and HTTP API port (6001)"),
     ("admin_bind", "address of the admin port (127.0.0.1)"),
@@ -265,6 +270,10 @@ pub const SETTINGS: [(&str, &str); 28] = [
     (
         "outbound_queue_bytes",
         "bytes queued per connection before close 4100 (1048576)",
+    ),
+    (
+        "send_buffer_bytes",
+        "kernel send buffer per client socket, doubled by the kernel; 0: autotuned (32768)",
     ),
     ("inbox_capacity", "messages a shard inbox holds (65536)"),
     (
@@ -398,6 +407,7 @@ impl Config {
             "inactivity_timeout" => self.inactivity_timeout = parse(key, value)?,
             "max_message_bytes" => self.max_message_bytes = parse(key, value)?,
             "outbound_queue_bytes" => self.outbound_queue_bytes = parse(key, value)?,
+            "send_buffer_bytes" => self.send_buffer_bytes = parse(key, value)?,
             "inbox_capacity" => self.inbox_capacity = parse(key, value)?,
             "drain_seconds" => self.drain_seconds = parse(key, value)?,
             "head_timeout" => self.head_timeout = parse(key, value)?,

@@ -400,3 +400,90 @@ fn a_full_node_still_answers_api_requests() {
     }
     assert_eq!(gateway.health()["status"], "ok");
 }
+
+/// The gateway's side of a connection, from `ss`: (bytes in its send queue, its send buffer).
+fn send_queue(gateway: &Gateway, client_port: u16) -> (u64, u64) {
+    let output = std::process::Command::new("ss")
+        .args(["-tmnH", "state", "established", "src"])
+        .arg(format!("127.0.0.1:{}", gateway.port))
+        .args(["dst", &format!("127.0.0.1:{client_port}")])
+        .output()
+        .expect("ss runs");
+    let text = String::from_utf8_lossy(&output.stdout);
+    let queued = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no socket in {text:?}"));
+    let buffer = text
+        .split(['(', ',', ')'])
+        .find_map(|field| field.strip_prefix("tb")?.parse().ok())
+        .unwrap_or_else(|| panic!("no tb in {text:?}"));
+    (queued, buffer)
+}
+
+fn rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib: u64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").parse().ok())
+        .unwrap();
+    kib * 1024
+}
+
+#[test]
+fn a_subscriber_that_stops_reading_pins_bounded_memory_and_gets_its_4100() {
+    // The defaults: 1 MiB outbound queue, 32 KiB asked of the kernel for the send buffer.
+    let gateway = Gateway::start(&["--shards", "2"]);
+    let mut watcher = bystander(&gateway);
+    watcher.subscribe("firehose");
+    let mut laggard = raw_websocket(&gateway);
+    laggard
+        .write_all(&masked(
+            0x81,
+            br#"{"event":"pusher:subscribe","data":{"channel":"firehose"}}"#,
+        ))
+        .unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&seen).contains("subscription_succeeded") {
+        let n = laggard.read(&mut buf).unwrap();
+        seen.extend_from_slice(&buf[..n]);
+    }
+    let rss_before = rss_bytes(gateway.child.id());
+
+    // The laggard stops reading while 100 KB batches go out.
+    let data = "x".repeat(10_000);
+    let batch: Vec<serde_json::Value> = (0..10)
+        .map(|_| json!({"name": "bulk", "channel": "firehose", "data": data}))
+        .collect();
+    let body = json!({ "batch": batch }).to_string();
+    for _ in 0..500 {
+        let (status, _) = gateway.api("POST", "/apps/1/batch_events", &[], &body);
+        assert_eq!(status, 200);
+        for _ in 0..10 {
+            assert_eq!(watcher.next_event()["event"], "bulk");
+        }
+        if gateway.metric("gateway_slow_consumer_disconnects_total") >= 1.0 {
+            break;
+        }
+    }
+    assert_eq!(
+        gateway.metric("gateway_slow_consumer_disconnects_total"),
+        1.0
+    );
+    // What the kernel holds for it is the send buffer (32 KiB asked, 64 KiB granted), not the
+    // megabytes autotuning would give (one write may overshoot it); the process grows by the
+    // outbound queue and the publishes' bodies and frames.
+    let (queued, buffer) = send_queue(&gateway, laggard.local_addr().unwrap().port());
+    assert!(buffer <= 64 * 1024, "send buffer {buffer}");
+    assert!(queued <= 2 * buffer, "send queue {queued}");
+    let grown = rss_bytes(gateway.child.id()).saturating_sub(rss_before);
+    assert!(grown < 8 << 20, "RSS grew by {grown} bytes");
+
+    // A moment later it reads again: what the kernel held, then the close.
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(read_close_code(&mut laggard), Some(4100));
+    assert_still_served(&gateway, &mut watcher);
+}

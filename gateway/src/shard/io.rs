@@ -66,6 +66,24 @@ pub fn send_some(fd: RawFd, mut bytes: &[u8]) -> io::Result<usize> {
     Ok(total - bytes.len())
 }
 
+/// Caps the kernel's send buffer of a socket at `bytes` (the kernel doubles it, and clamps it
+/// to `net.core.wmem_max`), which turns off its autotuning for that socket.
+pub fn set_send_buffer(fd: RawFd, bytes: usize) -> io::Result<()> {
+    let value = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    // SAFETY: setsockopt only reads `size_of::<c_int>()` bytes from the pointer, which points at
+    // `value` on this stack for the whole call.
+    let status = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_SNDBUF,
+            (&raw const value).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    result(status as isize).map(drop)
+}
+
 /// Stops sending (a FIN after what is queued) while still reading the peer's close.
 pub fn shutdown_write(fd: RawFd) {
     // SAFETY: shutdown takes no pointers; on a closed or bad descriptor it only returns an error,

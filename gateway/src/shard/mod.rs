@@ -14,6 +14,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::future::poll_fn;
 use std::hash::{Hash, Hasher};
+use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::task::{Poll, Waker};
@@ -649,6 +650,12 @@ async fn accept_loop(
             continue;
         }
         let _ = stream.set_nodelay(true);
+        let send_buffer = node.config.send_buffer_bytes;
+        if send_buffer > 0 {
+            if let Err(error) = io::set_send_buffer(stream.as_raw_fd(), send_buffer) {
+                tracing::debug!(shard = shard.index, %error, "cannot cap the send buffer");
+            }
+        }
         let transport = match &tls {
             None => Transport::Plain,
             Some(config) => match TlsSession::new(config.clone()) {
