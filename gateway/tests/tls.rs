@@ -71,7 +71,11 @@ fn client_config(ca: &Path) -> Arc<ClientConfig> {
 }
 
 fn tls_connect(config: &Arc<ClientConfig>, port: u16) -> std::io::Result<TlsStream> {
-    let tcp = TcpStream::connect(("127.0.0.1", port))?;
+    tls_over(TcpStream::connect(("127.0.0.1", port))?, config)
+}
+
+/// A TLS handshake over a connected socket.
+fn tls_over(tcp: TcpStream, config: &Arc<ClientConfig>) -> std::io::Result<TlsStream> {
     tcp.set_read_timeout(Some(Duration::from_secs(5)))?;
     let conn = ClientConnection::new(config.clone(), "localhost".try_into().unwrap()).unwrap();
     let mut stream = StreamOwned::new(conn, tcp);
@@ -634,6 +638,93 @@ fn forged_record_answer(stream: &mut TlsStream) -> Result<(), rustls::Error> {
         stream.conn.process_new_packets()?;
     }
     Ok(())
+}
+
+#[test]
+fn python_ssl_unwrap_gets_the_gateways_close_notify() {
+    let certs = certificates("unwrap");
+    let tls = start(&certs, &[]);
+    // After an HTTP request on a keep-alive connection, and in a WebSocket session.
+    for mode in ["http", "websocket"] {
+        let output = Command::new(common::script::python())
+            .arg(common::script::py_dir().join("tls_unwrap.py"))
+            .arg(tls.tls_port.to_string())
+            .arg(certs.join("ca.pem"))
+            .arg(mode)
+            .stdin(Stdio::null())
+            .output()
+            .expect("python3 runs");
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            output.status.success() && stdout.trim() == "unwrapped",
+            "{mode}: the gateway answers close_notify with its own:\n{stdout}{stderr}"
+        );
+    }
+}
+
+#[test]
+fn an_alert_reaches_a_client_that_is_still_sending() {
+    let certs = certificates("alert-linger");
+    let tls = start(&certs, &[]);
+    let config = client_config(&certs.join("ca.pem"));
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    // A small receive window, so that what the gateway sends soon waits for the client.
+    socket.set_recv_buffer_size(8 * 1024).unwrap();
+    let address = std::net::SocketAddr::from(([127, 0, 0, 1], tls.tls_port));
+    socket.connect(&address.into()).unwrap();
+    let stream = tls_over(socket.into(), &config).unwrap();
+    let client = wss_client(stream, tls.tls_port, "firehose");
+
+    // The client reads nothing for a while: events fill its window and wait at the gateway, so
+    // the alert waits behind them.
+    let data = "x".repeat(10_000);
+    for _ in 0..40 {
+        tls.gateway.publish("firehose", "bulk", &data);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let mut stream = client.into_inner();
+    let forged = [&[23, 3, 3, 0, 32][..], &[0x5a; 32]].concat();
+    stream.sock.write_all(&forged).unwrap();
+    // It goes on sending after the record the gateway refuses, and only then reads.
+    let mut writer = stream.sock.try_clone().unwrap();
+    let sending = std::thread::spawn(move || {
+        let until = Instant::now() + Duration::from_millis(1500);
+        while Instant::now() < until && writer.write_all(&[0x5a; 1024]).is_ok() {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    });
+    std::thread::sleep(Duration::from_millis(100));
+    let answer = read_to_the_end(&mut stream);
+    sending.join().unwrap();
+    assert_eq!(
+        answer,
+        Err(rustls::Error::AlertReceived(
+            rustls::AlertDescription::BadRecordMac
+        )),
+        "the alert arrives, not a reset"
+    );
+    assert_eq!(
+        tls.gateway
+            .wait_metric("gateway_tls_record_errors_total", 1.0),
+        1.0
+    );
+}
+
+/// Reads and decrypts until the connection ends; the TLS error that ended it, if one did.
+fn read_to_the_end(stream: &mut TlsStream) -> Result<(), rustls::Error> {
+    let mut plain = [0; 16 * 1024];
+    loop {
+        match stream.conn.read_tls(&mut stream.sock) {
+            Ok(0) => return Ok(()),
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            // A reset, or silence.
+            Err(_) => return Ok(()),
+        }
+        stream.conn.process_new_packets()?;
+        while matches!(stream.conn.reader().read(&mut plain), Ok(n) if n > 0) {}
+    }
 }
 
 /// Runs openssl to make a key in a given PEM form (`OUT` in the command stands for the key file)

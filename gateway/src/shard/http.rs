@@ -83,9 +83,15 @@ pub async fn serve(
         .await;
         let (head, head_len) = match read {
             Ok(Ok(found)) => found,
-            Ok(Err(ReadFailure::Closed)) => return,
+            Ok(Err(ReadFailure::Closed)) => {
+                if transport.ends_with_alert() {
+                    Box::pin(transport.linger_close(&stream, &[])).await;
+                }
+                return;
+            }
             Ok(Err(ReadFailure::TlsRecord)) => {
                 stats::add(&shard.stats().tls_record_errors, 1);
+                Box::pin(transport.linger_close(&stream, &[])).await;
                 return;
             }
             Err(_) => {
@@ -152,6 +158,10 @@ async fn handshake(
         Ok(Err(HandshakeFailure::Closed)) => TlsFailure::Closed,
     };
     stats.tls_failure(failure);
+    if transport.ends_with_alert() {
+        // The alert that says why the handshake failed reaches even a client still sending.
+        transport.linger_close(stream, &[]).await;
+    }
     None
 }
 
@@ -173,7 +183,7 @@ async fn api_request(
             return false;
         }
     };
-    respond(shard, stream, transport, &response, keep_alive).await && keep_alive
+    respond(shard, stream, transport, &response, keep_alive).await
 }
 
 async fn read_request(
@@ -235,7 +245,8 @@ async fn read_body(
     }
 }
 
-/// Writes a response; false when the client has gone.
+/// Writes a response; true when the connection stays open for the next request, false when
+/// the client has gone or `keep_alive` is false.
 pub(super) async fn respond(
     shard: &Shard,
     stream: &TcpStream,
@@ -244,15 +255,14 @@ pub(super) async fn respond(
     keep_alive: bool,
 ) -> bool {
     shard.stats().http_status(response.status);
-    let written = transport
-        .write_all(stream, &response.to_bytes(keep_alive))
-        .await
-        .is_ok();
-    if written && !keep_alive {
-        // A clean end (close_notify on TLS, then FIN), so the client knows nothing was cut off.
-        transport.shutdown(stream).await;
+    let bytes = response.to_bytes(keep_alive);
+    if keep_alive {
+        return transport.write_all(stream, &bytes).await.is_ok();
     }
-    written
+    // A clean end (close_notify on TLS, then FIN), so the client knows nothing was cut off, that
+    // reaches a client still sending its request.
+    transport.linger_close(stream, &bytes).await;
+    false
 }
 
 async fn answer(shard: &Shard, route: &Route, head: &RequestHead, body: &[u8]) -> Response {

@@ -93,6 +93,27 @@ pub fn shutdown_write(fd: RawFd) {
     }
 }
 
+/// Reads and throws away what arrives until the peer closes, `max` bytes have come or reading
+/// fails: a socket closed with unread bytes makes the kernel answer with a reset, which can
+/// destroy what was sent before it and has not been read yet.
+pub async fn discard_until_closed(stream: &TcpStream, fd: RawFd, max: usize) {
+    let mut sink = [0u8; 2048];
+    let mut left = max;
+    while left > 0 {
+        match recv(fd, &mut sink[..left.min(2048)]) {
+            Ok(0) => return,
+            Ok(n) => left -= n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                if stream.readable(false).await.is_err() {
+                    return;
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return,
+        }
+    }
+}
+
 /// Writes all of `bytes`, waiting for the socket when its buffer is full.
 pub async fn send_all(stream: &TcpStream, fd: RawFd, mut bytes: &[u8]) -> io::Result<()> {
     while !bytes.is_empty() {

@@ -24,7 +24,7 @@ use crate::webhooks::{WebhookEvent, WebhookKind};
 use crate::ws::frame::{close_frame, pong_frame, text_frame};
 use crate::ws::{accept_upgrade, Assembler, FrameHead, Message, WsError};
 
-/// How long a closing connection may take to finish the close handshake.
+/// How long a closing session may take to write what is queued, its close frame last.
 const CLOSE_LINGER: Duration = Duration::from_secs(2);
 /// Reads handled per wake-up before other connections get their turn.
 const READS_PER_WAKE: usize = 4;
@@ -117,7 +117,7 @@ pub async fn upgrade(
         shard.reject(rejection);
         let mut bytes = text_frame(&message::error(Some(code), &reason)).to_vec();
         bytes.extend_from_slice(&close_frame(code, &reason));
-        return Box::pin(close_with(&stream, &mut transport, bytes)).await;
+        return Box::pin(transport.linger_close(&stream, &bytes)).await;
     }
     let app = config.app_by_key(&app_key).map_or(0, |(index, _)| index);
     drop(app_key);
@@ -166,6 +166,9 @@ fn run(
         let reason = pump(&shard, &stream, &conn, &mut transport).await;
         shard.unregister(&conn, reason);
         if reason == Disconnect::ClientGone {
+            if transport.ends_with_alert() {
+                Box::pin(transport.linger_close(&stream, &[])).await;
+            }
             return;
         }
         let code = conn
@@ -267,38 +270,8 @@ async fn finish_close(shard: &Shard, stream: &TcpStream, conn: &Conn, transport:
         }
     };
     if matches!(monoio::time::timeout(CLOSE_LINGER, finish).await, Ok(true)) {
-        linger(stream, transport).await;
+        transport.linger_close(stream, &[]).await;
     }
-}
-
-/// Sends a Pusher error and close frame on a session refused at its start.
-async fn close_with(stream: &TcpStream, transport: &mut Transport, bytes: Vec<u8>) {
-    if transport.write_all(stream, &bytes).await.is_ok() {
-        linger(stream, transport).await;
-    }
-}
-
-/// After our close frame: stop sending and wait briefly for the client to close, so that the
-/// close frame is not lost to a reset.
-async fn linger(stream: &TcpStream, transport: &mut Transport) {
-    transport.shutdown(stream).await;
-    let fd = stream.as_raw_fd();
-    let drain = async {
-        let mut sink = [0u8; 512];
-        loop {
-            match io::recv(fd, &mut sink) {
-                Ok(0) => return,
-                Ok(_) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    if stream.readable(false).await.is_err() {
-                        return;
-                    }
-                }
-                Err(_) => return,
-            }
-        }
-    };
-    let _ = monoio::time::timeout(CLOSE_LINGER, drain).await;
 }
 
 /// Reads what the socket has into the shard's scratch buffer and handles every whole frame.

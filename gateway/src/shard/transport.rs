@@ -3,6 +3,7 @@
 
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
+use std::time::Duration;
 
 use monoio::net::TcpStream;
 
@@ -12,6 +13,10 @@ pub use crate::tls::session::TlsSession;
 
 /// Largest TLS record on the wire (16 KiB of payload plus header and expansion).
 pub const MAX_RECORD: usize = 16 * 1024 + 256;
+/// How long a closing connection may take to send its last bytes and see the peer close.
+const LINGER: Duration = Duration::from_secs(1);
+/// Most bytes read and thrown away while a connection closes.
+const LINGER_BYTES: usize = 256 * 1024;
 
 /// A connection's transport.
 pub enum Transport {
@@ -129,15 +134,33 @@ impl Transport {
         }
     }
 
-    /// Ends the sending side: a close_notify on TLS, then a FIN.
-    pub async fn shutdown(&mut self, stream: &TcpStream) {
-        if let Transport::Tls(tls) = self {
-            let mut alert = Vec::new();
-            tls.close_notify(&mut alert);
-            tls.keep_outgoing(&alert);
-            let _ = send_all_outgoing(stream, tls).await;
-        }
-        socket::shutdown_write(stream.as_raw_fd());
+    /// Whether the connection must end with an alert the peer should hear (`linger_close`
+    /// sends it): the answer to its close_notify, or the alert that says why it failed.
+    pub fn ends_with_alert(&self) -> bool {
+        matches!(self, Transport::Tls(tls) if tls.ends_with_alert())
+    }
+
+    /// Ends the connection so that its last bytes reach a peer that may still be sending:
+    /// writes `last` (on TLS followed by close_notify, or only the alert a failure left), sends
+    /// a FIN, then reads and throws away what comes until the peer closes, `LINGER_BYTES` have
+    /// come or `LINGER` has passed since the start. The caller closes the socket afterwards.
+    pub async fn linger_close(&mut self, stream: &TcpStream, last: &[u8]) {
+        let fd = stream.as_raw_fd();
+        // Boxed: rarely run, and its buffer would otherwise grow the task of every caller.
+        let close = Box::pin(async move {
+            let sent = match self {
+                Transport::Plain => socket::send_all(stream, fd, last).await,
+                Transport::Tls(tls) => {
+                    tls.close(last);
+                    send_all_outgoing(stream, tls).await
+                }
+            };
+            if sent.is_ok() {
+                socket::shutdown_write(fd);
+                socket::discard_until_closed(stream, fd, LINGER_BYTES).await;
+            }
+        });
+        let _ = monoio::time::timeout(LINGER, close).await;
     }
 }
 

@@ -33,6 +33,13 @@ const ALERT: u8 = 21;
 const HANDSHAKE: u8 = 22;
 const APPLICATION_DATA: u8 = 23;
 
+/// Type and length before each handshake message's body.
+const MESSAGE_HEADER_LEN: usize = 4;
+/// Longest handshake message taken in pieces over several records. TLS 1.3 allows only a
+/// KeyUpdate (5 bytes) after the handshake; the rest is room for the ClientHello of a TLS 1.2
+/// renegotiation, which is only refused. The pieces are kept only until the message is whole.
+const MAX_SPLIT_MESSAGE: usize = 512;
+
 const CLIENT_HELLO: u8 = 1;
 const KEY_UPDATE: u8 = 24;
 const UPDATE_NOT_REQUESTED: u8 = 0;
@@ -240,6 +247,23 @@ impl SinceData {
     }
 }
 
+/// A handshake message begun in one record, waiting for the rest from the next ones
+/// (RFC 8446 §5.1).
+struct SplitMessage {
+    filled: usize,
+    bytes: [u8; MAX_SPLIT_MESSAGE],
+}
+
+impl SplitMessage {
+    /// Moves bytes from the start of `from` until the message holds `upto`; how many it took.
+    fn take(&mut self, from: &[u8], upto: usize) -> usize {
+        let n = upto.saturating_sub(self.filled).min(from.len());
+        self.bytes[self.filled..self.filled + n].copy_from_slice(&from[..n]);
+        self.filled += n;
+        n
+    }
+}
+
 /// A connection's record protection after the handshake.
 pub struct RecordLayer {
     version: Version,
@@ -253,6 +277,9 @@ pub struct RecordLayer {
     key_update_requested: bool,
     /// A TLS 1.2 peer asked to renegotiate; it was refused once and may not ask again.
     renegotiation_refused: bool,
+    /// The start of a handshake message whose rest is in records still to come; boxed, so that
+    /// a connection pays for the room only while a message is split.
+    split: Option<Box<SplitMessage>>,
 }
 
 fn hand_over_error(what: &str) -> RecordError {
@@ -299,6 +326,7 @@ impl RecordLayer {
             since_data: SinceData::default(),
             key_update_requested: false,
             renegotiation_refused: false,
+            split: None,
         })
     }
 
@@ -335,6 +363,13 @@ impl RecordLayer {
                 None => expanded.insert(self.rx.key()?),
             };
             let (typ, plain) = self.decrypt(key, iv, header, body)?;
+            if self.split.is_some() && typ != HANDSHAKE {
+                // The records of a split handshake message come one after another (RFC 8446
+                // §5.1).
+                return Err(RecordError::UnexpectedMessage(
+                    "record inside a split handshake message",
+                ));
+            }
             if plain.is_empty() {
                 // Only application data may be empty, and not endlessly (RFC 8446 §5.4).
                 if typ != APPLICATION_DATA {
@@ -453,61 +488,138 @@ impl RecordLayer {
         Ok(false)
     }
 
-    /// Handles handshake messages after the handshake; true when the receive keys changed.
+    /// Handles the handshake messages in a record after the handshake, putting together one
+    /// split over records; true when the receive keys changed.
     fn post_handshake(
         &mut self,
-        mut messages: &[u8],
+        mut record: &[u8],
         out: &mut Vec<u8>,
     ) -> Result<bool, RecordError> {
         let mut rekeyed = false;
-        while let &[typ, a, b, c, ref rest @ ..] = messages {
-            let len = u32::from_be_bytes([0, a, b, c]) as usize;
-            let (body, after) =
-                rest.split_at_checked(len)
-                    .ok_or(RecordError::UnexpectedMessage(
-                        "fragmented handshake message",
-                    ))?;
-            messages = after;
-            match (self.version, typ) {
-                (Version::Tls13, KEY_UPDATE) => {
-                    let &[request] = body else {
-                        return Err(RecordError::Decode);
-                    };
-                    // Checked before the keys change (RFC 8446 §4.6.3).
-                    if request != UPDATE_NOT_REQUESTED && request != UPDATE_REQUESTED {
-                        return Err(RecordError::IllegalParameter("key_update request"));
-                    }
-                    if !messages.is_empty() {
-                        // A key change ends its record (RFC 8446 §5.1).
-                        return Err(RecordError::UnexpectedMessage("data after key_update"));
-                    }
-                    let since = &mut self.since_data;
-                    SinceData::count(
-                        &mut since.key_updates,
-                        MAX_KEY_UPDATES_IN_A_ROW,
-                        "key updates",
-                    )?;
-                    self.rx = self.rx.updated()?;
-                    rekeyed = true;
-                    // Answered once before the next record we send, however many came meanwhile
-                    // (RFC 8446 §4.6.3).
-                    self.key_update_requested |= request == UPDATE_REQUESTED;
-                }
-                (Version::Tls12, CLIENT_HELLO) if !self.renegotiation_refused => {
-                    // Refused once with a warning, as rustls does; asking again ends it.
-                    self.renegotiation_refused = true;
-                    let alert = [WARNING, NO_RENEGOTIATION];
-                    self.seal_checked(&mut self.tx.key()?, ALERT, &alert, out)?;
-                }
-                _ => return Err(RecordError::UnexpectedMessage("handshake message")),
-            }
+        if let Some(mut split) = self.split.take() {
+            let taken = self.continue_split(&mut split, record)?;
+            record = &record[taken..];
+            let Some((typ, body)) = self.whole(&split)? else {
+                // Still not whole: the record held nothing else.
+                self.split = Some(split);
+                return Ok(false);
+            };
+            rekeyed = self.handshake_message(typ, body, record.is_empty(), out)?;
         }
-        if !messages.is_empty() {
-            return Err(RecordError::UnexpectedMessage(
-                "fragmented handshake message",
-            ));
+        while let [typ, a, b, c, rest @ ..] = record {
+            let len = self.body_len(*typ, [*a, *b, *c])?;
+            let Some((body, after)) = rest.split_at_checked(len) else {
+                break;
+            };
+            record = after;
+            rekeyed |= self.handshake_message(*typ, body, record.is_empty(), out)?;
+        }
+        if !record.is_empty() {
+            let mut split = Box::new(SplitMessage {
+                filled: 0,
+                bytes: [0; MAX_SPLIT_MESSAGE],
+            });
+            self.continue_split(&mut split, record)?;
+            self.split = Some(split);
         }
         Ok(rekeyed)
+    }
+
+    /// Adds what `record` holds of a split message to it; returns how many bytes that was. The
+    /// header comes first: it says whether the message may come now and how long it is.
+    fn continue_split(
+        &self,
+        split: &mut SplitMessage,
+        record: &[u8],
+    ) -> Result<usize, RecordError> {
+        let mut taken = split.take(record, MESSAGE_HEADER_LEN);
+        let Some(total) = self.split_len(split)? else {
+            return Ok(taken);
+        };
+        taken += split.take(&record[taken..], total);
+        Ok(taken)
+    }
+
+    /// The whole length of a split message, once its header is in.
+    fn split_len(&self, split: &SplitMessage) -> Result<Option<usize>, RecordError> {
+        let &[typ, a, b, c, ..] = &split.bytes[..split.filled] else {
+            return Ok(None);
+        };
+        let total = MESSAGE_HEADER_LEN + self.body_len(typ, [a, b, c])?;
+        if total > MAX_SPLIT_MESSAGE {
+            return Err(RecordError::UnexpectedMessage(
+                "handshake message too long to take in pieces",
+            ));
+        }
+        Ok(Some(total))
+    }
+
+    /// The type and body of a split message, once it is whole.
+    fn whole<'a>(&self, split: &'a SplitMessage) -> Result<Option<(u8, &'a [u8])>, RecordError> {
+        Ok(match self.split_len(split)? {
+            Some(total) if split.filled == total => {
+                Some((split.bytes[0], &split.bytes[MESSAGE_HEADER_LEN..total]))
+            }
+            _ => None,
+        })
+    }
+
+    /// The body length a handshake message's header gives, once the header shows a message the
+    /// peer may send now: checked before its body is waited for.
+    fn body_len(&self, typ: u8, len: [u8; 3]) -> Result<usize, RecordError> {
+        let [a, b, c] = len;
+        let len = u32::from_be_bytes([0, a, b, c]) as usize;
+        match (self.version, typ) {
+            (Version::Tls13, KEY_UPDATE) if len == 1 => Ok(len),
+            (Version::Tls13, KEY_UPDATE) => Err(RecordError::Decode),
+            (Version::Tls12, CLIENT_HELLO) if !self.renegotiation_refused => Ok(len),
+            _ => Err(RecordError::UnexpectedMessage("handshake message")),
+        }
+    }
+
+    /// Handles one whole handshake message, `ends_record` when nothing follows it in its record;
+    /// true when the receive keys changed.
+    fn handshake_message(
+        &mut self,
+        typ: u8,
+        body: &[u8],
+        ends_record: bool,
+        out: &mut Vec<u8>,
+    ) -> Result<bool, RecordError> {
+        match (self.version, typ) {
+            (Version::Tls13, KEY_UPDATE) => {
+                let &[request] = body else {
+                    return Err(RecordError::Decode);
+                };
+                // Checked before the keys change (RFC 8446 §4.6.3).
+                if request != UPDATE_NOT_REQUESTED && request != UPDATE_REQUESTED {
+                    return Err(RecordError::IllegalParameter("key_update request"));
+                }
+                if !ends_record {
+                    // A key change ends its record, so no message spans it (RFC 8446 §5.1).
+                    return Err(RecordError::UnexpectedMessage("data after key_update"));
+                }
+                let since = &mut self.since_data;
+                SinceData::count(
+                    &mut since.key_updates,
+                    MAX_KEY_UPDATES_IN_A_ROW,
+                    "key updates",
+                )?;
+                self.rx = self.rx.updated()?;
+                // Answered once before the next record we send, however many came meanwhile
+                // (RFC 8446 §4.6.3).
+                self.key_update_requested |= request == UPDATE_REQUESTED;
+                Ok(true)
+            }
+            (Version::Tls12, CLIENT_HELLO) if !self.renegotiation_refused => {
+                // Refused once with a warning, as rustls does; asking again ends it.
+                self.renegotiation_refused = true;
+                let alert = [WARNING, NO_RENEGOTIATION];
+                self.seal_checked(&mut self.tx.key()?, ALERT, &alert, out)?;
+                Ok(false)
+            }
+            _ => Err(RecordError::UnexpectedMessage("handshake message")),
+        }
     }
 
     /// Announces new send keys under the old ones, then switches to them (TLS 1.3).
@@ -657,6 +769,8 @@ impl RecordLayer {
 
 #[cfg(test)]
 mod tests {
+    use rustls::CipherSuite;
+
     use super::*;
     use crate::tls::peers::{Peers, TLS12, TLS13};
 
@@ -732,6 +846,216 @@ mod tests {
             assert_eq!(error.alert(), Some(alert), "{typ} {payload:?}: {error}");
             assert!(!answer.is_empty(), "the alert goes out");
         }
+    }
+
+    /// Seals records as the client does, with a copy of the keys the server expects them under
+    /// (and, in TLS 1.3, of the secret the client's next key comes from).
+    struct AsClient(Direction);
+
+    impl AsClient {
+        fn of(records: &RecordLayer) -> AsClient {
+            let rx = &records.rx;
+            AsClient(Direction {
+                algorithm: rx.algorithm,
+                key: rx.key,
+                iv: rx.iv,
+                secret: rx.secret.clone(),
+                sequence: rx.sequence,
+            })
+        }
+
+        fn seal(&mut self, records: &mut RecordLayer, typ: u8, payload: &[u8]) -> Vec<u8> {
+            std::mem::swap(&mut records.tx, &mut self.0);
+            let key = records.tx.key().expect("client key");
+            let mut wire = Vec::new();
+            let sealed = records.seal_record(&key, typ, payload, &mut wire);
+            std::mem::swap(&mut records.tx, &mut self.0);
+            sealed.expect("sealed");
+            wire
+        }
+
+        /// Moves to the key after a key update.
+        fn update(&mut self) {
+            self.0 = self.0.updated().expect("next key");
+        }
+    }
+
+    /// Has the server open `wire` as one read; returns the outcome, the application data and
+    /// what the server answers (the alert, after an error).
+    fn server_opens(
+        records: &mut RecordLayer,
+        mut wire: Vec<u8>,
+    ) -> (Result<Opened, RecordError>, Vec<u8>, Vec<u8>) {
+        let (mut plain, mut answer) = (Vec::new(), Vec::new());
+        let opened = records.open(&mut wire, &mut answer, &mut |data| {
+            plain.extend_from_slice(data)
+        });
+        if let Err(error) = &opened {
+            records.fail(error, &mut answer);
+        }
+        (opened, plain, answer)
+    }
+
+    /// `message` cut at `cuts`.
+    fn pieces<'a>(message: &'a [u8], cuts: &[usize]) -> Vec<&'a [u8]> {
+        let mut pieces = Vec::new();
+        let mut start = 0;
+        for &cut in cuts.iter().chain([&message.len()]) {
+            pieces.push(&message[start..cut]);
+            start = cut;
+        }
+        pieces
+    }
+
+    #[test]
+    fn a_key_update_split_over_records_is_put_together() {
+        let key_update = [KEY_UPDATE, 0, 0, 1, UPDATE_REQUESTED];
+        // Two records, and four (the header itself cut in two), read at once or one by one.
+        for cuts in [&[2][..], &[3], &[1, 2, 4]] {
+            for one_read in [true, false] {
+                let case = format!("cut at {cuts:?}, one read: {one_read}");
+                let mut peers = Peers::connect(TLS13[0]);
+                let records = peers.records();
+                let mut client = AsClient::of(records);
+                let mut wire: Vec<Vec<u8>> = pieces(&key_update, cuts)
+                    .into_iter()
+                    .map(|piece| client.seal(records, HANDSHAKE, piece))
+                    .collect();
+                assert_eq!(wire.len(), cuts.len() + 1);
+                client.update();
+                wire.push(client.seal(records, APPLICATION_DATA, b"after"));
+                let reads = if one_read { vec![wire.concat()] } else { wire };
+                let mut received = Vec::new();
+                for read in reads {
+                    let (opened, plain, _) = server_opens(records, read);
+                    opened.unwrap_or_else(|e| panic!("{case}: {e}"));
+                    received.extend(plain);
+                }
+                assert_eq!(received, b"after", "{case}: the receive key changed");
+                assert!(records.split.is_none(), "{case}: no buffer kept");
+                assert!(records.key_update_requested, "{case}");
+                peers.server_sends(b"reply").expect("the client follows");
+                assert_eq!(peers.client_reads(), b"reply", "{case}");
+            }
+        }
+    }
+
+    /// Opens `records` one by one as the client seals them; all but the last must be accepted,
+    /// and the last refused with unexpected_message.
+    fn refused_at_last(version: CipherSuite, records_sent: &[(u8, &[u8])]) -> RecordError {
+        let mut peers = Peers::connect(version);
+        let records = peers.records();
+        let mut client = AsClient::of(records);
+        let (last, first) = records_sent.split_last().expect("records");
+        for (typ, payload) in first {
+            let wire = client.seal(records, *typ, payload);
+            let (opened, _, _) = server_opens(records, wire);
+            opened.unwrap_or_else(|e| panic!("{records_sent:?}: {e}"));
+        }
+        let wire = client.seal(records, last.0, last.1);
+        let (opened, _, answer) = server_opens(records, wire);
+        let error = opened.expect_err("refused");
+        assert!(!answer.is_empty(), "{records_sent:?}: the alert goes out");
+        error
+    }
+
+    #[test]
+    fn a_split_handshake_message_is_not_interrupted() {
+        let interruptions: [(u8, &[u8]); 3] = [
+            (APPLICATION_DATA, b"data"),
+            (APPLICATION_DATA, b""),
+            (ALERT, &[WARNING, CLOSE_NOTIFY]),
+        ];
+        for cut in 1..5 {
+            for interruption in interruptions {
+                let key_update = [KEY_UPDATE, 0, 0, 1, UPDATE_NOT_REQUESTED];
+                let (start, rest) = key_update.split_at(cut);
+                let sent = [(HANDSHAKE, start), interruption, (HANDSHAKE, rest)];
+                let error = refused_at_last(TLS13[0], &sent[..2]);
+                assert_eq!(error.alert(), Some(UNEXPECTED_MESSAGE), "{sent:?}: {error}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_key_update_ends_its_record_even_when_split() {
+        let key_update = [KEY_UPDATE, 0, 0, 1, UPDATE_NOT_REQUESTED];
+        let followed: [&[u8]; 3] = [
+            &[0, 1, UPDATE_NOT_REQUESTED, KEY_UPDATE],
+            &[0, 1, UPDATE_NOT_REQUESTED, KEY_UPDATE, 0, 0, 1, 0],
+            &[0, 1, UPDATE_NOT_REQUESTED, 0],
+        ];
+        for rest in followed {
+            let sent = [(HANDSHAKE, &key_update[..2]), (HANDSHAKE, rest)];
+            let error = refused_at_last(TLS13[0], &sent);
+            assert!(
+                matches!(
+                    error,
+                    RecordError::UnexpectedMessage("data after key_update")
+                ),
+                "{rest:?}: {error}"
+            );
+        }
+        let whole_and_more = [&key_update[..], &[KEY_UPDATE]].concat();
+        let error = refused_at_last(TLS13[0], &[(HANDSHAKE, &whole_and_more)]);
+        assert_eq!(error.alert(), Some(UNEXPECTED_MESSAGE), "{error}");
+
+        // The rest of a key update under the key it announces: the server cannot read it.
+        let mut peers = Peers::connect(TLS13[0]);
+        let records = peers.records();
+        let mut client = AsClient::of(records);
+        let mut wire = client.seal(records, HANDSHAKE, &key_update[..1]);
+        client.update();
+        wire.extend(client.seal(records, HANDSHAKE, &key_update[1..]));
+        let (opened, _, _) = server_opens(records, wire);
+        let error = opened.expect_err("refused");
+        assert!(matches!(error, RecordError::BadRecordMac), "{error}");
+    }
+
+    #[test]
+    fn split_handshake_messages_are_bounded() {
+        // TLS 1.3 allows only a key update, and only of its one length: the header decides.
+        let cases: [(&[u8], u8); 2] = [
+            (&[KEY_UPDATE, 0, 0, 2, 0], DECODE_ERROR),
+            (&[4, 0, 1, 0, 0], UNEXPECTED_MESSAGE),
+        ];
+        for (start, alert) in cases {
+            let (header, body) = start.split_at(2);
+            let sent = [(HANDSHAKE, header), (HANDSHAKE, body)];
+            let error = refused_at_last(TLS13[0], &sent);
+            assert_eq!(error.alert(), Some(alert), "{start:?}: {error}");
+        }
+
+        // A TLS 1.2 renegotiation request split over records is refused with a warning, up to the
+        // longest message taken in pieces.
+        let client_hello = |total: usize| {
+            let len = (total - MESSAGE_HEADER_LEN) as u32;
+            let mut message = vec![CLIENT_HELLO];
+            message.extend_from_slice(&len.to_be_bytes()[1..]);
+            message.resize(total, 0x5a);
+            message
+        };
+        let longest = client_hello(MAX_SPLIT_MESSAGE);
+        let mut peers = Peers::connect(TLS12[0]);
+        let records = peers.records();
+        let mut client = AsClient::of(records);
+        let mut answers = Vec::new();
+        for piece in pieces(&longest, &[3, 100, 300]) {
+            let wire = client.seal(records, HANDSHAKE, piece);
+            let (opened, _, answer) = server_opens(records, wire);
+            opened.expect("a split renegotiation request");
+            answers.push(answer);
+        }
+        assert!(answers[..3].iter().all(Vec::is_empty), "refused when whole");
+        assert_eq!(answers[3].first(), Some(&ALERT), "with a warning");
+        assert!(records.split.is_none(), "no buffer kept");
+        peers
+            .deliver(&answers[3])
+            .expect("the client reads the warning");
+
+        let too_long = client_hello(MAX_SPLIT_MESSAGE + 1);
+        let error = refused_at_last(TLS12[0], &[(HANDSHAKE, &too_long[..100])]);
+        assert_eq!(error.alert(), Some(UNEXPECTED_MESSAGE), "{error}");
     }
 
     #[test]

@@ -31,8 +31,9 @@ enum TlsState {
     Handshake(Box<Handshake>),
     /// Records are protected here, and rustls is gone.
     Traffic(RecordLayer),
-    /// The hand-over from rustls failed; the connection can only close.
-    Failed,
+    /// The connection broke the protocol, the hand-over from rustls failed, or close_notify
+    /// went out: nothing more is read or sealed, and what ends it waits in `outgoing`.
+    Ended,
 }
 
 /// rustls running the handshake.
@@ -102,6 +103,19 @@ impl TlsSession {
             // Nothing after close_notify counts (RFC 8446 §6.1).
             return Ok(buf.len());
         }
+        let absorbed = self.absorb_records(buf, on_plain);
+        if absorbed.is_err() {
+            // After the alert that says why, nothing else goes out (RFC 8446 §6.2).
+            self.state = TlsState::Ended;
+        }
+        absorbed
+    }
+
+    fn absorb_records(
+        &mut self,
+        buf: &mut [u8],
+        on_plain: &mut dyn FnMut(&[u8]),
+    ) -> Result<usize, RecordError> {
         let mut used = 0;
         if let TlsState::Handshake(handshake) = &mut self.state {
             // What rustls' key log gets during this step is this connection's.
@@ -123,9 +137,9 @@ impl TlsSession {
         let records = match &mut self.state {
             TlsState::Traffic(records) => records,
             TlsState::Handshake(_) => return Ok(used),
-            // Every call after a failed hand-over fails too: the connection can only close.
-            TlsState::Failed => {
-                return Err(rustls::Error::General("the TLS hand-over failed".into()).into())
+            // Every call after the end fails too: the connection can only close.
+            TlsState::Ended => {
+                return Err(rustls::Error::General("the TLS connection has ended".into()).into())
             }
         };
         match records.open(&mut buf[used..], &mut self.outgoing, on_plain) {
@@ -142,7 +156,7 @@ impl TlsSession {
 
     /// Moves the connection from rustls' handshake to the gateway's record layer.
     fn hand_over(&mut self) -> Result<(), RecordError> {
-        let TlsState::Handshake(handshake) = std::mem::replace(&mut self.state, TlsState::Failed)
+        let TlsState::Handshake(handshake) = std::mem::replace(&mut self.state, TlsState::Ended)
         else {
             return Ok(());
         };
@@ -162,15 +176,30 @@ impl TlsSession {
         }
     }
 
-    /// Appends a close_notify alert to `out`.
-    pub fn close_notify(&mut self, out: &mut Vec<u8>) {
-        if let TlsState::Traffic(records) = &mut self.state {
-            let _ = records.close_notify(out);
-        }
+    /// Queues `last` as application data, then close_notify, after which nothing is sent.
+    /// Queues nothing during the handshake or after the end: a failed connection's last word is
+    /// the alert that says why.
+    pub fn close(&mut self, last: &[u8]) {
+        let TlsState::Traffic(records) = &mut self.state else {
+            return;
+        };
+        // Sealing fails only when nothing more can be sent: a TLS 1.2 key used up (its last
+        // record is close_notify already) or a broken AEAD.
+        let _ = records
+            .sealer()
+            .and_then(|mut sealer| sealer.seal(last, &mut self.outgoing))
+            .and_then(|()| records.close_notify(&mut self.outgoing));
+        self.state = TlsState::Ended;
     }
 
     pub fn peer_closed(&self) -> bool {
         self.peer_closed
+    }
+
+    /// Whether the connection ends with an alert the peer should hear: close_notify in answer
+    /// to its own (RFC 8446 §6.1), or the alert that says why it failed.
+    pub fn ends_with_alert(&self) -> bool {
+        self.peer_closed || matches!(self.state, TlsState::Ended)
     }
 
     /// Ciphertext waiting for the socket.
@@ -753,13 +782,20 @@ mod tests {
             peers.client.send_close_notify();
             peers.exchange().expect("close_notify");
             assert!(peers.server.peer_closed(), "{suite:?}");
-
-            let mut peers = Peers::connect(suite);
-            let mut wire = Vec::new();
-            peers.server.close_notify(&mut wire);
-            peers.deliver(&wire).expect("client reads close_notify");
+            assert!(peers.server.ends_with_alert(), "{suite:?}: answered");
+            peers.server.close(&[]);
+            peers.server_to_client().expect("client reads close_notify");
             let mut rest = [0; 8];
             assert_eq!(peers.client.reader().read(&mut rest).expect("clean end"), 0);
+
+            let mut peers = Peers::connect(suite);
+            peers.server.close(b"last");
+            peers.server_to_client().expect("client reads close_notify");
+            assert_eq!(peers.client_reads(), b"last");
+            let mut rest = [0; 8];
+            assert_eq!(peers.client.reader().read(&mut rest).expect("clean end"), 0);
+            peers.server.close(b"more");
+            assert!(!peers.server.has_outgoing(), "nothing after close_notify");
         }
     }
 
