@@ -14,6 +14,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::future::poll_fn;
 use std::hash::{Hash, Hasher};
+use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::task::{Poll, Waker};
@@ -554,12 +555,15 @@ pub fn run(
         .build()?;
     runtime.block_on(async move {
         let shard = Rc::new(Shard::new(node, index));
+        let mut listening = Vec::new();
         if let Some(listener) = listeners.plain {
-            let listener = monoio::net::TcpListener::from_std(listener)?;
+            let listener = Rc::new(monoio::net::TcpListener::from_std(listener)?);
+            listening.push(listener.clone());
             monoio::spawn(accept_loop(shard.clone(), listener, None));
         }
         if let (Some(listener), Some(tls)) = (listeners.tls, &shard.node.tls) {
-            let listener = monoio::net::TcpListener::from_std(listener)?;
+            let listener = Rc::new(monoio::net::TcpListener::from_std(listener)?);
+            listening.push(listener.clone());
             monoio::spawn(accept_loop(
                 shard.clone(),
                 listener,
@@ -569,6 +573,11 @@ pub fn run(
         monoio::spawn(inbox_loop(shard.clone(), inbox));
         monoio::spawn(sweep_loop(shard.clone()));
         shard.drain_started().await;
+        // Here, not in the accept loops: with no clients to drain the shard returns at once,
+        // and an accept loop may not run again before then.
+        for listener in &listening {
+            io::stop_listening(listener.as_raw_fd());
+        }
         drain(&shard).await;
         Ok(())
     })
@@ -602,7 +611,7 @@ impl Drop for OpenSocket {
 
 async fn accept_loop(
     shard: Rc<Shard>,
-    listener: monoio::net::TcpListener,
+    listener: Rc<monoio::net::TcpListener>,
     tls: Option<Arc<rustls::ServerConfig>>,
 ) {
     loop {

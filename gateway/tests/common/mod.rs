@@ -65,8 +65,11 @@ impl Gateway {
 
     /// Starts the binary with extra flags and waits until /ready answers 200.
     pub fn start(extra: &[&str]) -> Gateway {
-        let port = free_port();
-        let admin_port = free_port();
+        Gateway::start_on(free_port(), free_port(), extra)
+    }
+
+    /// Starts the binary on these ports with extra flags and waits until /ready answers 200.
+    pub fn start_on(port: u16, admin_port: u16, extra: &[&str]) -> Gateway {
         let mut args = vec![
             "--bind".to_string(),
             "127.0.0.1".into(),
@@ -83,7 +86,7 @@ impl Gateway {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("gateway binary starts");
-        let gateway = Gateway {
+        let mut gateway = Gateway {
             child,
             port,
             admin_port,
@@ -93,9 +96,25 @@ impl Gateway {
             if let Ok((200, _)) = http_get(admin_port, "/ready") {
                 return gateway;
             }
+            // Its own message is on stderr; no use waiting for /ready.
+            if let Some(status) = gateway.child.try_wait().unwrap() {
+                panic!("gateway exited ({status}) before it was ready");
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
         panic!("gateway did not become ready");
+    }
+
+    /// Waits up to `timeout` for the process to exit; returns how it exited.
+    pub fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "gateway did not exit");
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 
     pub fn url(&self, key: &str) -> String {
