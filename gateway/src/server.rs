@@ -2,11 +2,14 @@
 
 use std::io;
 use std::net::{SocketAddr, TcpListener};
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
 
 use crate::admin::stats::ShardStats;
 use crate::bus;
@@ -27,7 +30,10 @@ pub const API_RESERVE: usize = 64;
 const LISTEN_BACKLOG: i32 = 4096;
 /// How often the certificate files are checked for changes. Changed files load once they have
 /// held still for one interval, so within two intervals of the last write.
-const CERT_POLL_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+const CERT_POLL_INTERVAL: Duration = Duration::from_secs(1);
+/// How long start-up waits for a port's listener to go before calling the port taken.
+const PORT_RELEASE_WAIT: Duration = Duration::from_secs(3);
+const PORT_POLL_INTERVAL: Duration = Duration::from_millis(20);
 
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
@@ -81,9 +87,35 @@ fn socket(addr: SocketAddr) -> io::Result<socket2::Socket> {
     )
 }
 
-/// Fails if anything already listens on the address. Needed because shards bind with
-/// SO_REUSEPORT, which would let a second gateway on the same port silently share its traffic.
-fn ensure_port_free(addr: SocketAddr) -> Result<(), StartError> {
+/// Fails if anything still listens on the address after `wait`. Needed because shards bind
+/// with SO_REUSEPORT, which would let a second gateway on the same port silently share its
+/// traffic. The wait is for a gateway that has just exited without closing its listeners
+/// itself (killed, say): the kernel then closes them only when it tears down the process's
+/// io_uring rings, which it does in the background, after the process is gone.
+fn ensure_port_free(addr: SocketAddr, wait: Duration) -> Result<(), StartError> {
+    let deadline = Instant::now() + wait;
+    let mut waiting = false;
+    loop {
+        match probe_port(addr) {
+            Err(StartError::PortInUse { .. }) if Instant::now() < deadline => {
+                if !waiting {
+                    waiting = true;
+                    tracing::info!(
+                        %addr,
+                        wait_ms = wait.as_millis() as u64,
+                        "port in use; waiting in case it is a gateway that just exited"
+                    );
+                }
+                std::thread::sleep(PORT_POLL_INTERVAL);
+            }
+            result => return result,
+        }
+    }
+}
+
+/// Whether a listener holds the address now. A socket of any other state, such as a closed
+/// connection in TIME_WAIT, does not count: SO_REUSEADDR binds past it, as the shards do.
+fn probe_port(addr: SocketAddr) -> Result<(), StartError> {
     let listen_error = |source| StartError::Listen { addr, source };
     let probe = socket(addr).map_err(listen_error)?;
     probe.set_reuse_address(true).map_err(listen_error)?;
@@ -110,7 +142,7 @@ fn shard_listener(addr: SocketAddr) -> Result<TcpListener, StartError> {
 }
 
 fn admin_listener(addr: SocketAddr) -> Result<TcpListener, StartError> {
-    ensure_port_free(addr)?;
+    ensure_port_free(addr, PORT_RELEASE_WAIT)?;
     let listen_error = |source| StartError::Listen { addr, source };
     let listener = socket(addr).map_err(listen_error)?;
     listener.set_reuse_address(true).map_err(listen_error)?;
@@ -164,7 +196,13 @@ pub fn run(config: Config) -> Result<(), StartError> {
         }
         _ => None,
     };
-    let admin = admin_listener(SocketAddr::new(config.admin_bind, config.admin_port))?;
+    let admin_addr = SocketAddr::new(config.admin_bind, config.admin_port);
+    let admin = admin_listener(admin_addr)?;
+    // Kept to stop the admin listener at exit: the admin thread never returns on its own.
+    let admin_socket = admin.try_clone().map_err(|source| StartError::Listen {
+        addr: admin_addr,
+        source,
+    })?;
 
     let (senders, inboxes): (Vec<_>, Vec<_>) = (0..shard_count)
         .map(|_| bus::inbox(config.inbox_capacity))
@@ -269,15 +307,27 @@ pub fn run(config: Config) -> Result<(), StartError> {
         }
         None => None,
     };
-    let signal_node = node.clone();
-    spawn("signals".into(), move || {
-        watch_signals(&signal_node, reload_requests.as_ref())
-    })?;
+    // Registered here, not in the thread: a SIGTERM sent as soon as /ready says 200 must find
+    // the handler in place, or it kills the process without a drain.
+    match Signals::new([SIGTERM, SIGINT, SIGHUP]) {
+        Ok(signals) => {
+            let signal_node = node.clone();
+            spawn("signals".into(), move || {
+                watch_signals(signals, &signal_node, reload_requests.as_ref())
+            })?;
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "cannot watch signals; SIGTERM will kill without a drain");
+        }
+    }
     node.set_ready();
 
     for shard in shards {
         let _ = shard.join();
     }
+    // Frees the admin port before the process exits, so that a gateway started right after
+    // this one finds it free (see `stop_listening`).
+    crate::shard::io::stop_listening(admin_socket.as_raw_fd());
     tracing::info!("drained; exiting");
     Ok(())
 }
@@ -292,7 +342,7 @@ fn bind_shard_listeners(
         return Ok((0..shards).map(|_| None).collect());
     }
     let addr = SocketAddr::new(bind, port);
-    ensure_port_free(addr)?;
+    ensure_port_free(addr, PORT_RELEASE_WAIT)?;
     (0..shards)
         .map(|_| shard_listener(addr).map(Some))
         .collect()
@@ -323,14 +373,7 @@ fn watch_certificate_files(store: &CertStore, requested: &Receiver<()>) {
 
 /// The first SIGTERM or SIGINT starts the drain; a second one exits at once. SIGHUP asks for the
 /// TLS certificate to be reloaded.
-fn watch_signals(node: &Node, reload_requests: Option<&Sender<()>>) {
-    let mut signals = match signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP]) {
-        Ok(signals) => signals,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot watch signals; SIGTERM will kill without a drain");
-            return;
-        }
-    };
+fn watch_signals(mut signals: Signals, node: &Node, reload_requests: Option<&Sender<()>>) {
     for signal in signals.forever() {
         if signal == SIGHUP {
             match reload_requests {
@@ -369,12 +412,26 @@ mod tests {
     fn a_second_listener_on_a_taken_port_is_refused() {
         let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = taken.local_addr().unwrap();
+        let started = Instant::now();
         assert!(matches!(
-            ensure_port_free(addr),
+            ensure_port_free(addr, Duration::from_millis(100)),
             Err(StartError::PortInUse { .. })
         ));
+        assert!(started.elapsed() >= Duration::from_millis(100));
         drop(taken);
-        assert!(ensure_port_free(addr).is_ok());
+        assert!(ensure_port_free(addr, Duration::ZERO).is_ok());
+    }
+
+    #[test]
+    fn a_port_released_during_the_wait_is_free() {
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = taken.local_addr().unwrap();
+        let release = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(100));
+            drop(taken);
+        });
+        assert!(ensure_port_free(addr, Duration::from_secs(5)).is_ok());
+        release.join().unwrap();
     }
 
     #[test]

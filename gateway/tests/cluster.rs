@@ -283,3 +283,29 @@ fn channel_queries_answer_for_the_whole_cluster_and_drop_a_killed_node() {
     );
     assert_eq!(a.metric("gateway_cluster_partial_answers_total"), 1.0);
 }
+
+#[test]
+fn sequential_publishes_through_one_node_keep_their_order_on_every_node() {
+    const PUBLISHES: usize = 300;
+    let redis = Redis::start();
+    let nodes = cluster(&redis, 2);
+    let mut subscribers: Vec<Client> = nodes
+        .iter()
+        .flat_map(|node| node.client_per_shard(2))
+        .collect();
+    for client in &mut subscribers {
+        subscribed(client, "ticks");
+    }
+    redis.wait_subscribers("ticks", 2);
+    // Each on a new connection, so they land on both of node A's shards.
+    for n in 0..PUBLISHES {
+        nodes[0].publish("ticks", "tick", &n.to_string());
+    }
+    let expected: Vec<String> = (0..PUBLISHES).map(|n| n.to_string()).collect();
+    for (index, client) in subscribers.iter_mut().enumerate() {
+        let data: Vec<String> = (0..PUBLISHES)
+            .map(|_| client.next_event()["data"].as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(data, expected, "subscriber {index} (node {})", index / 2);
+    }
+}

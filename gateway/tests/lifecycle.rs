@@ -24,6 +24,44 @@ fn a_second_gateway_on_the_same_port_refuses_to_start() {
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("already in use"), "{stderr}");
+    // The refused one took nothing from the first.
+    assert_eq!(common::http_get(first.admin_port, "/ready").unwrap().0, 200);
+    first.client();
+}
+
+/// A process manager restarts the gateway the moment the old one has exited, with the same
+/// ports: every new one must start and serve, although the old one's sockets may still be
+/// closing.
+#[test]
+fn a_gateway_restarted_at_once_on_the_same_ports_starts() {
+    let (port, admin_port) = (common::free_port(), common::free_port());
+    let flags = ["--shards", "2", "--drain-seconds", "0"];
+    for start in 0..=20 {
+        let mut gateway = Gateway::start_on(port, admin_port, &flags);
+        let clients: Vec<_> = (0..3).map(|_| gateway.client()).collect();
+        gateway.terminate();
+        for mut client in clients {
+            assert_eq!(
+                client.wait_close(),
+                Ended::Closed(Some(4200)),
+                "start {start}"
+            );
+        }
+        assert!(gateway.wait_exit(Duration::from_secs(10)).success());
+    }
+}
+
+/// Killed, the gateway closes nothing itself; its replacement waits for the old listeners to go.
+#[test]
+fn a_killed_gateway_can_be_replaced_at_once() {
+    let (port, admin_port) = (common::free_port(), common::free_port());
+    for _ in 0..5 {
+        let mut gateway = Gateway::start_on(port, admin_port, &["--shards", "2"]);
+        let _client = gateway.client();
+        gateway.child.kill().unwrap();
+        gateway.child.wait().unwrap();
+    }
+    Gateway::start_on(port, admin_port, &["--shards", "2"]).client();
 }
 
 #[test]
@@ -53,16 +91,7 @@ fn drains(start_drain: impl FnOnce(&Gateway)) {
         client.set_timeout(Duration::from_secs(5));
         assert_eq!(client.wait_close(), Ended::Closed(Some(4200)));
     }
-    let status = loop {
-        if let Some(status) = gateway.child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "gateway exits after the drain"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let status = gateway.wait_exit(Duration::from_secs(10).saturating_sub(started.elapsed()));
     assert!(status.success());
     assert!(
         std::net::TcpStream::connect(("127.0.0.1", gateway.port)).is_err(),

@@ -117,9 +117,10 @@ pub struct FanoutArgs {
     /// New subscriber connections per second.
     #[arg(long, default_value_t = 1000.0, value_name = "R")]
     pub rate: f64,
-    /// HTTP API base URL.
-    #[arg(long, default_value = "http://127.0.0.1:6001", value_name = "URL")]
-    pub api_url: String,
+    /// HTTP API base URL [default: the host and port of --url, over http for ws:// and https
+    /// for wss://].
+    #[arg(long, value_name = "URL")]
+    pub api_url: Option<String>,
     #[arg(long, default_value = "1")]
     pub app_id: String,
     /// App key the API requests are signed with.

@@ -301,7 +301,10 @@ impl Plan {
                 + CLOSE_WAIT.as_secs_f64()
                 + OVERHEAD_SECONDS,
         )?;
-        let api_url = Url::parse(&args.api_url, Expect::Http)?;
+        let api_url = match &args.api_url {
+            Some(text) => Url::parse(text, Expect::Http)?,
+            None => common.url.api_base(),
+        };
         api_url.require_loopback(allow_remote)?;
         let api = HttpEndpoint::new(
             &api_url,
@@ -472,6 +475,22 @@ mod tests {
             "loadtest connect --url ws://192.0.2.1:6001/app/k --connections 1 --allow-remote",
         );
         assert!(allowed.is_ok());
+    }
+
+    #[test]
+    fn fanout_publishes_to_the_server_of_url_unless_told_otherwise() {
+        let api_address = |line: &str| match parse(line) {
+            Ok(Plan::Fanout(plan)) => plan.api.address,
+            _ => panic!("a fanout plan"),
+        };
+        let derived =
+            api_address("loadtest fanout --subscribers 1 --url ws://127.0.0.1:7201/app/k");
+        assert_eq!(derived, "127.0.0.1:7201".parse().expect("an address"));
+        let given = api_address(
+            "loadtest fanout --subscribers 1 --url ws://127.0.0.1:7201/app/k \
+             --api-url http://127.0.0.1:7301",
+        );
+        assert_eq!(given, "127.0.0.1:7301".parse().expect("an address"));
     }
 
     #[test]

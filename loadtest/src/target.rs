@@ -166,6 +166,21 @@ impl Url {
             .ok_or_else(|| unresolvable("no addresses".into()))
     }
 
+    /// The HTTP API's base URL on the server this URL points at: the same host and port (Pusher
+    /// servers answer WebSockets and the API on one port), https when the URL is TLS.
+    pub fn api_base(&self) -> Url {
+        Url {
+            scheme: if self.scheme.is_tls() {
+                Scheme::Https
+            } else {
+                Scheme::Http
+            },
+            host: self.host.clone(),
+            port: self.port,
+            path_and_query: "/".into(),
+        }
+    }
+
     /// The WebSocket URL with the Pusher protocol version added when the URL has no query.
     pub fn with_protocol_query(&self) -> Url {
         let mut url = self.clone();
@@ -260,6 +275,26 @@ mod tests {
             Url::parse("127.0.0.1:6001", Expect::WebSocket),
             Err(UrlError::MissingScheme(..))
         ));
+    }
+
+    #[test]
+    fn the_api_base_is_the_websocket_server() {
+        let base = |text: &str| {
+            Url::parse(text, Expect::WebSocket)
+                .expect("parses")
+                .api_base()
+                .to_string()
+        };
+        assert_eq!(
+            base("ws://127.0.0.1:7201/app/k?protocol=7"),
+            "http://127.0.0.1:7201/"
+        );
+        assert_eq!(
+            base("wss://localhost:7443/app/k"),
+            "https://localhost:7443/"
+        );
+        assert_eq!(base("ws://[::1]/app/k"), "http://[::1]:80/");
+        assert_eq!(base("wss://localhost/app/k"), "https://localhost:443/");
     }
 
     #[test]

@@ -20,7 +20,7 @@ use crate::shard::io;
 const SHARD_ANSWER_TIMEOUT: Duration = Duration::from_secs(2);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Serves the admin port on the current thread, forever.
+/// Serves the admin port on the current thread until its listener is shut down.
 pub fn run(node: Arc<Node>, listener: std::net::TcpListener) -> std::io::Result<()> {
     let mut runtime = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
         .enable_timer()
@@ -28,8 +28,13 @@ pub fn run(node: Arc<Node>, listener: std::net::TcpListener) -> std::io::Result<
     runtime.block_on(async move {
         let listener = monoio::net::TcpListener::from_std(listener)?;
         loop {
-            if let Ok((stream, _)) = listener.accept().await {
-                monoio::spawn(serve(node.clone(), stream));
+            match listener.accept().await {
+                Ok((stream, _)) => {
+                    monoio::spawn(serve(node.clone(), stream));
+                }
+                // Shut down as the process exits (the listener no longer listens).
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => return Ok(()),
+                Err(_) => {}
             }
         }
     })

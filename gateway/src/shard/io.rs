@@ -114,6 +114,17 @@ pub async fn discard_until_closed(stream: &TcpStream, fd: RawFd, max: usize) {
     }
 }
 
+/// Takes a listening socket out of LISTEN at once, freeing its port for the next gateway.
+/// Closing the descriptor is not enough under io_uring: a pending accept keeps the socket
+/// listening until the ring cancels it, which at exit happens after the process is gone.
+pub fn stop_listening(fd: RawFd) {
+    // SAFETY: shutdown takes no pointers, and the caller holds the listener, so the descriptor
+    // is still its own. An error would change nothing: the listener is going away either way.
+    unsafe {
+        libc::shutdown(fd, libc::SHUT_RDWR);
+    }
+}
+
 /// Writes all of `bytes`, waiting for the socket when its buffer is full.
 pub async fn send_all(stream: &TcpStream, fd: RawFd, mut bytes: &[u8]) -> io::Result<()> {
     while !bytes.is_empty() {

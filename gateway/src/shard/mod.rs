@@ -569,12 +569,15 @@ pub fn run(
         .build()?;
     runtime.block_on(async move {
         let shard = Rc::new(Shard::new(node, index, inbox));
+        let mut listening = Vec::new();
         if let Some(listener) = listeners.plain {
-            let listener = monoio::net::TcpListener::from_std(listener)?;
+            let listener = Rc::new(monoio::net::TcpListener::from_std(listener)?);
+            listening.push(listener.clone());
             monoio::spawn(accept_loop(shard.clone(), listener, None));
         }
         if let (Some(listener), Some(tls)) = (listeners.tls, &shard.node.tls) {
-            let listener = monoio::net::TcpListener::from_std(listener)?;
+            let listener = Rc::new(monoio::net::TcpListener::from_std(listener)?);
+            listening.push(listener.clone());
             monoio::spawn(accept_loop(
                 shard.clone(),
                 listener,
@@ -584,6 +587,11 @@ pub fn run(
         monoio::spawn(inbox_loop(shard.clone()));
         monoio::spawn(sweep_loop(shard.clone()));
         shard.drain_started().await;
+        // Here, not in the accept loops: with no clients to drain the shard returns at once,
+        // and an accept loop may not run again before then.
+        for listener in &listening {
+            io::stop_listening(listener.as_raw_fd());
+        }
         drain(&shard).await;
         Ok(())
     })
@@ -617,7 +625,7 @@ impl Drop for OpenSocket {
 
 async fn accept_loop(
     shard: Rc<Shard>,
-    listener: monoio::net::TcpListener,
+    listener: Rc<monoio::net::TcpListener>,
     tls: Option<Arc<rustls::ServerConfig>>,
 ) {
     loop {

@@ -65,7 +65,13 @@ impl Gateway {
 
     /// Starts the binary with extra flags and waits until /ready answers 200.
     pub fn start(extra: &[&str]) -> Gateway {
-        Gateway::launch(extra, Command::new(env!("CARGO_BIN_EXE_gateway")))
+        Gateway::start_on(free_port(), free_port(), extra)
+    }
+
+    /// Starts the binary on these ports with extra flags and waits until /ready answers 200.
+    pub fn start_on(port: u16, admin_port: u16, extra: &[&str]) -> Gateway {
+        let command = Command::new(env!("CARGO_BIN_EXE_gateway"));
+        Gateway::launch(command, port, admin_port, extra)
     }
 
     /// Like `start`, with the process's open-files limit (soft and hard) set to `limit`.
@@ -87,12 +93,10 @@ impl Gateway {
                 }
             });
         }
-        Gateway::launch(extra, command)
+        Gateway::launch(command, free_port(), free_port(), extra)
     }
 
-    fn launch(extra: &[&str], mut command: Command) -> Gateway {
-        let port = free_port();
-        let admin_port = free_port();
+    fn launch(mut command: Command, port: u16, admin_port: u16, extra: &[&str]) -> Gateway {
         let mut args = vec![
             "--bind".to_string(),
             "127.0.0.1".into(),
@@ -109,7 +113,7 @@ impl Gateway {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("gateway binary starts");
-        let gateway = Gateway {
+        let mut gateway = Gateway {
             child,
             port,
             admin_port,
@@ -119,9 +123,25 @@ impl Gateway {
             if let Ok((200, _)) = http_get(admin_port, "/ready") {
                 return gateway;
             }
+            // Its own message is on stderr; no use waiting for /ready.
+            if let Some(status) = gateway.child.try_wait().unwrap() {
+                panic!("gateway exited ({status}) before it was ready");
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
         panic!("gateway did not become ready");
+    }
+
+    /// Waits up to `timeout` for the process to exit; returns how it exited.
+    pub fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "gateway did not exit");
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 
     pub fn url(&self, key: &str) -> String {
