@@ -1,14 +1,16 @@
 //! What every thread of the process shares: the configuration, each shard's inbox and counters,
 //! and node-wide state. Read-mostly; the few mutable parts are atomics.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
 use crossbeam_channel::Sender;
+use futures_channel::oneshot;
 
-use crate::admin::stats::ShardStats;
-use crate::bus::InboxSender;
+use crate::admin::stats::{self, ShardStats};
+use crate::bus::{InboxSender, ShardCounts, ShardMessage};
 use crate::cluster::ClusterLink;
 use crate::config::Config;
 use crate::tls::CertStore;
@@ -100,6 +102,39 @@ impl Node {
             .sum()
     }
 
+    /// Asks every shard but `except` for its subscription counts of the app's channels: the
+    /// named ones, or every occupied one. Each shard answers from its inbox, whatever runtime
+    /// waits for the answers (a shard's or the cluster bridge's).
+    pub fn ask_counts(
+        &self,
+        except: Option<usize>,
+        app: usize,
+        channels: Option<&[Box<str>]>,
+    ) -> CountAnswers {
+        let mut answers = CountAnswers {
+            pending: Vec::new(),
+            complete: true,
+        };
+        for (index, link) in self.shards.iter().enumerate() {
+            if Some(index) == except {
+                continue;
+            }
+            let (reply, receiver) = oneshot::channel();
+            let message = ShardMessage::ChannelCounts {
+                app,
+                channels: channels.map(<[Box<str>]>::to_vec),
+                reply,
+            };
+            if link.inbox.send(message).is_ok() {
+                answers.pending.push(receiver);
+            } else {
+                stats::add(&link.stats.inbox_drops, 1);
+                answers.complete = false;
+            }
+        }
+        answers
+    }
+
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::Acquire)
     }
@@ -142,5 +177,36 @@ impl Node {
 
     pub fn set_ready(&self) {
         self.ready.store(true, Ordering::Release);
+    }
+}
+
+/// Shards' answers to `Node::ask_counts`, to be awaited.
+pub struct CountAnswers {
+    pending: Vec<oneshot::Receiver<ShardCounts>>,
+    /// Whether every shard asked got the question (none had a full inbox).
+    pub complete: bool,
+}
+
+impl CountAnswers {
+    /// Waits for every answer, adding each to `totals` as it comes (so a caller that stops
+    /// waiting keeps what arrived); false when a shard dropped the question.
+    pub async fn add_to(self, prefix: &str, totals: &mut BTreeMap<String, u64>) -> bool {
+        let mut answered = true;
+        for receiver in self.pending {
+            match receiver.await {
+                Ok(counts) => add_counts(totals, counts, prefix),
+                Err(_) => answered = false,
+            }
+        }
+        answered
+    }
+}
+
+/// Adds one shard's counts of the channels whose names start with `prefix` to `totals`.
+pub fn add_counts(totals: &mut BTreeMap<String, u64>, counts: ShardCounts, prefix: &str) {
+    for (name, count) in counts {
+        if name.starts_with(prefix) {
+            *totals.entry(name.into_string()).or_insert(0) += count;
+        }
     }
 }

@@ -82,6 +82,7 @@ labelled! {
         ClientEventRefused => "client_event_refused",
         ClientEventRate => "client_event_rate",
         UnsupportedEvent => "unsupported_event",
+        Unavailable => "unavailable",
     }
 }
 

@@ -32,6 +32,9 @@ pub struct Broadcast {
     pub published: Instant,
 }
 
+/// One shard's subscription counts: each channel's name and its subscribers there.
+pub type ShardCounts = Vec<(Box<str>, u64)>;
+
 /// What one shard asks of another.
 #[derive(Debug)]
 pub enum ShardMessage {
@@ -55,7 +58,7 @@ pub enum ShardMessage {
     ChannelCounts {
         app: usize,
         channels: Option<Vec<Box<str>>>,
-        reply: oneshot::Sender<Vec<(Box<str>, u64)>>,
+        reply: oneshot::Sender<ShardCounts>,
     },
     /// A copy of the shard's fanout latency histogram (microseconds).
     Latency {

@@ -14,7 +14,7 @@
 //! it keeps draining its inbox: publishes are counted as not sent, interest is recorded for the
 //! next session, and questions are answered at once without the other nodes.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -225,34 +225,13 @@ async fn local_counts(node: &Node, query: &Query) -> Vec<(String, u64)> {
     let Some((app, _)) = node.config.app_by_id(app_id) else {
         return Vec::new();
     };
-    let mut receivers = Vec::new();
-    for link in &node.shards {
-        let (reply, receiver) = oneshot::channel();
-        let message = ShardMessage::ChannelCounts {
-            app,
-            channels: channels.map(|names| names.iter().map(|n| n.as_str().into()).collect()),
-            reply,
-        };
-        if link.inbox.send(message).is_ok() {
-            receivers.push(receiver);
-        } else {
-            stats::add(&link.stats.inbox_drops, 1);
-        }
-    }
-    let mut totals: HashMap<Box<str>, u64> = HashMap::new();
-    for receiver in receivers {
-        if let Ok(Ok(counts)) = tokio::time::timeout(SHARD_ANSWER_TIMEOUT, receiver).await {
-            for (name, count) in counts {
-                if count > 0 && name.starts_with(prefix) {
-                    *totals.entry(name).or_insert(0) += count;
-                }
-            }
-        }
-    }
-    totals
-        .into_iter()
-        .map(|(name, count)| (name.into_string(), count))
-        .collect()
+    let names: Option<Vec<Box<str>>> =
+        channels.map(|names| names.iter().map(|n| n.as_str().into()).collect());
+    let answers = node.ask_counts(None, app, names.as_deref());
+    let mut totals = BTreeMap::new();
+    // What came in time stands; a shard that did not answer is left out.
+    let _ = tokio::time::timeout(SHARD_ANSWER_TIMEOUT, answers.add_to(prefix, &mut totals)).await;
+    totals.into_iter().collect()
 }
 
 fn answer(

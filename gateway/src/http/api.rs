@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
+use crate::admin::stats::Rejection;
 use crate::config::App;
 use crate::protocol::{channel, signature, ChannelKind};
 
@@ -17,20 +18,57 @@ pub const MAX_BATCH: usize = 10;
 /// Longest event name.
 pub const MAX_EVENT_NAME_LEN: usize = 200;
 
-/// An API request refused, with its status and a message for the caller.
+/// An API request refused: its status, the reason it is counted under, and a message for the
+/// caller.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{status}: {message}")]
 pub struct ApiError {
     pub status: u16,
+    pub reason: Rejection,
     pub message: String,
 }
 
 impl ApiError {
-    pub fn new(status: u16, message: impl Into<String>) -> ApiError {
+    fn new(status: u16, reason: Rejection, message: impl Into<String>) -> ApiError {
         ApiError {
             status,
+            reason,
             message: message.into(),
         }
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> ApiError {
+        ApiError::new(400, Rejection::BadRequest, message)
+    }
+
+    pub fn unauthorized(message: impl Into<String>) -> ApiError {
+        ApiError::new(401, Rejection::Unauthorized, message)
+    }
+
+    pub fn app_disabled() -> ApiError {
+        ApiError::new(403, Rejection::AppDisabled, "app is disabled")
+    }
+
+    pub fn unknown_app(app_id: &str) -> ApiError {
+        ApiError::new(
+            404,
+            Rejection::UnknownApp,
+            format!("unknown app id {app_id}"),
+        )
+    }
+
+    pub fn not_found(message: impl Into<String>) -> ApiError {
+        ApiError::new(404, Rejection::NotFound, message)
+    }
+
+    pub fn too_large(message: impl Into<String>) -> ApiError {
+        ApiError::new(413, Rejection::BodyTooLarge, message)
+    }
+
+    /// The node cannot answer now (a shard or the cluster is out of reach); the caller may try
+    /// again.
+    pub fn unavailable(message: impl Into<String>) -> ApiError {
+        ApiError::new(503, Rejection::Unavailable, message)
     }
 }
 
@@ -151,7 +189,7 @@ pub fn authenticate(
     body: &[u8],
     now_secs: u64,
 ) -> Result<(), ApiError> {
-    let unauthorized = |message: &str| ApiError::new(401, message);
+    let unauthorized = |message: &str| ApiError::unauthorized(message);
     if param(params, "auth_key") != Some(app.key.as_str()) {
         return Err(unauthorized("auth_key is missing or not this app's key"));
     }
@@ -217,7 +255,7 @@ struct RawBatch {
 }
 
 fn check_publish(raw: RawPublish, max_data: usize) -> Result<Publish, ApiError> {
-    let bad = |message: &str| ApiError::new(400, message);
+    let bad = |message: &str| ApiError::bad_request(message);
     let name = raw.name.ok_or_else(|| bad("name is missing"))?;
     if name.is_empty() || name.len() > MAX_EVENT_NAME_LEN {
         return Err(bad("name must be 1 to 200 characters"));
@@ -228,10 +266,9 @@ fn check_publish(raw: RawPublish, max_data: usize) -> Result<Publish, ApiError> 
         None => return Err(bad("data is missing")),
     };
     if data.len() > max_data {
-        return Err(ApiError::new(
-            413,
-            format!("data is larger than {max_data} bytes"),
-        ));
+        return Err(ApiError::too_large(format!(
+            "data is larger than {max_data} bytes"
+        )));
     }
     let channels = match (raw.channel, raw.channels) {
         (Some(one), None) => vec![one],
@@ -262,19 +299,18 @@ fn check_publish(raw: RawPublish, max_data: usize) -> Result<Publish, ApiError> 
 /// Parses a `POST /apps/{id}/events` body.
 pub fn parse_publish(body: &[u8], max_data: usize) -> Result<Publish, ApiError> {
     let raw: RawPublish = serde_json::from_slice(body)
-        .map_err(|e| ApiError::new(400, format!("body is not a valid event: {e}")))?;
+        .map_err(|e| ApiError::bad_request(format!("body is not a valid event: {e}")))?;
     check_publish(raw, max_data)
 }
 
 /// Parses a `POST /apps/{id}/batch_events` body.
 pub fn parse_batch(body: &[u8], max_data: usize) -> Result<Vec<Publish>, ApiError> {
     let raw: RawBatch = serde_json::from_slice(body)
-        .map_err(|e| ApiError::new(400, format!("body is not a valid batch: {e}")))?;
+        .map_err(|e| ApiError::bad_request(format!("body is not a valid batch: {e}")))?;
     if raw.batch.len() > MAX_BATCH {
-        return Err(ApiError::new(
-            400,
-            format!("a batch holds at most {MAX_BATCH} events"),
-        ));
+        return Err(ApiError::bad_request(format!(
+            "a batch holds at most {MAX_BATCH} events"
+        )));
     }
     raw.batch
         .into_iter()
@@ -336,10 +372,9 @@ impl InfoFields {
                 "subscription_count" => fields.subscription_count = true,
                 "user_count" => fields.user_count = true,
                 other => {
-                    return Err(ApiError::new(
-                        400,
-                        format!("unknown info attribute {other:?}"),
-                    ))
+                    return Err(ApiError::bad_request(format!(
+                        "unknown info attribute {other:?}"
+                    )))
                 }
             }
         }
@@ -379,8 +414,7 @@ pub fn channels_response(
     let prefix = prefix_filter(params);
     let info = InfoFields::parse(params)?;
     if info.user_count && !prefix.starts_with("presence-") {
-        return Err(ApiError::new(
-            400,
+        return Err(ApiError::bad_request(
             "user_count needs filter_by_prefix=presence-",
         ));
     }
@@ -403,13 +437,12 @@ pub fn channel_response(
     let info = InfoFields::parse(params)?;
     let kind = ChannelKind::of(channel);
     if info.user_count && !kind.is_presence() {
-        return Err(ApiError::new(
-            400,
+        return Err(ApiError::bad_request(
             "user_count is only for presence channels",
         ));
     }
     if info.cache && !kind.is_cache() {
-        return Err(ApiError::new(400, "cache is only for cache channels"));
+        return Err(ApiError::bad_request("cache is only for cache channels"));
     }
     let mut body = attributes(info, channel, state);
     body["occupied"] = Value::Bool(state.subscriptions > 0);
@@ -439,8 +472,7 @@ pub fn users_response<'a>(
     users: impl Iterator<Item = &'a str>,
 ) -> Result<String, ApiError> {
     if !ChannelKind::of(channel).is_presence() {
-        return Err(ApiError::new(
-            400,
+        return Err(ApiError::bad_request(
             "users are listed for presence channels only",
         ));
     }

@@ -269,8 +269,7 @@ async fn answer(shard: &Shard, route: &Route, head: &RequestHead, body: &[u8]) -
     let outcome = match route {
         Route::Health => return Response::json(200, shard.node.health()),
         Route::NotFound | Route::Client { .. } => {
-            shard.reject(Rejection::NotFound);
-            return Response::text(404, format!("no route for {}", head.path()));
+            Err(ApiError::not_found(format!("no route for {}", head.path())))
         }
         _ if head.method != route.method() => {
             shard.reject(Rejection::BadRequest);
@@ -282,16 +281,18 @@ async fn answer(shard: &Shard, route: &Route, head: &RequestHead, body: &[u8]) -
     match outcome {
         Ok(body) => Response::json(200, body),
         Err(error) => {
-            shard.reject(match error.status {
-                401 => Rejection::Unauthorized,
-                413 => Rejection::BodyTooLarge,
-                404 => Rejection::UnknownApp,
-                403 => Rejection::AppDisabled,
-                _ => Rejection::BadRequest,
-            });
+            shard.reject(error.reason);
             Response::text(error.status, error.message)
         }
     }
+}
+
+/// An authenticated API request, as each route's handler gets it.
+struct ApiRequest<'a> {
+    shard: &'a Shard,
+    app: usize,
+    params: api::Params,
+    body: &'a [u8],
 }
 
 async fn api_call(
@@ -302,111 +303,140 @@ async fn api_call(
 ) -> Result<String, ApiError> {
     let app_id = route
         .app_id()
-        .ok_or_else(|| ApiError::new(404, "not an API route"))?;
-    let config = &shard.node.config;
-    let (app_index, app) = config
+        .ok_or_else(|| ApiError::not_found("not an API route"))?;
+    let request = authenticate(shard, app_id, head, body)?;
+    match route {
+        Route::Events { .. } => publish_event(&request).await,
+        Route::BatchEvents { .. } => publish_batch(&request).await,
+        Route::Channels { .. } => list_channels(&request).await,
+        Route::Channel { channel, .. } => channel_info(&request, channel).await,
+        Route::ChannelUsers { channel, .. } => channel_users(&request, channel),
+        Route::TerminateConnections { user_id, .. } => terminate_connections(&request, user_id),
+        Route::Client { .. } | Route::Health | Route::NotFound => {
+            Err(ApiError::not_found("not an API route"))
+        }
+    }
+}
+
+/// Finds the app and checks the request's signature.
+fn authenticate<'a>(
+    shard: &'a Shard,
+    app_id: &str,
+    head: &RequestHead,
+    body: &'a [u8],
+) -> Result<ApiRequest<'a>, ApiError> {
+    let (app, config) = shard
+        .node
+        .config
         .app_by_id(app_id)
-        .ok_or_else(|| ApiError::new(404, format!("unknown app id {app_id}")))?;
-    if !app.enabled {
-        return Err(ApiError::new(403, "app is disabled"));
+        .ok_or_else(|| ApiError::unknown_app(app_id))?;
+    if !config.enabled {
+        return Err(ApiError::app_disabled());
     }
     let params = api::parse_query(head.query());
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    api::authenticate(app, &head.method, head.path(), &params, body, now)?;
-    let max_data = config.max_event_data_bytes;
-    match route {
-        Route::Events { .. } => {
-            let event = api::parse_publish(body, max_data)?;
-            publish(shard, app_index, &event);
-            let states = match event.info {
-                Some(info) => {
-                    let names = boxed(&event.channels);
-                    channel_states(shard, app_index, Scope::Named(&names), info).await?
-                }
-                None => BTreeMap::new(),
-            };
-            Ok(api::publish_response(event.info, &states))
+    api::authenticate(config, &head.method, head.path(), &params, body, now)?;
+    Ok(ApiRequest {
+        shard,
+        app,
+        params,
+        body,
+    })
+}
+
+/// `POST /apps/{id}/events`
+async fn publish_event(request: &ApiRequest<'_>) -> Result<String, ApiError> {
+    let max_data = request.shard.node.config.max_event_data_bytes;
+    let event = api::parse_publish(request.body, max_data)?;
+    publish(request.shard, request.app, &event);
+    let states = match event.info {
+        Some(info) => {
+            let names = boxed(&event.channels);
+            channel_states(request, Scope::Named(&names), info).await?
         }
-        Route::BatchEvents { .. } => {
-            let events = api::parse_batch(body, max_data)?;
-            for event in &events {
-                publish(shard, app_index, event);
-            }
-            let asked: Vec<Box<str>> = events
-                .iter()
-                .filter(|e| e.info.is_some())
-                .flat_map(|e| e.channels.iter().map(|c| c.as_str().into()))
-                .collect();
-            let info = events.iter().filter_map(|e| e.info).fold(
-                api::InfoFields::default(),
-                |all, one| api::InfoFields {
-                    subscription_count: all.subscription_count || one.subscription_count,
-                    user_count: all.user_count || one.user_count,
-                    cache: all.cache || one.cache,
-                },
-            );
-            let states = if asked.is_empty() {
-                BTreeMap::new()
-            } else {
-                channel_states(shard, app_index, Scope::Named(&asked), info).await?
-            };
-            Ok(api::batch_response(&events, &states))
-        }
-        Route::Channels { .. } => {
-            let info = api::InfoFields::parse(&params)?;
-            let prefix = api::prefix_filter(&params);
-            let states = channel_states(shard, app_index, Scope::Prefix(prefix), info).await?;
-            api::channels_response(&states, &params)
-        }
-        Route::Channel { channel, .. } => {
-            let info = api::InfoFields::parse(&params)?;
-            let names = [channel.as_str().into()];
-            let states = channel_states(shard, app_index, Scope::Named(&names), info).await?;
-            let state = states.get(channel.as_str()).cloned().unwrap_or_default();
-            api::channel_response(channel, &state, &params)
-        }
-        Route::ChannelUsers { channel, .. } => {
-            let registry = shard.registry.borrow();
-            let members = registry.presence(app_index, channel);
-            let ids = members
-                .into_iter()
-                .flat_map(|p| p.roster.members().map(|(id, _)| id));
-            api::users_response(channel, ids)
-        }
-        Route::TerminateConnections { user_id, .. } => {
-            let user_id: Arc<str> = user_id.as_str().into();
-            for (index, link) in shard.node.shards.iter().enumerate() {
-                if index == shard.index {
-                    continue;
-                }
-                let message = ShardMessage::TerminateUser {
-                    app: app_index,
-                    user_id: user_id.clone(),
-                };
-                if link.inbox.send(message).is_err() {
-                    stats::add(&link.stats.inbox_drops, 1);
-                    return Err(ApiError::new(503, "a shard is overloaded; try again"));
-                }
-            }
-            shard.terminate_user(app_index, &user_id);
-            if let Some(cluster) = &shard.node.cluster {
-                // This node's sockets are closed; the caller may repeat the call, which is
-                // harmless, until the other nodes can be told.
-                if !cluster.terminate(app_index, user_id) {
-                    return Err(ApiError::new(
-                        503,
-                        "the user's connections on this node are closed, but the other nodes cannot be reached now; try again",
-                    ));
-                }
-            }
-            Ok("{}".into())
-        }
-        Route::Client { .. } | Route::Health | Route::NotFound => {
-            Err(ApiError::new(404, "not an API route"))
+        None => BTreeMap::new(),
+    };
+    Ok(api::publish_response(event.info, &states))
+}
+
+/// `POST /apps/{id}/batch_events`
+async fn publish_batch(request: &ApiRequest<'_>) -> Result<String, ApiError> {
+    let max_data = request.shard.node.config.max_event_data_bytes;
+    let events = api::parse_batch(request.body, max_data)?;
+    for event in &events {
+        publish(request.shard, request.app, event);
+    }
+    let asked: Vec<Box<str>> = events
+        .iter()
+        .filter(|e| e.info.is_some())
+        .flat_map(|e| e.channels.iter().map(|c| c.as_str().into()))
+        .collect();
+    let info = events
+        .iter()
+        .filter_map(|e| e.info)
+        .fold(api::InfoFields::default(), |all, one| api::InfoFields {
+            subscription_count: all.subscription_count || one.subscription_count,
+            user_count: all.user_count || one.user_count,
+            cache: all.cache || one.cache,
+        });
+    let states = if asked.is_empty() {
+        BTreeMap::new()
+    } else {
+        channel_states(request, Scope::Named(&asked), info).await?
+    };
+    Ok(api::batch_response(&events, &states))
+}
+
+/// `GET /apps/{id}/channels`
+async fn list_channels(request: &ApiRequest<'_>) -> Result<String, ApiError> {
+    let info = api::InfoFields::parse(&request.params)?;
+    let prefix = api::prefix_filter(&request.params);
+    let states = channel_states(request, Scope::Prefix(prefix), info).await?;
+    api::channels_response(&states, &request.params)
+}
+
+/// `GET /apps/{id}/channels/{channel}`
+async fn channel_info(request: &ApiRequest<'_>, channel: &str) -> Result<String, ApiError> {
+    let info = api::InfoFields::parse(&request.params)?;
+    let names = [channel.into()];
+    let states = channel_states(request, Scope::Named(&names), info).await?;
+    let state = states.get(channel).cloned().unwrap_or_default();
+    api::channel_response(channel, &state, &request.params)
+}
+
+/// `GET /apps/{id}/channels/{channel}/users`
+fn channel_users(request: &ApiRequest<'_>, channel: &str) -> Result<String, ApiError> {
+    let registry = request.shard.registry.borrow();
+    let members = registry.presence(request.app, channel);
+    let ids = members
+        .into_iter()
+        .flat_map(|p| p.roster.members().map(|(id, _)| id));
+    api::users_response(channel, ids)
+}
+
+/// `POST /apps/{id}/users/{user_id}/terminate_connections`
+fn terminate_connections(request: &ApiRequest<'_>, user_id: &str) -> Result<String, ApiError> {
+    let (shard, app) = (request.shard, request.app);
+    let user_id: Arc<str> = user_id.into();
+    shard
+        .to_other_shards(|| ShardMessage::TerminateUser {
+            app,
+            user_id: user_id.clone(),
+        })
+        .map_err(|_| ApiError::unavailable("a shard is overloaded; try again"))?;
+    shard.terminate_user(app, &user_id);
+    if let Some(cluster) = &shard.node.cluster {
+        // This node's sockets are closed; the caller may repeat the call, which is harmless,
+        // until the other nodes can be told.
+        if !cluster.terminate(app, user_id) {
+            return Err(ApiError::unavailable(
+                "the user's connections on this node are closed, but the other nodes cannot be reached now; try again",
+            ));
         }
     }
+    Ok("{}".into())
 }
 
 fn boxed(names: &[String]) -> Vec<Box<str>> {
@@ -417,11 +447,11 @@ fn boxed(names: &[String]) -> Vec<Box<str>> {
 /// on), plus user counts and cached events from this shard's replicas (every shard keeps both
 /// for the whole node).
 async fn channel_states(
-    shard: &Shard,
-    app: usize,
+    request: &ApiRequest<'_>,
     scope: Scope<'_>,
     info: api::InfoFields,
 ) -> Result<BTreeMap<String, api::ChannelState>, ApiError> {
+    let (shard, app) = (request.shard, request.app);
     let counts = shard.channel_counts(app, scope).await?;
     let mut registry = shard.registry.borrow_mut();
     let now = Instant::now();

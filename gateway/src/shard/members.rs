@@ -8,7 +8,6 @@ use bytes::Bytes;
 use serde_json::Value;
 
 use super::{Conn, Shard};
-use crate::admin::stats;
 use crate::bus::ShardMessage;
 use crate::channels::presence::{ChannelFull, LocalChange, RosterDelta, RosterKey, Transition};
 use crate::channels::users::AlreadySignedIn;
@@ -161,16 +160,8 @@ impl Shard {
         if self.node.cluster.is_some() {
             self.to_cluster(BridgeMessage::Roster(delta.clone()));
         }
-        for (index, link) in self.node.shards.iter().enumerate() {
-            if index != self.index
-                && link
-                    .inbox
-                    .send(ShardMessage::Roster(delta.clone()))
-                    .is_err()
-            {
-                stats::add(&link.stats.inbox_drops, 1);
-            }
-        }
+        // A shard whose inbox is full misses it; counted there.
+        let _ = self.to_other_shards(|| ShardMessage::Roster(delta.clone()));
     }
 
     /// Tells the channel's local subscribers (but `except`) that a user arrived or left; the

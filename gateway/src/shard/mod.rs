@@ -21,16 +21,15 @@ use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use futures_channel::oneshot;
 use hdrhistogram::Histogram;
 
 use crate::admin::stats::{self, Disconnect, Rejection, ShardStats};
-use crate::bus::{Broadcast, Inbox, ShardMessage};
+use crate::bus::{Broadcast, Inbox, InboxFull, ShardCounts, ShardMessage};
 use crate::channels::presence::Source;
 use crate::channels::Registry;
 use crate::cluster::{wire, BridgeMessage, QUERY_DEADLINE};
 use crate::http::api::ApiError;
-use crate::node::Node;
+use crate::node::{add_counts, Node};
 use crate::protocol::channel::server_to_user;
 use crate::protocol::{codes, ChannelKind, SocketId};
 use crate::webhooks::{Job, WebhookEvent, WebhookKind};
@@ -282,19 +281,24 @@ impl Shard {
             published: Instant::now(),
         });
         self.deliver(&broadcast);
-        for (index, link) in self.node.shards.iter().enumerate() {
-            if index != self.index
-                && link
-                    .inbox
-                    .send(ShardMessage::Broadcast(broadcast.clone()))
-                    .is_err()
-            {
-                stats::add(&link.stats.inbox_drops, 1);
-            }
-        }
+        // A shard whose inbox is full misses it; counted there.
+        let _ = self.to_other_shards(|| ShardMessage::Broadcast(broadcast.clone()));
         if let Some(cluster) = &self.node.cluster {
             cluster.publish(&broadcast);
         }
+    }
+
+    /// Sends a message, made anew for each, to every other shard of the node. A full inbox
+    /// drops its copy and counts it; the others still get theirs.
+    fn to_other_shards(&self, mut message: impl FnMut() -> ShardMessage) -> Result<(), InboxFull> {
+        let mut sent = Ok(());
+        for (index, link) in self.node.shards.iter().enumerate() {
+            if index != self.index && link.inbox.send(message()).is_err() {
+                stats::add(&link.stats.inbox_drops, 1);
+                sent = Err(InboxFull);
+            }
+        }
+        sent
     }
 
     /// Handles every message already in the inbox.
@@ -459,42 +463,20 @@ impl Shard {
             Scope::Prefix(prefix) => (None, prefix),
             Scope::Named(channels) => (Some(channels), ""),
         };
-        let mut replies = Vec::new();
-        for (index, link) in self.node.shards.iter().enumerate() {
-            if index == self.index {
-                continue;
-            }
-            let (reply, receiver) = oneshot::channel();
-            let message = ShardMessage::ChannelCounts {
-                app,
-                channels: channels.map(<[Box<str>]>::to_vec),
-                reply,
-            };
-            if link.inbox.send(message).is_err() {
-                stats::add(&link.stats.inbox_drops, 1);
-                return Err(ApiError::new(503, "a shard is overloaded; try again"));
-            }
-            replies.push(receiver);
+        let answers = self.node.ask_counts(Some(self.index), app, channels);
+        if !answers.complete {
+            return Err(ApiError::unavailable("a shard is overloaded; try again"));
         }
         let mut totals = BTreeMap::new();
-        let mut add = |counts: Vec<(Box<str>, u64)>| {
-            for (name, count) in counts {
-                if name.starts_with(prefix) {
-                    *totals.entry(name.into_string()).or_insert(0) += count;
-                }
-            }
-        };
-        add(self.local_counts(app, channels));
-        for receiver in replies {
-            match monoio::time::timeout(QUERY_TIMEOUT, receiver).await {
-                Ok(Ok(counts)) => add(counts),
-                _ => return Err(ApiError::new(503, "a shard did not answer in time")),
-            }
+        add_counts(&mut totals, self.local_counts(app, channels), prefix);
+        match monoio::time::timeout(QUERY_TIMEOUT, answers.add_to(prefix, &mut totals)).await {
+            Ok(true) => {}
+            _ => return Err(ApiError::unavailable("a shard did not answer in time")),
         }
         Ok(totals)
     }
 
-    fn local_counts(&self, app: usize, channels: Option<&[Box<str>]>) -> Vec<(Box<str>, u64)> {
+    fn local_counts(&self, app: usize, channels: Option<&[Box<str>]>) -> ShardCounts {
         let registry = self.registry.borrow();
         match channels {
             Some(names) => names
