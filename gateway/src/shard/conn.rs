@@ -4,14 +4,16 @@
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::task::Waker;
 
 use bytes::{Buf, Bytes};
+use monoio::net::TcpStream;
 
 use crate::admin::stats::Disconnect;
 use crate::shard::io as socket;
 use crate::shard::transport::{self, TlsSession};
+use crate::shard::OpenSocket;
 use crate::tls::records::RecordError;
 use crate::ws::Assembler;
 
@@ -41,7 +43,11 @@ pub enum Flush {
 pub struct Conn {
     pub id: u64,
     pub app: usize,
-    fd: RawFd,
+    /// The socket, owned here so that it closes only once nothing can write to it: every
+    /// writer (the session task, fanout through the registry) holds this `Conn`.
+    stream: TcpStream,
+    /// Counts the socket against the node's limit for exactly as long as it is open.
+    _open: OpenSocket,
     /// Frames go out encrypted, by the session task only.
     tls: bool,
     outbound: RefCell<VecDeque<Bytes>>,
@@ -62,11 +68,19 @@ pub struct Conn {
 }
 
 impl Conn {
-    pub fn new(id: u64, app: usize, fd: RawFd, tls: bool, now: u32) -> Conn {
+    pub fn new(
+        id: u64,
+        app: usize,
+        stream: TcpStream,
+        open: OpenSocket,
+        tls: bool,
+        now: u32,
+    ) -> Conn {
         Conn {
             id,
             app,
-            fd,
+            stream,
+            _open: open,
             tls,
             outbound: RefCell::new(VecDeque::new()),
             queued_bytes: Cell::new(0),
@@ -109,8 +123,12 @@ impl Conn {
         self.wake();
     }
 
+    pub fn stream(&self) -> &TcpStream {
+        &self.stream
+    }
+
     pub fn fd(&self) -> RawFd {
-        self.fd
+        self.stream.as_raw_fd()
     }
 
     pub fn is_tls(&self) -> bool {
@@ -171,7 +189,7 @@ impl Conn {
                 *slot = IoSlice::new(frame);
                 count += 1;
             }
-            let n = match socket::send_vectored(self.fd, &slices[..count]) {
+            let n = match socket::send_vectored(self.fd(), &slices[..count]) {
                 Ok(n) => n,
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                     return Ok((Flush::Blocked, written))
@@ -209,7 +227,7 @@ impl Conn {
         tls: &mut TlsSession,
         cipher: &mut Vec<u8>,
     ) -> io::Result<(Flush, usize)> {
-        if !transport::send_outgoing(self.fd, tls)? {
+        if !transport::send_outgoing(self.fd(), tls)? {
             return Ok((Flush::Blocked, 0));
         }
         let mut written = 0;
@@ -232,7 +250,7 @@ impl Conn {
                     sealed = sealer.seal(&frame, cipher);
                 }
             }
-            let sent = socket::send_some(self.fd, cipher)?;
+            let sent = socket::send_some(self.fd(), cipher)?;
             written += sent;
             if let Err(error) = sealed {
                 // The records sealed before the failure, and the alert that ends them, go out

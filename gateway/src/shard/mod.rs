@@ -595,7 +595,7 @@ async fn inbox_loop(shard: Rc<Shard>) {
 }
 
 /// Decrements the node's open-socket count when a connection ends, however it ends.
-struct OpenSocket(Arc<Node>);
+pub struct OpenSocket(Arc<Node>);
 
 impl Drop for OpenSocket {
     fn drop(&mut self) {

@@ -1,7 +1,6 @@
 //! A WebSocket session: the upgrade, then frames in and Pusher events out until it closes.
 
 use std::future::{poll_fn, Future};
-use std::os::fd::AsRawFd;
 use std::pin::pin;
 use std::rc::Rc;
 use std::task::Poll;
@@ -124,13 +123,8 @@ pub async fn upgrade(
     // A task of its own again: this one's state is sized for the upgrade, not for idling. The
     // session starts here so that the task keeps only what waiting needs.
     let (id, socket_id) = shard.next_socket_id();
-    let conn = Rc::new(Conn::new(
-        id,
-        app,
-        stream.as_raw_fd(),
-        transport.is_tls(),
-        shard.now(),
-    ));
+    let tls = transport.is_tls();
+    let conn = Rc::new(Conn::new(id, app, stream, open, tls, shard.now()));
     shard.register(conn.clone());
     let established =
         message::connection_established(&socket_id.to_string(), shard.node.config.activity_timeout);
@@ -138,7 +132,7 @@ pub async fn upgrade(
     if !leftover.is_empty() {
         handle_bytes(&shard, &conn, leftover);
     }
-    monoio::spawn(run(shard, stream, transport, conn, open));
+    monoio::spawn(run(shard, transport, conn));
 }
 
 /// What woke a session.
@@ -154,20 +148,15 @@ enum Wake {
     clippy::manual_async_fn,
     reason = "async fn would store the arguments twice"
 )]
-fn run(
-    shard: Rc<Shard>,
-    stream: TcpStream,
-    mut transport: Transport,
-    conn: Rc<Conn>,
-    open: OpenSocket,
-) -> impl Future<Output = ()> {
+fn run(shard: Rc<Shard>, mut transport: Transport, conn: Rc<Conn>) -> impl Future<Output = ()> {
     async move {
+        let stream = conn.stream();
         // A future of its own, so that what lives across the idle wait is only what waiting needs.
-        let reason = pump(&shard, &stream, &conn, &mut transport).await;
+        let reason = pump(&shard, stream, &conn, &mut transport).await;
         shard.unregister(&conn, reason);
         if reason == Disconnect::ClientGone {
             if transport.ends_with_alert() {
-                Box::pin(transport.linger_close(&stream, &[])).await;
+                Box::pin(transport.linger_close(stream, &[])).await;
             }
             return;
         }
@@ -176,9 +165,7 @@ fn run(
             .map_or(codes::WS_NORMAL, |(code, _)| code);
         shard.send(&conn, close_frame(code, ""));
         // Boxed: the closing steps are rare, and unboxed they would grow every idle session's task.
-        Box::pin(finish_close(&shard, &stream, &conn, &mut transport)).await;
-        // The socket counts against the node's limit until it is closed here.
-        drop(open);
+        Box::pin(finish_close(&shard, stream, &conn, &mut transport)).await;
     }
 }
 
