@@ -11,9 +11,8 @@ mod session;
 pub mod transport;
 
 use std::cell::{Cell, RefCell};
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::future::poll_fn;
-use std::hash::{Hash, Hasher};
 use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -25,6 +24,7 @@ use hdrhistogram::Histogram;
 
 use crate::admin::stats::{self, Disconnect, Rejection, ShardStats};
 use crate::bus::{Broadcast, Inbox, InboxFull, ShardCounts, ShardMessage};
+use crate::channels::counts::OwnedCounts;
 use crate::channels::presence::Source;
 use crate::channels::Registry;
 use crate::cluster::{wire, BridgeMessage, QUERY_DEADLINE};
@@ -58,11 +58,8 @@ pub struct Shard {
     /// What other shards, and the cluster bridge, ask of this one.
     inbox: Inbox,
     registry: RefCell<Registry<Rc<Conn>>>,
-    /// Node-wide subscriber counts of the channels this shard keeps them for (see `counts`),
-    /// by app.
-    counts: RefCell<Vec<HashMap<Box<str>, counts::Totals>>>,
-    /// Channels whose count changed since subscription counts were last sent, by app.
-    pending_counts: RefCell<Vec<HashSet<Box<str>>>>,
+    /// Node-wide subscriber counts of the channels this shard owns (see `counts`).
+    counts: RefCell<OwnedCounts>,
     conns: RefCell<HashMap<u64, Rc<Conn>>>,
     next_id: Cell<u64>,
     /// Where every connection on this shard reads into.
@@ -91,6 +88,7 @@ pub enum Scope<'a> {
 impl Shard {
     fn new(node: Arc<Node>, index: usize, inbox: Inbox) -> Shard {
         let apps = node.config.apps.len();
+        let shards = node.shards.len();
         Shard {
             index,
             me: Source {
@@ -100,8 +98,7 @@ impl Shard {
             node,
             inbox,
             registry: RefCell::new(Registry::new(apps)),
-            counts: RefCell::new((0..apps).map(|_| HashMap::new()).collect()),
-            pending_counts: RefCell::new((0..apps).map(|_| HashSet::new()).collect()),
+            counts: RefCell::new(OwnedCounts::new(apps, shards)),
             conns: RefCell::new(HashMap::new()),
             next_id: Cell::new(1),
             scratch: RefCell::new(vec![0; SCRATCH_BYTES]),
@@ -381,15 +378,6 @@ impl Shard {
         }
         stats::add(&self.stats().messages_out, delivered);
         delivered
-    }
-
-    /// The shard that decides node-wide things about a channel: its occupied / vacated and
-    /// member webhooks, and its subscription count. One per channel, so each is decided once.
-    fn owner(&self, app: usize, channel: &str) -> usize {
-        // SipHash with fixed keys: every shard computes the same owner.
-        let mut hasher = std::hash::DefaultHasher::new();
-        (app, channel).hash(&mut hasher);
-        (hasher.finish() % self.node.shards.len() as u64) as usize
     }
 
     /// Hands a webhook event to the sender thread if the app wants this kind; a full queue
