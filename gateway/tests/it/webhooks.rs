@@ -2,7 +2,7 @@
 //! decided once per node, the 3 s hold on departures (and its cancellation by a quick return),
 //! client events and cache misses, retries, and a full queue counted.
 
-mod common;
+use crate::common;
 
 use std::net::TcpListener;
 use std::time::{Duration, Instant};

@@ -2,7 +2,7 @@
 //! allowed origins, client event rate, subscription_count events; and, for every app, encrypted
 //! payloads relayed untouched and channel attributes on the HTTP API.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

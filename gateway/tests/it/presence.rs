@@ -2,7 +2,7 @@
 //! has, member events once per user, member lists and counts in the HTTP API, client events
 //! carrying the sender's user id, and every limit answered and counted.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

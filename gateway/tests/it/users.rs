@@ -2,7 +2,7 @@
 //! delivery from the HTTP API, terminating a user's connections, presence through a sign-in,
 //! and every refusal answered and counted.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

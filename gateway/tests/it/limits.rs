@@ -1,7 +1,7 @@
 //! Every bad input and limit gets its protocol error code or HTTP status, is counted in
 //! /metrics, and leaves other connections working.
 
-mod common;
+use crate::common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;

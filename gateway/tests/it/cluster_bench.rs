@@ -5,7 +5,7 @@
 //! cargo test --release -p gateway --test cluster_bench -- --ignored --nocapture
 //! ```
 
-mod common;
+use crate::common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;

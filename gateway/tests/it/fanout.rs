@@ -1,6 +1,6 @@
 //! Fanout across shards: every subscriber on every shard receives a publish exactly once.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -1,6 +1,6 @@
 //! Frames that arrive in pieces: split across reads, fragmented, or sent with the request head.
 
-mod common;
+use crate::common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;

@@ -2,7 +2,7 @@
 //! metric their Grafana dashboard and Prometheus alert rules name exists on a running gateway
 //! (TLS and Redis on, so that every family the gateway can expose is there).
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::path::Path;

@@ -1,7 +1,7 @@
 //! Clustering through a real Redis: several gateway processes on one `redis-server`, each test
 //! with its own server on a free loopback port.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};

@@ -1,6 +1,6 @@
 //! The HTTP API: signed publishing, channel queries, keep-alive, and each refusal counted.
 
-mod common;
+use crate::common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;

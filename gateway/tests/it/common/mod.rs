@@ -1,7 +1,5 @@
 //! Runs the real `gateway` binary for integration tests, and talks to it as clients do.
 
-#![allow(dead_code)] // Each test file uses its own part of these helpers.
-
 pub mod redis;
 pub mod script;
 pub mod webhooks;

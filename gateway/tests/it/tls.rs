@@ -1,7 +1,7 @@
 //! The TLS listener: real TLS clients, protocol versions and ALPN, resumption across shards,
 //! certificate reload, and bad input on the TLS port.
 
-mod common;
+use crate::common;
 
 use std::io::{BufReader, Read, Write};
 use std::net::TcpStream;

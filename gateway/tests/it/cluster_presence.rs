@@ -3,7 +3,7 @@
 //! removed (no ghosts), and sign-in features (watchlists, `sendToUser`, terminating a user)
 //! reaching other nodes, and member webhooks sent once for the whole cluster.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

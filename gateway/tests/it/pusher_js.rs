@@ -6,7 +6,7 @@
 //! Needs Node and `npm ci` in `gateway/tests/js` (done by `scripts/test`); without them this test
 //! fails rather than passing silently.
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 

@@ -1,6 +1,6 @@
 //! Start-up checks and the graceful drain.
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 use std::time::{Duration, Instant};

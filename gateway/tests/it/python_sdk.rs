@@ -5,7 +5,7 @@
 //! `scripts/test`); without them this test fails rather than passing silently. Set `PYTHON` to use
 //! another interpreter than `python3`.
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 

@@ -1,0 +1,21 @@
+//! The gateway's integration tests, in one binary so that the library links once: each module
+//! runs the real `gateway` binary (or several, with Redis) and talks to it as clients do.
+
+mod common;
+
+mod apps;
+mod cluster;
+mod cluster_bench;
+mod cluster_presence;
+mod deploy;
+mod fanout;
+mod frames;
+mod http_api;
+mod lifecycle;
+mod limits;
+mod presence;
+mod pusher_js;
+mod python_sdk;
+mod tls;
+mod users;
+mod webhooks;
