@@ -2,7 +2,7 @@
 //! publishes per second one node pushes through Redis. Bounded and loopback only. Run on demand:
 //!
 //! ```sh
-//! cargo test --release -p gateway --test cluster_bench -- --ignored --nocapture
+//! cargo test --release -p gateway --test it cluster_bench -- --ignored --nocapture
 //! ```
 
 use crate::common;
