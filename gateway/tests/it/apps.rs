@@ -2,11 +2,9 @@
 //! allowed origins, client event rate, subscription_count events; and, for every app, encrypted
 //! payloads relayed untouched and channel attributes on the HTTP API.
 
-use crate::common;
-
 use std::time::{Duration, Instant};
 
-use common::{Client, Ended, Gateway};
+use crate::common::{Client, Ended, Gateway};
 use gateway::protocol::signature;
 use serde_json::{json, Value};
 use tungstenite::client::IntoClientRequest;

@@ -1,13 +1,11 @@
 //! Clustering through a real Redis: several gateway processes on one `redis-server`, each test
 //! with its own server on a free loopback port.
 
-use crate::common;
-
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use common::redis::Redis;
-use common::{wait_until, Client, Gateway, APP_ID};
+use crate::common::redis::Redis;
+use crate::common::{wait_until, Client, Gateway, APP_ID};
 use gateway::cluster::NODE_TIMEOUT;
 use serde_json::{json, Value};
 

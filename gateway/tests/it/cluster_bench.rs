@@ -5,15 +5,13 @@
 //! cargo test --release -p gateway --test it cluster_bench -- --ignored --nocapture
 //! ```
 
-use crate::common;
-
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::redis::Redis;
-use common::{now_secs, signed_request, Client, Gateway, APP_ID};
+use crate::common::redis::Redis;
+use crate::common::{now_secs, signed_request, Client, Gateway, APP_ID};
 use serde_json::json;
 
 /// Events timed one by one for the latency figures.

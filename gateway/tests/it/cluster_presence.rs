@@ -3,13 +3,11 @@
 //! removed (no ghosts), and sign-in features (watchlists, `sendToUser`, terminating a user)
 //! reaching other nodes, and member webhooks sent once for the whole cluster.
 
-use crate::common;
-
 use std::time::{Duration, Instant};
 
-use common::redis::Redis;
-use common::webhooks::Receiver;
-use common::{wait_until, watch_events, Client, Ended, Gateway, KEY, SECRET};
+use crate::common::redis::Redis;
+use crate::common::webhooks::Receiver;
+use crate::common::{wait_until, watch_events, Client, Ended, Gateway, KEY, SECRET};
 use gateway::cluster::NODE_TIMEOUT;
 use serde_json::{json, Value};
 

@@ -2,15 +2,13 @@
 //! metric their Grafana dashboard and Prometheus alert rules name exists on a running gateway
 //! (TLS and Redis on, so that every family the gateway can expose is there).
 
-use crate::common;
-
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::redis::Redis;
-use common::{free_port, wait_until, Gateway};
+use crate::common::redis::Redis;
+use crate::common::{self, free_port, wait_until, Gateway};
 use gateway::config::Config;
 
 /// Metric names (`gateway_...`) mentioned in a text, without the suffixes Prometheus adds to

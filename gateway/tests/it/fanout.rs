@@ -1,10 +1,8 @@
 //! Fanout across shards: every subscriber on every shard receives a publish exactly once.
 
-use crate::common;
-
 use std::time::Duration;
 
-use common::Gateway;
+use crate::common::{self, Gateway};
 
 #[test]
 fn hundreds_of_subscribers_over_every_shard_receive_one_publish_once() {

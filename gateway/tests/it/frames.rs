@@ -1,12 +1,10 @@
 //! Frames that arrive in pieces: split across reads, fragmented, or sent with the request head.
 
-use crate::common;
-
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use common::Gateway;
+use crate::common::Gateway;
 
 const UPGRADE: &str = "GET /app/app-key?protocol=7 HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
 

@@ -1,12 +1,10 @@
 //! The HTTP API: signed publishing, channel queries, keep-alive, and each refusal counted.
 
-use crate::common;
-
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use common::{now_secs, signed_request, Gateway, APP_ID};
+use crate::common::{self, now_secs, signed_request, Gateway, APP_ID};
 use serde_json::{json, Value};
 
 #[test]

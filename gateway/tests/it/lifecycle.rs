@@ -1,11 +1,9 @@
 //! Start-up checks and the graceful drain.
 
-use crate::common;
-
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{Ended, Gateway};
+use crate::common::{self, Ended, Gateway};
 
 #[test]
 fn a_second_gateway_on_the_same_port_refuses_to_start() {

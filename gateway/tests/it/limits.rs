@@ -1,13 +1,11 @@
 //! Every bad input and limit gets its protocol error code or HTTP status, is counted in
 //! /metrics, and leaves other connections working.
 
-use crate::common;
-
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use common::{Ended, Gateway};
+use crate::common::{self, Ended, Gateway};
 use serde_json::json;
 use tungstenite::Message;
 

@@ -2,11 +2,9 @@
 //! has, member events once per user, member lists and counts in the HTTP API, client events
 //! carrying the sender's user id, and every limit answered and counted.
 
-use crate::common;
-
 use std::time::Duration;
 
-use common::{channel_auth, Client, Gateway};
+use crate::common::{channel_auth, Client, Gateway};
 use serde_json::{json, Value};
 
 const QUIET: Duration = Duration::from_millis(300);

@@ -6,11 +6,9 @@
 //! Needs Node and `npm ci` in `gateway/tests/js` (done by `scripts/test`); without them this test
 //! fails rather than passing silently.
 
-use crate::common;
-
 use std::process::Command;
 
-use common::Gateway;
+use crate::common::{self, Gateway};
 
 /// compat.mjs runs 67 checks today; far fewer means some were skipped.
 const MIN_CHECKS: u32 = 60;

@@ -5,11 +5,9 @@
 //! `scripts/test`); without them this test fails rather than passing silently. Set `PYTHON` to use
 //! another interpreter than `python3`.
 
-use crate::common;
-
 use std::process::Command;
 
-use common::Gateway;
+use crate::common::{self, Gateway};
 
 /// sdk_compat.py runs 35 checks today; far fewer means some were skipped.
 const MIN_CHECKS: u32 = 30;

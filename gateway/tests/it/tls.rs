@@ -1,8 +1,6 @@
 //! The TLS listener: real TLS clients, protocol versions and ALPN, resumption across shards,
 //! certificate reload, and bad input on the TLS port.
 
-use crate::common;
-
 use std::io::{BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -10,7 +8,7 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{free_port, Gateway};
+use crate::common::{self, free_port, Gateway};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
 use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};

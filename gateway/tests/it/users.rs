@@ -2,11 +2,9 @@
 //! delivery from the HTTP API, terminating a user's connections, presence through a sign-in,
 //! and every refusal answered and counted.
 
-use crate::common;
-
 use std::time::Duration;
 
-use common::{channel_auth, user_auth, watch_events, Client, Ended, Gateway};
+use crate::common::{channel_auth, user_auth, watch_events, Client, Ended, Gateway};
 use serde_json::{json, Value};
 
 const QUIET: Duration = Duration::from_millis(300);

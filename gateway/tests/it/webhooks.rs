@@ -2,13 +2,11 @@
 //! decided once per node, the 3 s hold on departures (and its cancellation by a quick return),
 //! client events and cache misses, retries, and a full queue counted.
 
-use crate::common;
-
 use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
-use common::webhooks::Receiver;
-use common::{Client, Gateway, KEY, SECRET};
+use crate::common::webhooks::Receiver;
+use crate::common::{Client, Gateway, KEY, SECRET};
 use serde_json::{json, Value};
 
 fn start(receiver: &Receiver, extra_app: Value, flags: &[&str]) -> Gateway {
