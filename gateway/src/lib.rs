@@ -13,6 +13,7 @@ pub mod config;
 pub mod http;
 pub mod node;
 pub mod protocol;
+pub mod pusher;
 pub mod server;
 pub mod shard;
 pub mod tls;

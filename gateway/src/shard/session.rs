@@ -16,9 +16,10 @@ use crate::admin::stats::{self, Disconnect, Rejection};
 use crate::http::api::parse_query;
 use crate::http::response::switching_protocols;
 use crate::http::{RequestHead, Response};
-use crate::protocol::member::{self, Member, MemberError};
+use crate::protocol::member::{self, Member};
 use crate::protocol::message::{self, ClientMessage};
-use crate::protocol::{channel, codes, signature, ChannelKind};
+use crate::protocol::{codes, ChannelKind};
+use crate::pusher::requests::{self, Answer, Refusal, Subscription};
 use crate::webhooks::{WebhookEvent, WebhookKind};
 use crate::ws::frame::{close_frame, pong_frame, text_frame};
 use crate::ws::{accept_upgrade, Assembler, FrameHead, Message, WsError};
@@ -468,81 +469,50 @@ fn handle_event(shard: &Shard, conn: &Conn, text: &str) {
     }
 }
 
-/// Refuses a subscription with `pusher:subscription_error`, and `pusher:error` 4009 because
-/// the client must not retry unchanged.
-fn refuse_subscription(
-    shard: &Shard,
-    conn: &Conn,
-    channel: &str,
-    rejection: Rejection,
-    (kind, status): (&str, u16),
-    reason: &str,
-) {
-    shard.reject(rejection);
-    shard.send(
-        conn,
-        text_frame(&message::subscription_error(channel, kind, reason, status)),
-    );
-    send_error(shard, conn, Some(codes::UNAUTHORIZED), reason);
+/// Tells the client why its request was refused, and counts it.
+fn refuse(shard: &Shard, conn: &Conn, channel: &str, refusal: &Refusal) {
+    shard.reject(refusal.rejection);
+    match refusal.answer {
+        Answer::SubscriptionError { kind, status } => {
+            let error = message::subscription_error(channel, kind, &refusal.reason, status);
+            shard.send(conn, text_frame(&error));
+            send_error(shard, conn, Some(codes::UNAUTHORIZED), &refusal.reason);
+        }
+        Answer::Error(code) => send_error(shard, conn, code, &refusal.reason),
+    }
+}
+
+/// The user a socket signed in as, as a presence member.
+fn signed_in_member(shard: &Shard, conn: &Conn) -> Option<Member> {
+    let registry = shard.registry.borrow();
+    let user = registry.users(conn.app).signed_in(conn.id)?;
+    Some(Member {
+        user_id: user.user_id.to_string(),
+        user_info: user.user_info.clone(),
+    })
 }
 
 fn subscribe(shard: &Shard, conn: &Conn, name: &str, auth: Option<&str>, data: Option<&str>) {
-    let refuse = |rejection, kind_status, reason: &str| {
-        refuse_subscription(shard, conn, name, rejection, kind_status, reason)
-    };
-    if let Some(user_id) = channel::server_to_user(name) {
-        // pusher-js subscribes to its own user's channel after signing in; the gateway delivers
-        // to signed-in sockets whether or not they do, and only the HTTP API publishes there.
-        let own = shard
-            .registry
-            .borrow()
-            .users(conn.app)
-            .signed_in(conn.id)
-            .is_some_and(|user| &*user.user_id == user_id);
-        if own {
+    let app = &shard.node.config.apps[conn.app];
+    let socket_id = shard.socket_id(conn).to_string();
+    let signed_in = signed_in_member(shard, conn);
+    let subscription = requests::subscription(app, &socket_id, name, (auth, data), signed_in);
+    let presence = match subscription {
+        Err(refusal) => return refuse(shard, conn, name, &refusal),
+        Ok(Subscription::OwnUserChannel) => {
             shard.send(conn, text_frame(&message::subscription_succeeded(name)));
             return;
         }
-        let reason = "a #server-to-user channel is only for the user signed in as that user";
-        return refuse(Rejection::ServerToUser, ("AuthError", 403), reason);
-    }
-    if let Err(error) = channel::validate_name(name) {
-        let reason = format!("invalid channel name {name:?}: {error}");
-        return refuse(Rejection::BadChannel, ("InvalidChannel", 400), &reason);
-    }
-    let kind = ChannelKind::of(name);
-    if kind.needs_auth() {
-        let app = &shard.node.config.apps[conn.app];
-        let socket_id = shard.socket_id(conn).to_string();
-        let signed = data.filter(|_| kind.is_presence());
-        let valid = auth.is_some_and(|auth| {
-            signature::verify_channel_auth(&app.key, &app.secret, &socket_id, name, signed, auth)
-        });
-        if !valid {
-            let reason = format!("invalid signature for channel {name}");
-            return refuse(Rejection::SubscriptionAuth, ("AuthError", 401), &reason);
-        }
-    }
-    if kind.is_presence() {
-        let member = match presence_member(shard, conn, data) {
-            Ok(member) => member,
-            Err(error) => {
-                let rejection = match error {
-                    MemberError::IdTooLong => Rejection::UserIdTooLong,
-                    MemberError::InfoTooLarge => Rejection::UserInfoTooLarge,
-                    _ => Rejection::BadChannelData,
-                };
-                let reason = format!("invalid channel_data for {name}: {error}");
-                return refuse(rejection, ("InvalidChannelData", 400), &reason);
+        Ok(Subscription::Channel) => false,
+        Ok(Subscription::Presence(member)) => {
+            if let Err(full) = shard.join_presence(conn, name, &member) {
+                return refuse(shard, conn, name, &requests::presence_full(name, &full));
             }
-        };
-        if let Err(full) = shard.join_presence(conn, name, &member) {
-            let reason = format!("cannot join {name}: {full}");
-            return refuse(Rejection::PresenceFull, ("LimitReached", 403), &reason);
+            true
         }
-    }
+    };
     shard.add_subscriber(conn, name);
-    let succeeded = if kind.is_presence() {
+    let succeeded = if presence {
         let registry = shard.registry.borrow();
         let members = registry
             .presence(conn.app, name)
@@ -552,81 +522,45 @@ fn subscribe(shard: &Shard, conn: &Conn, name: &str, auth: Option<&str>, data: O
         message::subscription_succeeded(name)
     };
     shard.send(conn, text_frame(&succeeded));
-    if kind.is_cache() {
-        let cached = shard
-            .registry
-            .borrow_mut()
-            .cached(conn.app, name, std::time::Instant::now());
-        match cached {
-            Some((frame, _)) => {
-                shard.send(conn, frame);
-            }
-            None => {
-                shard.send(conn, text_frame(&message::cache_miss(name)));
-                shard.webhook(conn.app, WebhookKind::CacheMiss, || {
-                    WebhookEvent::CacheMiss {
-                        channel: name.into(),
-                    }
-                });
-            }
+    if ChannelKind::of(name).is_cache() {
+        replay_cached(shard, conn, name);
+    }
+}
+
+/// Sends a cache channel's last event to a new subscriber, or tells it there is none.
+fn replay_cached(shard: &Shard, conn: &Conn, name: &str) {
+    let cached = shard
+        .registry
+        .borrow_mut()
+        .cached(conn.app, name, std::time::Instant::now());
+    match cached {
+        Some((frame, _)) => {
+            shard.send(conn, frame);
+        }
+        None => {
+            shard.send(conn, text_frame(&message::cache_miss(name)));
+            shard.webhook(conn.app, WebhookKind::CacheMiss, || {
+                WebhookEvent::CacheMiss {
+                    channel: name.into(),
+                }
+            });
         }
     }
-}
-
-/// Who a presence subscriber is: its channel_data, or, without one, the user it signed in as.
-fn presence_member(shard: &Shard, conn: &Conn, data: Option<&str>) -> Result<Member, MemberError> {
-    if let Some(data) = data {
-        return member::parse_channel_data(data);
-    }
-    let registry = shard.registry.borrow();
-    let user = registry
-        .users(conn.app)
-        .signed_in(conn.id)
-        .ok_or(MemberError::NoId("channel_data (or a sign-in)"))?;
-    Ok(Member {
-        user_id: user.user_id.to_string(),
-        user_info: user.user_info.clone(),
-    })
-}
-
-/// Refuses a sign-in with `pusher:error` 4009: the client learns why, and keeps its connection.
-fn refuse_signin(shard: &Shard, conn: &Conn, rejection: Rejection, reason: &str) {
-    shard.reject(rejection);
-    send_error(shard, conn, Some(codes::UNAUTHORIZED), reason);
 }
 
 fn signin(shard: &Shard, conn: &Conn, auth: &str, user_data: &str) {
     let app = &shard.node.config.apps[conn.app];
     let socket_id = shard.socket_id(conn).to_string();
-    if !signature::verify_user_auth(&app.key, &app.secret, &socket_id, user_data, auth) {
-        return refuse_signin(
-            shard,
-            conn,
-            Rejection::SigninAuth,
-            "invalid signature for pusher:signin",
-        );
-    }
-    let user = match member::parse_user_data(user_data) {
+    let user = match requests::signin(app, &socket_id, auth, user_data) {
         Ok(user) => user,
-        Err(error) => {
-            let rejection = match error {
-                MemberError::IdTooLong => Rejection::UserIdTooLong,
-                MemberError::InfoTooLarge => Rejection::UserInfoTooLarge,
-                _ => Rejection::BadUserData,
-            };
-            return refuse_signin(
-                shard,
-                conn,
-                rejection,
-                &format!("invalid user_data: {error}"),
-            );
-        }
+        Err(refusal) => return refuse(shard, conn, "", &refusal),
     };
     let truncated = user.watchlist_truncated;
     let watchlist = match shard.sign_in(conn, user) {
         Ok(watchlist) => watchlist,
         Err(error) => {
-            return refuse_signin(shard, conn, Rejection::AlreadySignedIn, &error.to_string())
+            shard.reject(Rejection::AlreadySignedIn);
+            return send_error(shard, conn, Some(codes::UNAUTHORIZED), &error.to_string());
         }
     };
     shard.send(conn, text_frame(&message::signin_success(user_data)));
@@ -648,18 +582,8 @@ fn client_event(shard: &Shard, conn: &Conn, event: &str, name: &str, data: &serd
     let config = &shard.node.config;
     let app = &config.apps[conn.app];
     let kind = ChannelKind::of(name);
-    let refused = if !app.client_events {
-        Some("client events are not enabled for this app")
-    } else if !kind.allows_client_events() {
-        Some("client events are only accepted on private and presence channels")
-    } else if !conn.is_subscribed(name) {
-        Some("client events need a subscription to the channel")
-    } else {
-        None
-    };
-    if let Some(reason) = refused {
-        shard.reject(Rejection::ClientEventRefused);
-        return send_error(shard, conn, None, reason);
+    if let Err(refusal) = requests::client_event(app, name, conn.is_subscribed(name)) {
+        return refuse(shard, conn, name, &refusal);
     }
     let rate = app.client_event_rate.unwrap_or(config.client_event_rate);
     if !conn.allow_client_event(shard.now(), rate) {

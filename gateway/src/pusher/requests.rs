@@ -1,0 +1,353 @@
+//! What a client asks of its session, and whether it may: subscriptions, sign-ins and client
+//! events, checked against the app's settings and its server's signatures. No IO and no shard
+//! state: the caller says what it knows (the socket id, the user the socket signed in as,
+//! whether it holds the channel) and carries out the answer.
+
+use crate::admin::stats::Rejection;
+use crate::config::App;
+use crate::protocol::member::{self, Member, MemberError, User};
+use crate::protocol::{channel, codes, signature, ChannelKind};
+
+/// A request refused: what it is counted as, how the client is told, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub rejection: Rejection,
+    pub answer: Answer,
+    pub reason: String,
+}
+
+/// How a refusal is told to the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answer {
+    /// `pusher:subscription_error` with this type and status, then `pusher:error` 4009 because
+    /// the client must not retry unchanged.
+    SubscriptionError { kind: &'static str, status: u16 },
+    /// `pusher:error`, with this code or none.
+    Error(Option<u16>),
+}
+
+fn refused(rejection: Rejection, answer: Answer, reason: impl Into<String>) -> Refusal {
+    Refusal {
+        rejection,
+        answer,
+        reason: reason.into(),
+    }
+}
+
+fn subscription_error(kind: &'static str, status: u16) -> Answer {
+    Answer::SubscriptionError { kind, status }
+}
+
+/// A subscription the socket may make.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Subscription {
+    /// Its own user's `#server-to-user-` channel: acknowledged, nothing to register (the
+    /// gateway delivers to signed-in sockets whether or not they subscribe).
+    OwnUserChannel,
+    /// A channel without members.
+    Channel,
+    /// A presence channel, joined as this member.
+    Presence(Member),
+}
+
+/// Checks `pusher:subscribe`: the channel's name, the app server's signature where the channel
+/// needs one, and on presence channels who joins (`channel_data`, or the user the socket signed
+/// in as).
+pub fn subscription(
+    app: &App,
+    socket_id: &str,
+    name: &str,
+    (auth, data): (Option<&str>, Option<&str>),
+    signed_in: Option<Member>,
+) -> Result<Subscription, Refusal> {
+    if let Some(user_id) = channel::server_to_user(name) {
+        if signed_in.is_some_and(|user| user.user_id == user_id) {
+            return Ok(Subscription::OwnUserChannel);
+        }
+        let reason = "a #server-to-user channel is only for the user signed in as that user";
+        return Err(refused(
+            Rejection::ServerToUser,
+            subscription_error("AuthError", 403),
+            reason,
+        ));
+    }
+    if let Err(error) = channel::validate_name(name) {
+        let reason = format!("invalid channel name {name:?}: {error}");
+        return Err(refused(
+            Rejection::BadChannel,
+            subscription_error("InvalidChannel", 400),
+            reason,
+        ));
+    }
+    let kind = ChannelKind::of(name);
+    if kind.needs_auth() {
+        let signed = data.filter(|_| kind.is_presence());
+        let valid = auth.is_some_and(|auth| {
+            signature::verify_channel_auth(&app.key, &app.secret, socket_id, name, signed, auth)
+        });
+        if !valid {
+            let reason = format!("invalid signature for channel {name}");
+            return Err(refused(
+                Rejection::SubscriptionAuth,
+                subscription_error("AuthError", 401),
+                reason,
+            ));
+        }
+    }
+    if !kind.is_presence() {
+        return Ok(Subscription::Channel);
+    }
+    presence_member(data, signed_in)
+        .map(Subscription::Presence)
+        .map_err(|error| {
+            let reason = format!("invalid channel_data for {name}: {error}");
+            refused(
+                member_rejection(&error, Rejection::BadChannelData),
+                subscription_error("InvalidChannelData", 400),
+                reason,
+            )
+        })
+}
+
+/// Who a presence subscriber is: its channel_data, or, without one, the user it signed in as.
+fn presence_member(data: Option<&str>, signed_in: Option<Member>) -> Result<Member, MemberError> {
+    match (data, signed_in) {
+        (Some(data), _) => member::parse_channel_data(data),
+        (None, Some(user)) => Ok(user),
+        (None, None) => Err(MemberError::NoId("channel_data (or a sign-in)")),
+    }
+}
+
+fn member_rejection(error: &MemberError, otherwise: Rejection) -> Rejection {
+    match error {
+        MemberError::IdTooLong => Rejection::UserIdTooLong,
+        MemberError::InfoTooLarge => Rejection::UserInfoTooLarge,
+        _ => otherwise,
+    }
+}
+
+/// A presence channel that cannot take the member: refused as Pusher does.
+pub fn presence_full(name: &str, why: &dyn std::fmt::Display) -> Refusal {
+    refused(
+        Rejection::PresenceFull,
+        subscription_error("LimitReached", 403),
+        format!("cannot join {name}: {why}"),
+    )
+}
+
+/// Checks `pusher:signin`: the app server's signature of `user_data`, then `user_data` itself.
+/// A refusal keeps the connection: the client learns why with `pusher:error` 4009.
+pub fn signin(app: &App, socket_id: &str, auth: &str, user_data: &str) -> Result<User, Refusal> {
+    let refuse = |rejection, reason: String| {
+        refused(rejection, Answer::Error(Some(codes::UNAUTHORIZED)), reason)
+    };
+    if !signature::verify_user_auth(&app.key, &app.secret, socket_id, user_data, auth) {
+        let reason = "invalid signature for pusher:signin".to_owned();
+        return Err(refuse(Rejection::SigninAuth, reason));
+    }
+    member::parse_user_data(user_data).map_err(|error| {
+        let rejection = member_rejection(&error, Rejection::BadUserData);
+        refuse(rejection, format!("invalid user_data: {error}"))
+    })
+}
+
+/// Checks a client event: the app allows them, on private and presence channels only, from a
+/// subscriber of the channel. (The rate is the connection's own, counted by its session.)
+pub fn client_event(app: &App, name: &str, subscribed: bool) -> Result<(), Refusal> {
+    let reason = if !app.client_events {
+        "client events are not enabled for this app"
+    } else if !ChannelKind::of(name).allows_client_events() {
+        "client events are only accepted on private and presence channels"
+    } else if !subscribed {
+        "client events need a subscription to the channel"
+    } else {
+        return Ok(());
+    };
+    Err(refused(
+        Rejection::ClientEventRefused,
+        Answer::Error(None),
+        reason,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::{json, Value};
+
+    use super::*;
+
+    const SOCKET: &str = "123.456";
+
+    fn app() -> App {
+        App {
+            client_events: true,
+            ..App::new("1", "app-key", "app-secret")
+        }
+    }
+
+    fn channel_auth(name: &str, data: Option<&str>) -> String {
+        let app = app();
+        let to_sign = signature::channel_auth_message(SOCKET, name, data);
+        format!("{}:{}", app.key, signature::sign(&app.secret, &to_sign))
+    }
+
+    fn member(id: &str) -> Member {
+        Member {
+            user_id: id.into(),
+            user_info: Value::Null,
+        }
+    }
+
+    fn refusal<T: std::fmt::Debug>(result: Result<T, Refusal>) -> (Rejection, Answer) {
+        let refusal = result.expect_err("refused");
+        (refusal.rejection, refusal.answer)
+    }
+
+    #[test]
+    fn public_and_signed_private_channels_are_allowed() {
+        let app = app();
+        let sub = |name, auth: Option<&str>| subscription(&app, SOCKET, name, (auth, None), None);
+        assert_eq!(sub("news", None), Ok(Subscription::Channel));
+        let auth = channel_auth("private-room", None);
+        assert_eq!(sub("private-room", Some(&auth)), Ok(Subscription::Channel));
+        assert_eq!(
+            refusal(sub("private-room", None)),
+            (
+                Rejection::SubscriptionAuth,
+                subscription_error("AuthError", 401)
+            )
+        );
+        assert_eq!(
+            refusal(sub("private-other", Some(&auth))),
+            (
+                Rejection::SubscriptionAuth,
+                subscription_error("AuthError", 401)
+            ),
+            "a signature is for one channel"
+        );
+        assert_eq!(
+            refusal(sub("bad name!", None)),
+            (
+                Rejection::BadChannel,
+                subscription_error("InvalidChannel", 400)
+            )
+        );
+    }
+
+    #[test]
+    fn presence_members_come_from_channel_data_or_the_sign_in() {
+        let app = app();
+        let data = json!({"user_id": "u1", "user_info": {"name": "Ann"}}).to_string();
+        let auth = channel_auth("presence-room", Some(&data));
+        let joined = subscription(
+            &app,
+            SOCKET,
+            "presence-room",
+            (Some(&auth), Some(&data)),
+            None,
+        );
+        let Ok(Subscription::Presence(joined)) = joined else {
+            panic!("joined: {joined:?}");
+        };
+        assert_eq!(
+            (joined.user_id.as_str(), &joined.user_info),
+            ("u1", &json!({"name": "Ann"}))
+        );
+
+        let auth = channel_auth("presence-room", None);
+        let signed_in = Some(member("u2"));
+        assert_eq!(
+            subscription(
+                &app,
+                SOCKET,
+                "presence-room",
+                (Some(&auth), None),
+                signed_in
+            ),
+            Ok(Subscription::Presence(member("u2")))
+        );
+        assert_eq!(
+            refusal(subscription(
+                &app,
+                SOCKET,
+                "presence-room",
+                (Some(&auth), None),
+                None
+            )),
+            (
+                Rejection::BadChannelData,
+                subscription_error("InvalidChannelData", 400)
+            )
+        );
+        let long = json!({"user_id": "x".repeat(129)}).to_string();
+        let auth = channel_auth("presence-room", Some(&long));
+        assert_eq!(
+            refusal(subscription(
+                &app,
+                SOCKET,
+                "presence-room",
+                (Some(&auth), Some(&long)),
+                None
+            )),
+            (
+                Rejection::UserIdTooLong,
+                subscription_error("InvalidChannelData", 400)
+            )
+        );
+    }
+
+    #[test]
+    fn a_server_to_user_channel_is_only_its_own_users() {
+        let app = app();
+        let own =
+            |signed_in| subscription(&app, SOCKET, "#server-to-user-u1", (None, None), signed_in);
+        assert_eq!(own(Some(member("u1"))), Ok(Subscription::OwnUserChannel));
+        for someone_else in [Some(member("u2")), None] {
+            assert_eq!(
+                refusal(own(someone_else)),
+                (
+                    Rejection::ServerToUser,
+                    subscription_error("AuthError", 403)
+                )
+            );
+        }
+    }
+
+    #[test]
+    fn sign_ins_need_the_servers_signature_and_valid_user_data() {
+        let app = app();
+        let user_data = json!({"id": "u1", "watchlist": ["u2"]}).to_string();
+        let to_sign = format!("{SOCKET}::user::{user_data}");
+        let auth = format!("{}:{}", app.key, signature::sign(&app.secret, &to_sign));
+        let user = signin(&app, SOCKET, &auth, &user_data).expect("signed in");
+        assert_eq!(
+            (user.id.as_str(), user.watchlist),
+            ("u1", vec!["u2".into()])
+        );
+        let unauthorized = Answer::Error(Some(codes::UNAUTHORIZED));
+        assert_eq!(
+            refusal(signin(&app, "1.2", &auth, &user_data)),
+            (Rejection::SigninAuth, unauthorized),
+            "a signature is for one socket"
+        );
+        let bad = r#"{"user_info": {}}"#;
+        let to_sign = format!("{SOCKET}::user::{bad}");
+        let auth = format!("{}:{}", app.key, signature::sign(&app.secret, &to_sign));
+        assert_eq!(
+            refusal(signin(&app, SOCKET, &auth, bad)),
+            (Rejection::BadUserData, unauthorized)
+        );
+    }
+
+    #[test]
+    fn client_events_need_the_app_a_private_channel_and_a_subscription() {
+        let mut app = app();
+        assert_eq!(client_event(&app, "private-room", true), Ok(()));
+        assert_eq!(client_event(&app, "presence-room", true), Ok(()));
+        let refused = (Rejection::ClientEventRefused, Answer::Error(None));
+        assert_eq!(refusal(client_event(&app, "news", true)), refused);
+        assert_eq!(refusal(client_event(&app, "private-room", false)), refused);
+        app.client_events = false;
+        assert_eq!(refusal(client_event(&app, "private-room", true)), refused);
+    }
+}
