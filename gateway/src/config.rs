@@ -641,6 +641,8 @@ fn check_redis_prefix(prefix: &str) -> Result<(), ConfigError> {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use super::*;
 
     fn args(list: &[&str]) -> Vec<String> {
@@ -665,6 +667,56 @@ mod tests {
             ..App::new("1", "app-key", DEFAULT_SECRET)
         };
         assert_eq!(config.apps, vec![development]);
+    }
+
+    /// README.md's table of settings: each row's names with their defaults (none when the cell
+    /// is empty or says so); a row of several names has one default for each, or one for all.
+    fn readme_defaults() -> BTreeMap<String, Option<String>> {
+        let readme = include_str!("../../README.md");
+        let section = readme
+            .split("\n## Configuration\n")
+            .nth(1)
+            .expect("README.md has a Configuration section");
+        let rows = section
+            .lines()
+            .skip_while(|line| !line.starts_with("| setting | default |"))
+            .skip(2)
+            .take_while(|line| line.starts_with('|'));
+        let mut defaults = BTreeMap::new();
+        for row in rows {
+            let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+            let values: Vec<&str> = cells[2].split(", ").collect();
+            for (i, name) in cells[1].split(", ").enumerate() {
+                let value = values.get(i).unwrap_or(&values[0]).trim_matches('`');
+                let value = Some(value.to_owned()).filter(|v| !v.is_empty() && v != "empty");
+                defaults.insert(name.trim_matches('`').to_owned(), value);
+            }
+        }
+        defaults
+    }
+
+    #[test]
+    fn the_readme_lists_every_setting_with_its_default() {
+        let mut readme = readme_defaults();
+        for arg in settings(&Cli::command()) {
+            let name = arg.get_id().as_str();
+            let default = arg.get_default_values().first().and_then(|v| v.to_str());
+            let listed = readme.remove(name);
+            assert!(
+                listed.is_some(),
+                "README.md's configuration table lacks {name}"
+            );
+            assert_eq!(
+                listed.flatten().as_deref(),
+                default,
+                "README.md's default for {name}"
+            );
+        }
+        let unknown: Vec<_> = readme.keys().collect();
+        assert!(
+            unknown.is_empty(),
+            "README.md lists unknown settings {unknown:?}"
+        );
     }
 
     #[test]
