@@ -1,11 +1,16 @@
 //! Configuration: a JSON file, overridden by `GATEWAY_*` environment variables, overridden by
-//! command-line flags. Every setting has one name (`snake_case` in the file, `GATEWAY_UPPER_CASE`
-//! in the environment, `--kebab-case` as a flag) and is validated at start with an error that
-//! names it.
+//! command-line flags. Every setting is declared once, as a field (of [`Config`], or of the first
+//! app's credentials) whose attributes give its flag (`--kebab-case`), variable
+//! (`GATEWAY_UPPER_CASE`), default and help; its file key is the field's name. Settings are
+//! validated at start with an error that names them.
 
+use std::ffi::OsStr;
 use std::net::IpAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
+use clap::error::{ContextKind, ContextValue, ErrorKind};
+use clap::parser::ValueSource;
+use clap::{Arg, ArgMatches, Command, CommandFactory, FromArgMatches, Parser};
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -84,13 +89,6 @@ impl App {
         }
     }
 
-    fn development() -> App {
-        App {
-            client_events: true,
-            ..App::new("1", "app-key", DEFAULT_SECRET)
-        }
-    }
-
     /// Whether a connection with this `Origin` header may open.
     pub fn allows_origin(&self, origin: Option<&str>) -> bool {
         if self.allowed_origins.is_empty() {
@@ -127,101 +125,288 @@ impl App {
 }
 
 /// Log line format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
     Text,
     Json,
 }
 
 /// Everything the gateway is told at start.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, clap::Args)]
 pub struct Config {
     /// Address the client port listens on.
+    #[arg(long, env = "GATEWAY_BIND", default_value_t = IpAddr::from([0, 0, 0, 0]))]
     pub bind: IpAddr,
     /// WebSocket and HTTP API port.
+    #[arg(long, env = "GATEWAY_PORT", default_value_t = 6001)]
     pub port: u16,
     /// Address of the admin port (/metrics, /ready, /health).
+    #[arg(long, env = "GATEWAY_ADMIN_BIND", default_value_t = IpAddr::from([127, 0, 0, 1]))]
     pub admin_bind: IpAddr,
+    /// Admin port: /metrics, /ready, /health, POST /drain.
+    #[arg(long, env = "GATEWAY_ADMIN_PORT", default_value_t = 9601)]
     pub admin_port: u16,
     /// Shards to run; 0 means one per available core.
+    #[arg(long, env = "GATEWAY_SHARDS", default_value_t = 0)]
     pub shards: usize,
     /// Connections the node accepts; 0 means as many as the open-files limit allows.
+    #[arg(long, env = "GATEWAY_MAX_CONNECTIONS", default_value_t = 0)]
     pub max_connections: usize,
     /// Seconds of silence after which clients ping (told to them on connect).
+    #[arg(long, env = "GATEWAY_ACTIVITY_TIMEOUT", default_value_t = 120)]
     pub activity_timeout: u64,
     /// Seconds of silence after which the server closes a connection with 4201.
+    #[arg(long, env = "GATEWAY_INACTIVITY_TIMEOUT", default_value_t = 300)]
     pub inactivity_timeout: u64,
     /// Largest WebSocket frame or message a client may send (bigger closes with 1009).
+    #[arg(long, env = "GATEWAY_MAX_MESSAGE_BYTES", default_value_t = 64 * 1024)]
     pub max_message_bytes: usize,
     /// Bytes queued to one connection before it is closed as a slow consumer (4100).
+    #[arg(long, env = "GATEWAY_OUTBOUND_QUEUE_BYTES", default_value_t = 1024 * 1024)]
     pub outbound_queue_bytes: usize,
     /// Kernel send buffer of each client socket (SO_SNDBUF; the kernel doubles it), so that a
     /// client that stops reading pins little kernel memory and `outbound_queue_bytes` decides
     /// when it is slow; 0 leaves the kernel's autotuning (up to `net.ipv4.tcp_wmem`'s maximum).
+    #[arg(long, env = "GATEWAY_SEND_BUFFER_BYTES", default_value_t = 32 * 1024)]
     pub send_buffer_bytes: usize,
     /// Messages a shard's inbox holds before further ones are dropped and counted.
+    #[arg(long, env = "GATEWAY_INBOX_CAPACITY", default_value_t = 65_536)]
     pub inbox_capacity: usize,
     /// Seconds over which a drain spreads the closing of clients.
+    #[arg(long, env = "GATEWAY_DRAIN_SECONDS", default_value_t = 10)]
     pub drain_seconds: u64,
     /// Seconds a client has to send a complete request head.
+    #[arg(long, env = "GATEWAY_HEAD_TIMEOUT", default_value_t = 10)]
     pub head_timeout: u64,
     /// Largest `data` of a published event (bigger answers 413).
+    #[arg(long, env = "GATEWAY_MAX_EVENT_DATA_BYTES", default_value_t = 10 * 1024)]
     pub max_event_data_bytes: usize,
     /// Largest HTTP request body (bigger answers 413).
+    #[arg(long, env = "GATEWAY_MAX_REQUEST_BODY_BYTES", default_value_t = 256 * 1024)]
     pub max_request_body_bytes: usize,
     /// Client events one connection may send per second (more closes with 4301).
+    #[arg(long, env = "GATEWAY_CLIENT_EVENT_RATE", default_value_t = 10)]
     pub client_event_rate: u32,
     /// Users one presence channel holds (more are refused with a subscription_error).
+    #[arg(long, env = "GATEWAY_MAX_PRESENCE_MEMBERS", default_value_t = 100)]
     pub max_presence_members: usize,
     /// Webhook events waiting for the sender thread (more are dropped and counted).
+    #[arg(long, env = "GATEWAY_WEBHOOK_QUEUE_CAPACITY", default_value_t = 10_000)]
     pub webhook_queue_capacity: usize,
+    /// Format of log lines.
+    #[arg(long, env = "GATEWAY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
     /// TLS port on every shard beside the plaintext one; 0 means no TLS.
+    #[arg(long, env = "GATEWAY_TLS_PORT", default_value_t = 0)]
     pub tls_port: u16,
     /// PEM certificate chain, leaf first.
+    #[arg(long, env = "GATEWAY_TLS_CERT", value_parser = path)]
     pub tls_cert: Option<PathBuf>,
     /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, env = "GATEWAY_TLS_KEY", value_parser = path)]
     pub tls_key: Option<PathBuf>,
     /// Seconds a client has to finish the TLS handshake.
+    #[arg(long, env = "GATEWAY_TLS_HANDSHAKE_TIMEOUT", default_value_t = 10)]
     pub tls_handshake_timeout: u64,
-    /// Redis to cluster through (`redis://host:port/`); none means a single node.
+    /// Redis to cluster through (`redis://host:port/`); none or empty means a single node.
+    #[arg(long, env = "GATEWAY_REDIS_URL")]
     pub redis_url: Option<String>,
     /// Start of every Redis channel name this cluster uses, so clusters can share a Redis.
+    #[arg(long, env = "GATEWAY_REDIS_PREFIX", default_value = "gateway")]
     pub redis_prefix: String,
+    /// The apps, from the file; without one, the development app.
+    #[arg(skip)]
     pub apps: Vec<App>,
 }
 
-impl Default for Config {
-    fn default() -> Config {
-        Config {
-            bind: IpAddr::from([0, 0, 0, 0]),
-            port: 6001,
-            admin_bind: IpAddr::from([127, 0, 0, 1]),
-            admin_port: 9601,
-            shards: 0,
-            max_connections: 0,
-            activity_timeout: 120,
-            inactivity_timeout: 300,
-            max_message_bytes: 64 * 1024,
-            outbound_queue_bytes: 1024 * 1024,
-            send_buffer_bytes: 32 * 1024,
-            inbox_capacity: 65_536,
-            drain_seconds: 10,
-            head_timeout: 10,
-            max_event_data_bytes: 10 * 1024,
-            max_request_body_bytes: 256 * 1024,
-            client_event_rate: 10,
-            max_presence_members: 100,
-            webhook_queue_capacity: 10_000,
-            log_format: LogFormat::Text,
-            tls_port: 0,
-            tls_cert: None,
-            tls_key: None,
-            tls_handshake_timeout: 10,
-            redis_url: None,
-            redis_prefix: "gateway".into(),
-            apps: vec![App::development()],
+/// Unlike clap's own path parser, takes an empty value, as a template's blank variable gives.
+fn path(value: &str) -> Result<PathBuf, std::convert::Infallible> {
+    Ok(PathBuf::from(value))
+}
+
+/// The first app's credentials as settings of their own, so that one app needs no file.
+#[derive(clap::Args)]
+struct FirstApp {
+    /// Id of the first app.
+    #[arg(long, env = "GATEWAY_APP_ID", default_value = "1")]
+    app_id: String,
+    /// Key of the first app.
+    #[arg(long, env = "GATEWAY_APP_KEY", default_value = "app-key")]
+    app_key: String,
+    /// Secret of the first app.
+    #[arg(long, env = "GATEWAY_APP_SECRET", default_value = DEFAULT_SECRET)]
+    app_secret: String,
+}
+
+impl FirstApp {
+    /// The file's apps with the credentials `given` here set on the first; without any (or
+    /// with an empty list and credentials given), the development app made of them.
+    fn apply(self, apps: Option<Vec<App>>, given: impl Fn(&str) -> bool) -> Vec<App> {
+        let any_given = ["app_id", "app_key", "app_secret"].into_iter().any(&given);
+        let mut apps = match apps {
+            Some(apps) if !apps.is_empty() || !any_given => apps,
+            _ => {
+                let app = App::new(&self.app_id, &self.app_key, &self.app_secret);
+                return vec![App {
+                    client_events: true,
+                    ..app
+                }];
+            }
+        };
+        if let Some(first) = apps.first_mut() {
+            if given("app_id") {
+                first.id = self.app_id;
+            }
+            if given("app_key") {
+                first.key = self.app_key;
+            }
+            if given("app_secret") {
+                first.secret = self.app_secret;
+            }
         }
+        apps
+    }
+}
+
+const AFTER_HELP: &str = "Every setting can also be given in the JSON config file (the \
+snake_case name as key) or as the environment variable shown. Flags override the environment, \
+which overrides the file. Several apps go in the file's \"apps\" list.";
+
+#[derive(Parser)]
+#[command(
+    name = "gateway",
+    about = "A WebSocket gateway speaking the Pusher Channels protocol",
+    override_usage = "gateway [--config FILE] [--SETTING VALUE]...\n       \
+                      gateway cert [--dir DIR] [NAME...]   (a development CA and certificate)",
+    after_help = AFTER_HELP,
+    // The file's and the environment's values come as flags ahead of the command line's.
+    args_override_self = true
+)]
+struct Cli {
+    /// JSON file of settings and apps.
+    #[arg(long, env = "GATEWAY_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    #[command(flatten)]
+    settings: Config,
+    #[command(flatten)]
+    first_app: FirstApp,
+}
+
+/// The settings among the declared arguments: those with a variable, but for the file's path.
+fn settings(command: &Command) -> impl Iterator<Item = &Arg> {
+    command
+        .get_arguments()
+        .filter(|arg| arg.get_env().is_some() && arg.get_id() != "config")
+}
+
+/// `--name=value` for the `wanted` argument; `--name=` keeps values that start with `-`.
+fn flag<'a>(
+    mut args: impl Iterator<Item = &'a Arg>,
+    wanted: impl Fn(&Arg) -> bool,
+    value: &str,
+) -> Option<String> {
+    let long = args.find(|arg| wanted(arg))?.get_long()?;
+    Some(format!("--{long}={value}"))
+}
+
+/// `GATEWAY_ADMIN_PORT=9` becomes `--admin-port=9`; an unknown `GATEWAY_` variable is an error,
+/// as an unknown flag is.
+fn env_flags(
+    command: &Command,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<Vec<String>, ConfigError> {
+    env.into_iter()
+        .filter(|(name, _)| name.starts_with("GATEWAY_"))
+        .map(|(name, value)| {
+            let named = |arg: &Arg| arg.get_env() == Some(OsStr::new(&name));
+            flag(command.get_arguments(), named, &value).ok_or(ConfigError::Unknown(name))
+        })
+        .collect()
+}
+
+/// What the config file holds: apps, and settings under their names.
+#[derive(Deserialize)]
+#[serde(expecting = "a JSON object of settings and apps")]
+struct File {
+    apps: Option<Vec<App>>,
+    #[serde(flatten)]
+    settings: serde_json::Map<String, Value>,
+}
+
+impl File {
+    /// The file's settings as flags, and its apps.
+    fn read(
+        path: &Path,
+        command: &Command,
+    ) -> Result<(Vec<String>, Option<Vec<App>>), ConfigError> {
+        let error = |reason: String| ConfigError::File {
+            path: path.to_owned(),
+            reason,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| error(e.to_string()))?;
+        let file: File = serde_json::from_str(&text).map_err(|e| error(e.to_string()))?;
+        let flags = file
+            .settings
+            .into_iter()
+            .map(|(key, value)| {
+                let value = match value {
+                    Value::String(s) => s,
+                    v @ (Value::Number(_) | Value::Bool(_)) => v.to_string(),
+                    other => return Err(invalid(&key, &other.to_string(), "expected a scalar")),
+                };
+                let named = |arg: &Arg| arg.get_id() == key.as_str();
+                flag(settings(command), named, &value).ok_or(ConfigError::Unknown(key))
+            })
+            .collect::<Result<_, _>>()?;
+        Ok((flags, file.apps))
+    }
+}
+
+/// Parses flags as the program's arguments; the environment is not read here but passed in
+/// (as flags), so that the caller decides what it holds.
+fn parse<'a>(
+    command: &Command,
+    flags: impl Iterator<Item = &'a String>,
+) -> Result<(Cli, ArgMatches), ConfigError> {
+    let argv = std::iter::once("gateway").chain(flags.map(String::as_str));
+    let matches = command
+        .clone()
+        .try_get_matches_from(argv)
+        .map_err(|e| from_clap(command, e))?;
+    let cli = Cli::from_arg_matches(&matches).map_err(|e| from_clap(command, e))?;
+    Ok((cli, matches))
+}
+
+/// clap's error as a `ConfigError`, naming the setting by its file key as the others do.
+fn from_clap(command: &Command, error: clap::Error) -> ConfigError {
+    let context = |kind| match error.get(kind) {
+        Some(ContextValue::String(s)) => s.clone(),
+        _ => String::new(),
+    };
+    let (arg, value) = (
+        context(ContextKind::InvalidArg),
+        context(ContextKind::InvalidValue),
+    );
+    // clap shows the argument as `--port <PORT>`.
+    let long = arg.split(' ').next().and_then(|a| a.strip_prefix("--"));
+    let setting = command
+        .get_arguments()
+        .find(|a| long.is_some() && a.get_long() == long)
+        .map_or_else(|| arg.clone(), |a| a.get_id().to_string());
+    let valid = match error.get(ContextKind::ValidValue) {
+        Some(ContextValue::Strings(valid)) => valid.join(" or "),
+        _ => String::new(),
+    };
+    match (error.kind(), std::error::Error::source(&error)) {
+        (ErrorKind::UnknownArgument, _) => ConfigError::Unknown(arg),
+        (ErrorKind::ValueValidation, Some(reason)) => invalid(&setting, &value, reason),
+        (ErrorKind::InvalidValue, _) if !valid.is_empty() => {
+            invalid(&setting, &value, format!("expected {valid}"))
+        }
+        (ErrorKind::InvalidValue, _) => {
+            ConfigError::MissingValue(format!("--{}", long.unwrap_or_default()))
+        }
+        _ => ConfigError::Usage(error.render().to_string()),
     }
 }
 
@@ -242,91 +427,10 @@ pub enum ConfigError {
     File { path: PathBuf, reason: String },
     #[error("{0}")]
     Inconsistent(String),
+    /// Any other misuse of the command line, in clap's words.
+    #[error("{0}")]
+    Usage(String),
 }
-
-/// The settings that take one scalar value, in the order `--help` lists them.
-pub const SETTINGS: [(&str, &str); 29] = [
-    ("bind", "address the client port listens on (0.0.0.0)"),
-    ("port", "WebSocket and HTTP API port (6001)"),
-    ("admin_bind", "address of the admin port (127.0.0.1)"),
-    ("admin_port", "admin port: /metrics, /ready, /health (9601)"),
-    ("shards", "shards, one per core when 0 (0)"),
-    (
-        "max_connections",
-        "node connection limit, from the open-files limit when 0 (0)",
-    ),
-    (
-        "activity_timeout",
-        "seconds of silence before clients ping (120)",
-    ),
-    (
-        "inactivity_timeout",
-        "seconds of silence before the server closes with 4201 (300)",
-    ),
-    (
-        "max_message_bytes",
-        "largest client frame or message, else close 1009 (65536)",
-    ),
-    (
-        "outbound_queue_bytes",
-        "bytes queued per connection before close 4100 (1048576)",
-    ),
-    (
-        "send_buffer_bytes",
-        "kernel send buffer per client socket, doubled by the kernel; 0: autotuned (32768)",
-    ),
-    ("inbox_capacity", "messages a shard inbox holds (65536)"),
-    (
-        "drain_seconds",
-        "seconds a drain spreads client closes over (10)",
-    ),
-    (
-        "head_timeout",
-        "seconds to send a complete request head (10)",
-    ),
-    (
-        "max_event_data_bytes",
-        "largest published event data, else 413 (10240)",
-    ),
-    (
-        "max_request_body_bytes",
-        "largest HTTP request body, else 413 (262144)",
-    ),
-    (
-        "client_event_rate",
-        "client events per second per connection, else 4301 (10)",
-    ),
-    (
-        "max_presence_members",
-        "users one presence channel holds (100)",
-    ),
-    (
-        "webhook_queue_capacity",
-        "webhook events waiting to be sent, else dropped (10000)",
-    ),
-    ("log_format", "text or json (text)"),
-    (
-        "tls_port",
-        "TLS port beside the plaintext one, off when 0 (0)",
-    ),
-    ("tls_cert", "PEM certificate chain for the TLS port"),
-    ("tls_key", "PEM private key for the TLS port"),
-    (
-        "tls_handshake_timeout",
-        "seconds to finish a TLS handshake (10)",
-    ),
-    (
-        "redis_url",
-        "redis://host:port/ to cluster through; empty for a single node (empty)",
-    ),
-    (
-        "redis_prefix",
-        "start of this cluster's Redis channel names (gateway)",
-    ),
-    ("app_id", "id of the first app (1)"),
-    ("app_key", "key of the first app (app-key)"),
-    ("app_secret", "secret of the first app (app-secret)"),
-];
 
 fn invalid(setting: &str, value: &str, reason: impl ToString) -> ConfigError {
     ConfigError::Invalid {
@@ -336,11 +440,11 @@ fn invalid(setting: &str, value: &str, reason: impl ToString) -> ConfigError {
     }
 }
 
-fn parse<T: std::str::FromStr>(setting: &str, value: &str) -> Result<T, ConfigError>
-where
-    T::Err: std::fmt::Display,
-{
-    value.trim().parse().map_err(|e| invalid(setting, value, e))
+impl Default for Config {
+    /// Every setting at its default, with the development app.
+    fn default() -> Config {
+        Config::load(&[], []).expect("the defaults are a valid configuration")
+    }
 }
 
 impl Config {
@@ -349,103 +453,48 @@ impl Config {
         args: &[String],
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Config, ConfigError> {
-        let flags = parse_flags(args)?;
-        let env = env_settings(env);
-        let mut config = Config::default();
-        let file = flags
-            .iter()
-            .rev()
-            .chain(env.iter().rev())
-            .find(|(k, _)| k == "config");
-        if let Some((_, path)) = file {
-            config.apply_file(&PathBuf::from(path))?;
-        }
-        for (key, value) in env.iter().chain(&flags) {
-            if key != "config" {
-                config.set(key, value)?;
-            }
-        }
+        let declared = Cli::command();
+        let env = env_flags(&declared, env)?;
+        // Values clap read from this process's environment are dropped: `env` stands for it.
+        // A value may start with `-`: `--port -1` is a bad port, not an unknown flag.
+        let command = declared
+            .clone()
+            .mut_args(|arg| arg.env(None::<&str>).allow_hyphen_values(true));
+        let (file, apps) = match parse(&command, env.iter().chain(args))?.0.config {
+            Some(path) => File::read(&path, &declared)?,
+            None => (Vec::new(), None),
+        };
+        let (cli, matches) = parse(&command, file.iter().chain(&env).chain(args))?;
+        let given = |id: &str| matches.value_source(id) == Some(ValueSource::CommandLine);
+        let mut config = cli.settings;
+        // Empty turns clustering off, so a deployment template can leave the variable blank.
+        config.redis_url = config
+            .redis_url
+            .map(|url| url.trim().to_owned())
+            .filter(|url| !url.is_empty());
+        config.apps = cli.first_app.apply(apps, given);
         config.validate()?;
         Ok(config)
     }
 
-    fn apply_file(&mut self, path: &PathBuf) -> Result<(), ConfigError> {
-        let file_error = |reason: String| ConfigError::File {
-            path: path.clone(),
-            reason,
-        };
-        let text = std::fs::read_to_string(path).map_err(|e| file_error(e.to_string()))?;
-        let Value::Object(map) =
-            serde_json::from_str::<Value>(&text).map_err(|e| file_error(e.to_string()))?
-        else {
-            return Err(file_error("the top level must be a JSON object".into()));
-        };
-        for (key, value) in map {
-            match (key.as_str(), value) {
-                ("apps", apps) => {
-                    self.apps = serde_json::from_value(apps)
-                        .map_err(|e| file_error(format!("apps: {e}")))?;
-                }
-                (_, Value::String(s)) => self.set(&key, &s)?,
-                (_, v @ (Value::Number(_) | Value::Bool(_))) => self.set(&key, &v.to_string())?,
-                (_, other) => return Err(invalid(&key, &other.to_string(), "expected a scalar")),
-            }
-        }
-        Ok(())
-    }
-
-    /// Sets one scalar setting from its text form.
-    pub fn set(&mut self, key: &str, value: &str) -> Result<(), ConfigError> {
-        match key {
-            "bind" => self.bind = parse(key, value)?,
-            "port" => self.port = parse(key, value)?,
-            "admin_bind" => self.admin_bind = parse(key, value)?,
-            "admin_port" => self.admin_port = parse(key, value)?,
-            "shards" => self.shards = parse(key, value)?,
-            "max_connections" => self.max_connections = parse(key, value)?,
-            "activity_timeout" => self.activity_timeout = parse(key, value)?,
-            "inactivity_timeout" => self.inactivity_timeout = parse(key, value)?,
-            "max_message_bytes" => self.max_message_bytes = parse(key, value)?,
-            "outbound_queue_bytes" => self.outbound_queue_bytes = parse(key, value)?,
-            "send_buffer_bytes" => self.send_buffer_bytes = parse(key, value)?,
-            "inbox_capacity" => self.inbox_capacity = parse(key, value)?,
-            "drain_seconds" => self.drain_seconds = parse(key, value)?,
-            "head_timeout" => self.head_timeout = parse(key, value)?,
-            "max_event_data_bytes" => self.max_event_data_bytes = parse(key, value)?,
-            "max_request_body_bytes" => self.max_request_body_bytes = parse(key, value)?,
-            "client_event_rate" => self.client_event_rate = parse(key, value)?,
-            "max_presence_members" => self.max_presence_members = parse(key, value)?,
-            "webhook_queue_capacity" => self.webhook_queue_capacity = parse(key, value)?,
-            "log_format" => {
-                self.log_format = match value {
-                    "text" => LogFormat::Text,
-                    "json" => LogFormat::Json,
-                    _ => return Err(invalid(key, value, "expected text or json")),
-                }
-            }
-            "tls_port" => self.tls_port = parse(key, value)?,
-            "tls_cert" => self.tls_cert = Some(PathBuf::from(value)),
-            "tls_key" => self.tls_key = Some(PathBuf::from(value)),
-            "tls_handshake_timeout" => self.tls_handshake_timeout = parse(key, value)?,
-            // Empty turns clustering off, so a deployment template can leave the variable blank.
-            "redis_url" => self.redis_url = Some(value.trim().to_owned()).filter(|u| !u.is_empty()),
-            "redis_prefix" => self.redis_prefix = value.to_owned(),
-            "app_id" => self.first_app().id = value.to_owned(),
-            "app_key" => self.first_app().key = value.to_owned(),
-            "app_secret" => self.first_app().secret = value.to_owned(),
-            _ => return Err(ConfigError::Unknown(key.to_owned())),
-        }
-        Ok(())
-    }
-
-    fn first_app(&mut self) -> &mut App {
-        if self.apps.is_empty() {
-            self.apps.push(App::development());
-        }
-        &mut self.apps[0]
+    /// The `--help` text: every setting with its flag, variable and default.
+    pub fn help() -> String {
+        // The variables' values stay out of it: one may hold the app secret.
+        let mut command = Cli::command().mut_args(|arg| arg.hide_env_values(true));
+        command.render_help().to_string()
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
+        self.check_limits()?;
+        self.check_ports()?;
+        if let Some(url) = &self.redis_url {
+            check_redis_url(url)?;
+        }
+        check_redis_prefix(&self.redis_prefix)?;
+        self.check_apps()
+    }
+
+    fn check_limits(&self) -> Result<(), ConfigError> {
         let positive = [
             ("activity_timeout", self.activity_timeout as usize),
             ("inactivity_timeout", self.inactivity_timeout as usize),
@@ -459,10 +508,8 @@ impl Config {
             ("webhook_queue_capacity", self.webhook_queue_capacity),
             ("max_presence_members", self.max_presence_members),
         ];
-        for (setting, value) in positive {
-            if value == 0 {
-                return Err(invalid(setting, "0", "must be greater than 0"));
-            }
+        if let Some((setting, _)) = positive.iter().find(|(_, value)| *value == 0) {
+            return Err(invalid(setting, "0", "must be greater than 0"));
         }
         if self.shards > crate::protocol::socket_id::MAX_SHARDS as usize {
             return Err(invalid("shards", &self.shards.to_string(), "at most 1000"));
@@ -474,6 +521,10 @@ impl Config {
                 "must be longer than activity_timeout, or clients that ping on time are closed",
             ));
         }
+        Ok(())
+    }
+
+    fn check_ports(&self) -> Result<(), ConfigError> {
         if self.port != 0 && self.port == self.admin_port {
             return Err(invalid(
                 "admin_port",
@@ -481,19 +532,12 @@ impl Config {
                 "same as port",
             ));
         }
+        let tls_port = self.tls_port.to_string();
         if self.tls_port != 0 && [self.port, self.admin_port].contains(&self.tls_port) {
-            return Err(invalid(
-                "tls_port",
-                &self.tls_port.to_string(),
-                "same as port or admin_port",
-            ));
+            return Err(invalid("tls_port", &tls_port, "same as port or admin_port"));
         }
         if self.tls_port != 0 && (self.tls_cert.is_none() || self.tls_key.is_none()) {
-            return Err(invalid(
-                "tls_port",
-                &self.tls_port.to_string(),
-                "needs tls_cert and tls_key",
-            ));
+            return Err(invalid("tls_port", &tls_port, "needs tls_cert and tls_key"));
         }
         if self.port == 0 && self.tls_port == 0 {
             return Err(invalid(
@@ -502,23 +546,17 @@ impl Config {
                 "with tls_port 0 too, nothing would listen",
             ));
         }
-        if let Some(url) = &self.redis_url {
-            check_redis_url(url)?;
-        }
-        check_redis_prefix(&self.redis_prefix)?;
+        Ok(())
+    }
+
+    fn check_apps(&self) -> Result<(), ConfigError> {
         if self.apps.is_empty() {
             return Err(ConfigError::Inconsistent(
                 "apps: at least one app is needed".into(),
             ));
         }
         for (i, app) in self.apps.iter().enumerate() {
-            for (field, value) in [("id", &app.id), ("key", &app.key), ("secret", &app.secret)] {
-                if value.is_empty() {
-                    return Err(ConfigError::Inconsistent(format!(
-                        "apps[{i}].{field} is empty"
-                    )));
-                }
-            }
+            check_app(i, app).map_err(ConfigError::Inconsistent)?;
             if self.apps[..i]
                 .iter()
                 .any(|a| a.id == app.id || a.key == app.key)
@@ -526,23 +564,6 @@ impl Config {
                 return Err(ConfigError::Inconsistent(format!(
                     "apps[{i}]: id {} or key {} is used by another app",
                     app.id, app.key
-                )));
-            }
-            if let Some(url) = &app.webhook_url {
-                if !(url.starts_with("http://") || url.starts_with("https://")) {
-                    return Err(ConfigError::Inconsistent(format!(
-                        "apps[{i}].webhook_url {url:?} must start with http:// or https://"
-                    )));
-                }
-            }
-            if app.allowed_origins.iter().any(|o| o.trim().is_empty()) {
-                return Err(ConfigError::Inconsistent(format!(
-                    "apps[{i}].allowed_origins has an empty entry"
-                )));
-            }
-            if app.client_event_rate == Some(0) && app.client_events {
-                return Err(ConfigError::Inconsistent(format!(
-                    "apps[{i}].client_event_rate is 0: turn client_events off instead"
                 )));
             }
         }
@@ -563,6 +584,31 @@ impl Config {
     pub fn app_by_id(&self, id: &str) -> Option<(usize, &App)> {
         self.apps.iter().enumerate().find(|(_, a)| a.id == id)
     }
+}
+
+/// What is wrong with the app at `i` in the list, if anything.
+fn check_app(i: usize, app: &App) -> Result<(), String> {
+    for (field, value) in [("id", &app.id), ("key", &app.key), ("secret", &app.secret)] {
+        if value.is_empty() {
+            return Err(format!("apps[{i}].{field} is empty"));
+        }
+    }
+    if let Some(url) = &app.webhook_url {
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            return Err(format!(
+                "apps[{i}].webhook_url {url:?} must start with http:// or https://"
+            ));
+        }
+    }
+    if app.allowed_origins.iter().any(|o| o.trim().is_empty()) {
+        return Err(format!("apps[{i}].allowed_origins has an empty entry"));
+    }
+    if app.client_event_rate == Some(0) && app.client_events {
+        return Err(format!(
+            "apps[{i}].client_event_rate is 0: turn client_events off instead"
+        ));
+    }
+    Ok(())
 }
 
 /// Only plain TCP and Unix sockets: TLS to Redis is not built in.
@@ -593,44 +639,10 @@ fn check_redis_prefix(prefix: &str) -> Result<(), ConfigError> {
     Ok(())
 }
 
-/// `GATEWAY_ADMIN_PORT=9` becomes `("admin_port", "9")`; other variables are ignored.
-fn env_settings(env: impl IntoIterator<Item = (String, String)>) -> Vec<(String, String)> {
-    env.into_iter()
-        .filter_map(|(name, value)| {
-            let key = name.strip_prefix("GATEWAY_")?.to_ascii_lowercase();
-            Some((key, value))
-        })
-        .collect()
-}
-
-/// `--admin-port 9` and `--admin-port=9` become `("admin_port", "9")`.
-fn parse_flags(args: &[String]) -> Result<Vec<(String, String)>, ConfigError> {
-    let mut flags = Vec::new();
-    let mut args = args.iter();
-    while let Some(arg) = args.next() {
-        let Some(name) = arg.strip_prefix("--") else {
-            return Err(ConfigError::Unknown(arg.clone()));
-        };
-        let (name, value) = match name.split_once('=') {
-            Some((name, value)) => (name, value.to_owned()),
-            None => (
-                name,
-                args.next()
-                    .ok_or_else(|| ConfigError::MissingValue(arg.clone()))?
-                    .clone(),
-            ),
-        };
-        let key = name.replace('-', "_");
-        if key != "config" && !SETTINGS.iter().any(|(k, _)| *k == key) {
-            return Err(ConfigError::Unknown(arg.clone()));
-        }
-        flags.push((key, value));
-    }
-    Ok(flags)
-}
-
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use super::*;
 
     fn args(list: &[&str]) -> Vec<String> {
@@ -647,8 +659,105 @@ mod tests {
     fn defaults_are_the_development_app() {
         let config = Config::load(&[], []).unwrap();
         assert_eq!(config, Config::default());
+        assert_eq!((config.port, config.admin_port), (6001, 9601));
         assert!(config.uses_default_secret());
         assert_eq!(config.app_by_key("app-key").unwrap().1.id, "1");
+        let development = App {
+            client_events: true,
+            ..App::new("1", "app-key", DEFAULT_SECRET)
+        };
+        assert_eq!(config.apps, vec![development]);
+    }
+
+    /// README.md's table of settings: each row's names with their defaults (none when the cell
+    /// is empty or says so); a row of several names has one default for each, or one for all.
+    fn readme_defaults() -> BTreeMap<String, Option<String>> {
+        let readme = include_str!("../../README.md");
+        let section = readme
+            .split("\n## Configuration\n")
+            .nth(1)
+            .expect("README.md has a Configuration section");
+        let rows = section
+            .lines()
+            .skip_while(|line| !line.starts_with("| setting | default |"))
+            .skip(2)
+            .take_while(|line| line.starts_with('|'));
+        let mut defaults = BTreeMap::new();
+        for row in rows {
+            let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+            let values: Vec<&str> = cells[2].split(", ").collect();
+            for (i, name) in cells[1].split(", ").enumerate() {
+                let value = values.get(i).unwrap_or(&values[0]).trim_matches('`');
+                let value = Some(value.to_owned()).filter(|v| !v.is_empty() && v != "empty");
+                defaults.insert(name.trim_matches('`').to_owned(), value);
+            }
+        }
+        defaults
+    }
+
+    #[test]
+    fn the_readme_lists_every_setting_with_its_default() {
+        let mut readme = readme_defaults();
+        for arg in settings(&Cli::command()) {
+            let name = arg.get_id().as_str();
+            let default = arg.get_default_values().first().and_then(|v| v.to_str());
+            let listed = readme.remove(name);
+            assert!(
+                listed.is_some(),
+                "README.md's configuration table lacks {name}"
+            );
+            assert_eq!(
+                listed.flatten().as_deref(),
+                default,
+                "README.md's default for {name}"
+            );
+        }
+        let unknown: Vec<_> = readme.keys().collect();
+        assert!(
+            unknown.is_empty(),
+            "README.md lists unknown settings {unknown:?}"
+        );
+    }
+
+    #[test]
+    fn every_setting_has_one_name_in_every_form() {
+        let help = Config::help();
+        for arg in settings(&Cli::command()) {
+            let name = arg.get_id().as_str();
+            let flag = name.replace('_', "-");
+            let variable = format!("GATEWAY_{}", name.to_uppercase());
+            assert_eq!(arg.get_long(), Some(flag.as_str()));
+            assert_eq!(arg.get_env(), Some(OsStr::new(&variable)));
+            assert!(help.contains(&format!("--{flag} ")), "--help lacks {flag}");
+        }
+    }
+
+    #[test]
+    fn the_environment_overrides_the_file_and_must_name_settings() {
+        let dir = std::env::temp_dir().join(format!("gateway-env-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("gateway.json");
+        std::fs::write(
+            &path,
+            r#"{"redis_url": "redis://10.0.0.5:6379/", "port": "7000"}"#,
+        )
+        .unwrap();
+        let file = path.to_str().unwrap();
+        let config = Config::load(
+            &[],
+            env(&[("GATEWAY_CONFIG", file), ("GATEWAY_REDIS_URL", "")]),
+        )
+        .unwrap();
+        assert_eq!((config.port, config.redis_url), (7000, None));
+        let error = Config::load(&[], env(&[("GATEWAY_PROT", "1")])).unwrap_err();
+        assert!(error.to_string().contains("GATEWAY_PROT"), "{error}");
+        std::fs::write(&path, r#"{"config": "other.json"}"#).unwrap();
+        let error = Config::load(&args(&["--config", file]), []).unwrap_err();
+        assert!(
+            error.to_string().contains("unknown setting config"),
+            "{error}"
+        );
+        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]

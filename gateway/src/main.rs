@@ -1,49 +1,30 @@
 //! `gateway`: runs the WebSocket gateway.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-use gateway::config::{Config, LogFormat, SETTINGS};
+use clap::Parser;
+use gateway::config::{Config, LogFormat};
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-fn usage() -> String {
-    let mut text = String::from(
-        "gateway: a WebSocket gateway speaking the Pusher Channels protocol\n\n\
-         usage: gateway [--config FILE] [--SETTING VALUE]...\n\
-         \x20      gateway cert [--dir DIR] [NAME...]   (a development CA and certificate)\n\n\
-         Every setting can also be given in the JSON config file (snake_case key) or as an\n\
-         environment variable GATEWAY_UPPER_CASE. Flags override the environment, which\n\
-         overrides the file.\n\nsettings:\n",
-    );
-    for (key, help) in SETTINGS {
-        text.push_str(&format!("  --{:<24} {help}\n", key.replace('_', "-")));
-    }
-    text
+/// A development CA and a certificate for the names, to try TLS with.
+#[derive(clap::Parser)]
+#[command(name = "gateway cert")]
+struct Cert {
+    /// Directory the CA, chain and key are written to.
+    #[arg(long, value_name = "DIR", default_value = "certs")]
+    dir: PathBuf,
+    /// Host names and addresses the certificate is for.
+    #[arg(value_name = "NAME", default_values = ["localhost", "127.0.0.1", "::1"])]
+    names: Vec<String>,
 }
 
-/// `gateway cert [--dir DIR] [NAME...]`: a development CA and a certificate for the names.
 fn make_certificate(args: &[String]) -> ExitCode {
-    let mut dir = std::path::PathBuf::from("certs");
-    let mut names = Vec::new();
-    let mut args = args.iter();
-    while let Some(arg) = args.next() {
-        match (arg.as_str(), args.as_slice().first()) {
-            ("--dir", Some(value)) => {
-                dir = value.into();
-                args.next();
-            }
-            (name, _) if !name.starts_with('-') => names.push(name.to_string()),
-            _ => {
-                eprintln!("usage: gateway cert [--dir DIR] [NAME...]");
-                return ExitCode::from(2);
-            }
-        }
-    }
-    if names.is_empty() {
-        names = vec!["localhost".into(), "127.0.0.1".into(), "::1".into()];
-    }
-    match gateway::tls::write_development_certificates(&dir, &names) {
+    let cert =
+        Cert::parse_from(std::iter::once("gateway cert").chain(args.iter().map(String::as_str)));
+    match gateway::tls::write_development_certificates(&cert.dir, &cert.names) {
         Ok(made) => {
             println!(
                 "wrote {} (trust this CA in clients), {} and {}\n\
@@ -69,7 +50,7 @@ fn main() -> ExitCode {
         return make_certificate(&args[1..]);
     }
     if args.iter().any(|a| a == "--help" || a == "-h") {
-        print!("{}", usage());
+        print!("{}", Config::help());
         return ExitCode::SUCCESS;
     }
     if args.iter().any(|a| a == "--version") {
