@@ -149,7 +149,8 @@ pub struct Config {
     /// Shards to run; 0 means one per available core.
     #[arg(long, env = "GATEWAY_SHARDS", default_value_t = 0)]
     pub shards: usize,
-    /// Connections the node accepts; 0 means as many as the open-files limit allows.
+    /// WebSocket sessions the node holds; 0 means as many as the open-files limit allows, less
+    /// 64 sockets kept for HTTP API requests.
     #[arg(long, env = "GATEWAY_MAX_CONNECTIONS", default_value_t = 0)]
     pub max_connections: usize,
     /// Seconds of silence after which clients ping (told to them on connect).
