@@ -126,6 +126,16 @@ fn the_settings_the_deployment_files_pass_are_accepted() {
         "it turns on TLS and clustering"
     );
 
+    // The Service named gateway would put GATEWAY_PORT=tcp://... into every pod's environment.
+    let service_link = [("GATEWAY_PORT".to_string(), "tcp://10.0.0.1:6001".to_string())];
+    assert!(Config::load(&[], service_link).is_err());
+    let deployment = deploy_yaml("k8s/deployment.yaml");
+    assert_eq!(
+        deployment["spec"]["template"]["spec"]["enableServiceLinks"].as_bool(),
+        Some(false),
+        "the pods get no service-link variables"
+    );
+
     let compose = deploy_yaml("docker/compose.yml");
     let command: Vec<String> = compose["x-gateway"]["command"]
         .as_sequence()
