@@ -50,26 +50,11 @@ pub enum StartError {
 
 /// Raises the soft open-files limit to the hard one; returns the limit now in force.
 pub fn raise_fd_limit() -> u64 {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes one rlimit into the struct we own; setrlimit only reads it.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
-            return 1024;
-        }
-        if limit.rlim_cur < limit.rlim_max {
-            let raised = libc::rlimit {
-                rlim_cur: limit.rlim_max,
-                rlim_max: limit.rlim_max,
-            };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
-                return raised.rlim_cur;
-            }
-        }
-    }
-    limit.rlim_cur
+    // A refused raise leaves the soft limit as it was; 1024 is the usual soft limit, for the case
+    // where even that cannot be read.
+    rlimit::increase_nofile_limit(u64::MAX)
+        .or_else(|_| rlimit::Resource::NOFILE.get_soft())
+        .unwrap_or(1024)
 }
 
 /// WebSocket sessions this process can hold with `fd_limit` descriptors and `shards` shards,
@@ -437,16 +422,8 @@ mod tests {
     #[test]
     fn raising_the_fd_limit_reaches_the_hard_limit() {
         let raised = raise_fd_limit();
-        let mut limit = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        // SAFETY: getrlimit writes one rlimit into the struct we own.
-        assert_eq!(
-            unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) },
-            0
-        );
-        assert_eq!(raised, limit.rlim_cur);
-        assert_eq!(limit.rlim_cur, limit.rlim_max);
+        let (soft, hard) = rlimit::Resource::NOFILE.get().unwrap();
+        assert_eq!(raised, soft);
+        assert_eq!(soft, hard);
     }
 }

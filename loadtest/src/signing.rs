@@ -5,9 +5,8 @@
 //! `auth_signature = hex(HMAC-SHA256(secret, "METHOD\nPATH\nQUERY"))`, where QUERY is every other
 //! parameter with lower-cased keys, sorted, joined `k=v&...` without escaping.
 
-use hmac::{Hmac, Mac};
 use md5::{Digest, Md5};
-use sha2::Sha256;
+use ring::hmac;
 
 #[derive(Debug, Clone)]
 pub struct ApiCredentials {
@@ -17,10 +16,8 @@ pub struct ApiCredentials {
 }
 
 pub fn hmac_sha256_hex(secret: &str, message: &str) -> String {
-    let mut mac =
-        Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC takes keys of any length");
-    mac.update(message.as_bytes());
-    hex::encode(mac.finalize().into_bytes())
+    let key = hmac::Key::new(hmac::HMAC_SHA256, secret.as_bytes());
+    hex::encode(hmac::sign(&key, message.as_bytes()))
 }
 
 pub fn body_md5_hex(body: &[u8]) -> String {

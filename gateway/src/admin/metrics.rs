@@ -1,4 +1,8 @@
 //! /metrics in the Prometheus text format, summed across shards at scrape time.
+//!
+//! Written out here rather than through prometheus-client: that crate has no summary type, which
+//! both latency metrics are, and its metrics own their atomics, where these are the shards' own
+//! counters, read only when scraped.
 
 use std::fmt::Write as _;
 use std::sync::atomic::Ordering::Relaxed;

@@ -4,7 +4,6 @@
 use std::borrow::Cow;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use tungstenite::protocol::frame::coding::{CloseCode, Control, Data, OpCode};
 
 use crate::protocol::codes;
 
@@ -28,6 +27,43 @@ impl WsError {
             WsError::InvalidUtf8 => codes::WS_INVALID_PAYLOAD,
         }
     }
+}
+
+/// A frame's opcode (RFC 6455, 5.2). The reserved ones are refused while decoding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpCode {
+    Continue,
+    Text,
+    Binary,
+    Close,
+    Ping,
+    Pong,
+}
+
+impl OpCode {
+    /// The opcode in a frame's low four bits; `None` for the reserved 0x3-0x7 and 0xb-0xf.
+    fn from_bits(bits: u8) -> Option<OpCode> {
+        match bits & 0x0f {
+            0x0 => Some(OpCode::Continue),
+            0x1 => Some(OpCode::Text),
+            0x2 => Some(OpCode::Binary),
+            0x8 => Some(OpCode::Close),
+            0x9 => Some(OpCode::Ping),
+            0xa => Some(OpCode::Pong),
+            _ => None,
+        }
+    }
+
+    fn is_control(self) -> bool {
+        matches!(self, OpCode::Close | OpCode::Ping | OpCode::Pong)
+    }
+}
+
+/// Whether a peer may send this close code (RFC 6455, 7.4): 1000-1003, 1007-1013, and 3000-4999
+/// for libraries and applications. 1004 is reserved; 1005, 1006 and 1015 never go on the wire;
+/// 1014 and the rest of 1016-2999 stay refused, as they always were here.
+fn close_code_allowed(code: u16) -> bool {
+    matches!(code, 1000..=1003 | 1007..=1013 | 3000..=4999)
 }
 
 /// A decoded frame header; the payload follows it, already unmasked.
@@ -56,15 +92,9 @@ impl FrameHead {
             return Err(WsError::Protocol("reserved bits set without an extension"));
         }
         let fin = b0 & 0x80 != 0;
-        let opcode = OpCode::from(b0 & 0x0f);
-        match opcode {
-            OpCode::Data(Data::Reserved(_)) | OpCode::Control(Control::Reserved(_)) => {
-                return Err(WsError::Protocol("reserved opcode"))
-            }
-            OpCode::Control(_) if !fin => {
-                return Err(WsError::Protocol("fragmented control frame"))
-            }
-            _ => {}
+        let opcode = OpCode::from_bits(b0).ok_or(WsError::Protocol("reserved opcode"))?;
+        if opcode.is_control() && !fin {
+            return Err(WsError::Protocol("fragmented control frame"));
         }
         if b1 & 0x80 == 0 {
             return Err(WsError::Protocol("client frames must be masked"));
@@ -90,7 +120,7 @@ impl FrameHead {
                 usize::try_from(len).map_err(|_| WsError::TooBig(max_frame))?
             }
         };
-        if matches!(opcode, OpCode::Control(_)) && payload_len > 125 {
+        if opcode.is_control() && payload_len > 125 {
             return Err(WsError::Protocol("control frame payload over 125 bytes"));
         }
         if payload_len > max_frame {
@@ -146,10 +176,10 @@ impl Assembler {
         max_message: usize,
     ) -> Result<Option<Message<'a>>, WsError> {
         match head.opcode {
-            OpCode::Control(Control::Ping) => Ok(Some(Message::Ping(payload))),
-            OpCode::Control(Control::Pong) => Ok(Some(Message::Pong)),
-            OpCode::Control(_) => close_message(payload).map(Some),
-            OpCode::Data(Data::Continue) => {
+            OpCode::Ping => Ok(Some(Message::Ping(payload))),
+            OpCode::Pong => Ok(Some(Message::Pong)),
+            OpCode::Close => close_message(payload).map(Some),
+            OpCode::Continue => {
                 let Some((is_text, mut data)) = self.partial.take() else {
                     return Err(WsError::Protocol("continuation without a first frame"));
                 };
@@ -168,13 +198,13 @@ impl Assembler {
                     .map(|text| Some(Message::Text(Cow::Owned(text))))
                     .map_err(|_| WsError::InvalidUtf8)
             }
-            OpCode::Data(kind) => {
+            OpCode::Text | OpCode::Binary => {
                 if self.partial.is_some() {
                     return Err(WsError::Protocol(
                         "new message before the last one finished",
                     ));
                 }
-                let is_text = kind == Data::Text;
+                let is_text = head.opcode == OpCode::Text;
                 if !head.fin {
                     self.partial = Some((is_text, payload.to_vec()));
                     return Ok(None);
@@ -196,7 +226,7 @@ fn close_message(payload: &[u8]) -> Result<Message<'_>, WsError> {
         [_] => Err(WsError::Protocol("close payload of one byte")),
         [hi, lo, reason @ ..] => {
             let code = u16::from_be_bytes([*hi, *lo]);
-            if !CloseCode::from(code).is_allowed() {
+            if !close_code_allowed(code) {
                 return Err(WsError::Protocol("close code not allowed"));
             }
             std::str::from_utf8(reason).map_err(|_| WsError::InvalidUtf8)?;
@@ -327,10 +357,11 @@ mod tests {
     #[test]
     fn rejects_unmasked_reserved_and_bad_control_frames() {
         let unmasked = vec![0x81, 0x01, b'a'];
-        let cases: [(Vec<u8>, u16); 5] = [
+        let cases: [(Vec<u8>, u16); 6] = [
             (unmasked, 1002),
             (client_frame(0xc1, b"x"), 1002),
             (client_frame(0x83, b"x"), 1002),
+            (client_frame(0x8b, b"x"), 1002),
             (client_frame(0x09, b"x"), 1002),
             (client_frame(0x89, &[0; 126]), 1002),
         ];
@@ -406,6 +437,26 @@ mod tests {
             vec![0x03, 0xe8, 0xff],
         ] {
             assert!(decode_all(client_frame(0x88, &bad)).is_err(), "{bad:?}");
+        }
+        for code in [
+            0,
+            999,
+            1004,
+            1005,
+            1006,
+            1014,
+            1015,
+            1016,
+            2999,
+            5000,
+            u16::MAX,
+        ] {
+            assert!(!close_code_allowed(code), "{code}");
+        }
+        for code in [
+            1000, 1001, 1002, 1003, 1007, 1008, 1011, 1012, 1013, 3000, 4999,
+        ] {
+            assert!(close_code_allowed(code), "{code}");
         }
     }
 

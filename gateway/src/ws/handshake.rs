@@ -1,6 +1,11 @@
 //! Validation of the HTTP upgrade that opens a WebSocket.
 
+use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
+use ring::digest::{Context, SHA1_FOR_LEGACY_USE_ONLY};
+
+/// Appended to the client's key before hashing (RFC 6455, 1.3).
+const ACCEPT_GUID: &[u8] = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 
 /// Why an upgrade request is refused, with the HTTP status to answer.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -52,10 +57,19 @@ pub fn accept_upgrade<'a>(
     let key = header("sec-websocket-key")
         .map(str::trim)
         .ok_or(UpgradeError::BadKey)?;
-    match base64::engine::general_purpose::STANDARD.decode(key) {
-        Ok(raw) if raw.len() == 16 => Ok(tungstenite::handshake::derive_accept_key(key.as_bytes())),
+    match BASE64.decode(key) {
+        Ok(raw) if raw.len() == 16 => Ok(accept_key(key)),
         _ => Err(UpgradeError::BadKey),
     }
+}
+
+/// `Sec-WebSocket-Accept` for a client's key: base64 of SHA-1 over the key as sent and the GUID.
+/// SHA-1 is what the RFC fixes here; it proves the server read the key, it protects nothing.
+fn accept_key(key: &str) -> String {
+    let mut sha1 = Context::new(&SHA1_FOR_LEGACY_USE_ONLY);
+    sha1.update(key.as_bytes());
+    sha1.update(ACCEPT_GUID);
+    BASE64.encode(sha1.finish())
 }
 
 #[cfg(test)]
@@ -77,6 +91,14 @@ mod tests {
         ("Sec-WebSocket-Version", "13"),
         ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
     ];
+
+    #[test]
+    fn accept_key_matches_the_rfc_example() {
+        assert_eq!(
+            accept_key("dGhlIHNhbXBsZSBub25jZQ=="),
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+        );
+    }
 
     #[test]
     fn rfc_example_key() {

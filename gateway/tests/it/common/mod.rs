@@ -76,20 +76,10 @@ impl Gateway {
     pub fn start_with_fd_limit(limit: u64, extra: &[&str]) -> Gateway {
         use std::os::unix::process::CommandExt;
         let mut command = Command::new(env!("CARGO_BIN_EXE_gateway"));
-        // SAFETY: runs in the forked child before exec; setrlimit is async-signal-safe and only
-        // reads the struct on this stack.
+        // SAFETY: runs in the forked child before exec. For NOFILE, which Linux has, rlimit's
+        // setrlimit is one async-signal-safe setrlimit call and allocates nothing.
         unsafe {
-            command.pre_exec(move || {
-                let rlimit = libc::rlimit {
-                    rlim_cur: limit,
-                    rlim_max: limit,
-                };
-                if libc::setrlimit(libc::RLIMIT_NOFILE, &rlimit) == 0 {
-                    Ok(())
-                } else {
-                    Err(std::io::Error::last_os_error())
-                }
-            });
+            command.pre_exec(move || rlimit::setrlimit(rlimit::Resource::NOFILE, limit, limit));
         }
         Gateway::launch(command, free_port(), free_port(), extra)
     }
