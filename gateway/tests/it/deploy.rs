@@ -127,7 +127,10 @@ fn the_settings_the_deployment_files_pass_are_accepted() {
     );
 
     // The Service named gateway would put GATEWAY_PORT=tcp://... into every pod's environment.
-    let service_link = [("GATEWAY_PORT".to_string(), "tcp://10.0.0.1:6001".to_string())];
+    let service_link = [(
+        "GATEWAY_PORT".to_string(),
+        "tcp://127.0.0.1:6001".to_string(),
+    )];
     assert!(Config::load(&[], service_link).is_err());
     let deployment = deploy_yaml("k8s/deployment.yaml");
     assert_eq!(
