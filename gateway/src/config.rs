@@ -124,6 +124,47 @@ impl App {
     }
 }
 
+/// A listening port: a number; 0 for none (that listener is off); or `any` for a free one
+/// the kernel picks, which the start-up log line and `ports_file` report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Port {
+    Off,
+    Fixed(u16),
+    Any,
+}
+
+impl Port {
+    /// Whether two settings name the same fixed port.
+    fn clashes(self, other: Port) -> bool {
+        matches!((self, other), (Port::Fixed(a), Port::Fixed(b)) if a == b)
+    }
+}
+
+impl std::str::FromStr for Port {
+    type Err = String;
+
+    fn from_str(value: &str) -> Result<Port, String> {
+        match value {
+            "any" => Ok(Port::Any),
+            "0" => Ok(Port::Off),
+            number => number
+                .parse()
+                .map(Port::Fixed)
+                .map_err(|_| "expected a port number, 0 (off) or any".to_owned()),
+        }
+    }
+}
+
+impl std::fmt::Display for Port {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Port::Off => f.write_str("0"),
+            Port::Fixed(port) => write!(f, "{port}"),
+            Port::Any => f.write_str("any"),
+        }
+    }
+}
+
 /// Log line format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
@@ -137,15 +178,19 @@ pub struct Config {
     /// Address the client port listens on.
     #[arg(long, env = "GATEWAY_BIND", default_value_t = IpAddr::from([0, 0, 0, 0]))]
     pub bind: IpAddr,
-    /// WebSocket and HTTP API port.
-    #[arg(long, env = "GATEWAY_PORT", default_value_t = 6001)]
-    pub port: u16,
+    /// WebSocket and HTTP API port; 0 turns it off, `any` takes a free one.
+    #[arg(long, env = "GATEWAY_PORT", default_value_t = Port::Fixed(6001))]
+    pub port: Port,
     /// Address of the admin port (/metrics, /ready, /health).
     #[arg(long, env = "GATEWAY_ADMIN_BIND", default_value_t = IpAddr::from([127, 0, 0, 1]))]
     pub admin_bind: IpAddr,
-    /// Admin port: /metrics, /ready, /health, POST /drain.
-    #[arg(long, env = "GATEWAY_ADMIN_PORT", default_value_t = 9601)]
-    pub admin_port: u16,
+    /// Admin port: /metrics, /ready, /health, POST /drain; `any` takes a free one.
+    #[arg(long, env = "GATEWAY_ADMIN_PORT", default_value_t = Port::Fixed(9601))]
+    pub admin_port: Port,
+    /// Where to write the ports the gateway listens on, as JSON, once they are open (for
+    /// `any`); none means nowhere.
+    #[arg(long, env = "GATEWAY_PORTS_FILE", value_parser = path)]
+    pub ports_file: Option<PathBuf>,
     /// Shards to run; 0 means one per available core.
     #[arg(long, env = "GATEWAY_SHARDS", default_value_t = 0)]
     pub shards: usize,
@@ -197,9 +242,9 @@ pub struct Config {
     /// Format of log lines.
     #[arg(long, env = "GATEWAY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
-    /// TLS port on every shard beside the plaintext one; 0 means no TLS.
-    #[arg(long, env = "GATEWAY_TLS_PORT", default_value_t = 0)]
-    pub tls_port: u16,
+    /// TLS port on every shard beside the plaintext one; 0 means no TLS, `any` takes a free one.
+    #[arg(long, env = "GATEWAY_TLS_PORT", default_value_t = Port::Off)]
+    pub tls_port: Port,
     /// PEM certificate chain, leaf first.
     #[arg(long, env = "GATEWAY_TLS_CERT", value_parser = path)]
     pub tls_cert: Option<PathBuf>,
@@ -526,21 +571,25 @@ impl Config {
     }
 
     fn check_ports(&self) -> Result<(), ConfigError> {
-        if self.port != 0 && self.port == self.admin_port {
+        let admin_port = self.admin_port.to_string();
+        if self.admin_port == Port::Off {
             return Err(invalid(
                 "admin_port",
-                &self.admin_port.to_string(),
-                "same as port",
+                &admin_port,
+                "the admin port cannot be off",
             ));
         }
+        if self.port.clashes(self.admin_port) {
+            return Err(invalid("admin_port", &admin_port, "same as port"));
+        }
         let tls_port = self.tls_port.to_string();
-        if self.tls_port != 0 && [self.port, self.admin_port].contains(&self.tls_port) {
+        if self.tls_port.clashes(self.port) || self.tls_port.clashes(self.admin_port) {
             return Err(invalid("tls_port", &tls_port, "same as port or admin_port"));
         }
-        if self.tls_port != 0 && (self.tls_cert.is_none() || self.tls_key.is_none()) {
+        if self.tls_port != Port::Off && (self.tls_cert.is_none() || self.tls_key.is_none()) {
             return Err(invalid("tls_port", &tls_port, "needs tls_cert and tls_key"));
         }
-        if self.port == 0 && self.tls_port == 0 {
+        if self.port == Port::Off && self.tls_port == Port::Off {
             return Err(invalid(
                 "port",
                 "0",
@@ -660,7 +709,10 @@ mod tests {
     fn defaults_are_the_development_app() {
         let config = Config::load(&[], []).unwrap();
         assert_eq!(config, Config::default());
-        assert_eq!((config.port, config.admin_port), (6001, 9601));
+        assert_eq!(
+            (config.port, config.admin_port),
+            (Port::Fixed(6001), Port::Fixed(9601))
+        );
         assert!(config.uses_default_secret());
         assert_eq!(config.app_by_key("app-key").unwrap().1.id, "1");
         let development = App {
@@ -749,7 +801,7 @@ mod tests {
             env(&[("GATEWAY_CONFIG", file), ("GATEWAY_REDIS_URL", "")]),
         )
         .unwrap();
-        assert_eq!((config.port, config.redis_url), (7000, None));
+        assert_eq!((config.port, config.redis_url), (Port::Fixed(7000), None));
         let error = Config::load(&[], env(&[("GATEWAY_PROT", "1")])).unwrap_err();
         assert!(error.to_string().contains("GATEWAY_PROT"), "{error}");
         std::fs::write(&path, r#"{"config": "other.json"}"#).unwrap();
@@ -782,12 +834,44 @@ mod tests {
         .unwrap();
         assert_eq!(
             (config.port, config.admin_port, config.shards),
-            (7100, 7001, 2)
+            (Port::Fixed(7100), Port::Fixed(7001), 2)
         );
         assert_eq!(config.apps[0].key, "k");
         assert!(!config.apps[0].client_events);
         assert!(!config.uses_default_secret());
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn ports_are_numbers_off_or_any() {
+        let config = Config::load(
+            &args(&[
+                "--port",
+                "any",
+                "--admin-port",
+                "7001",
+                "--ports-file",
+                "p.json",
+            ]),
+            env(&[
+                ("GATEWAY_TLS_PORT", "any"),
+                ("GATEWAY_TLS_CERT", "c"),
+                ("GATEWAY_TLS_KEY", "k"),
+            ]),
+        );
+        let config = config.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            (config.port, config.admin_port, config.tls_port),
+            (Port::Any, Port::Fixed(7001), Port::Any)
+        );
+        assert_eq!(config.ports_file, Some(PathBuf::from("p.json")));
+        assert_eq!(Port::Any.to_string(), "any");
+        let error = Config::load(&args(&["--admin-port", "0"]), []).unwrap_err();
+        assert!(error.to_string().contains("cannot be off"), "{error}");
+        let error = Config::load(&args(&["--port", "-1"]), []).unwrap_err();
+        assert!(error.to_string().contains("0 (off) or any"), "{error}");
+        let both_any = Config::load(&args(&["--port", "any", "--admin-port", "any"]), []);
+        assert!(both_any.is_ok(), "two free ports never clash");
     }
 
     #[test]
@@ -835,7 +919,10 @@ mod tests {
             ]),
         )
         .unwrap();
-        assert_eq!((config.port, config.tls_port), (0, 443));
+        assert_eq!(
+            (config.port, config.tls_port),
+            (Port::Off, Port::Fixed(443))
+        );
         assert_eq!(config.tls_cert, Some(PathBuf::from("/c.pem")));
     }
 

@@ -1,8 +1,9 @@
 //! Start-up and shutdown: open-files limit, listeners, shards, the admin thread and signals.
 
 use std::io;
-use std::net::{SocketAddr, TcpListener};
+use std::net::{IpAddr, SocketAddr, TcpListener};
 use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -14,7 +15,7 @@ use signal_hook::iterator::Signals;
 use crate::admin::stats::ShardStats;
 use crate::bus;
 use crate::cluster::{self, ClusterLink, ClusterStats};
-use crate::config::Config;
+use crate::config::{Config, Port};
 use crate::node::{Node, NodeTls, ShardLink};
 use crate::shard::Listeners;
 use crate::tls::{CertStore, SettledChange};
@@ -44,6 +45,8 @@ pub enum StartError {
     Listen { addr: SocketAddr, source: io::Error },
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
+    #[error("cannot write the ports file {path}: {source}")]
+    PortsFile { path: PathBuf, source: io::Error },
     #[error("cannot start thread {name}: {source}")]
     Thread { name: String, source: io::Error },
 }
@@ -126,15 +129,26 @@ fn shard_listener(addr: SocketAddr) -> Result<TcpListener, StartError> {
     Ok(listener.into())
 }
 
-fn admin_listener(addr: SocketAddr) -> Result<TcpListener, StartError> {
-    ensure_port_free(addr, PORT_RELEASE_WAIT)?;
+/// The admin port's listener, and the address it got.
+fn admin_listener(bind: IpAddr, port: Port) -> Result<(TcpListener, SocketAddr), StartError> {
+    let addr = match port {
+        Port::Fixed(port) => {
+            let addr = SocketAddr::new(bind, port);
+            ensure_port_free(addr, PORT_RELEASE_WAIT)?;
+            addr
+        }
+        // Refused by the configuration's checks; the kernel's pick is as good.
+        Port::Any | Port::Off => SocketAddr::new(bind, 0),
+    };
     let listen_error = |source| StartError::Listen { addr, source };
     let listener = socket(addr).map_err(listen_error)?;
     listener.set_reuse_address(true).map_err(listen_error)?;
     listener.set_nonblocking(true).map_err(listen_error)?;
     listener.bind(&addr.into()).map_err(listen_error)?;
     listener.listen(128).map_err(listen_error)?;
-    Ok(listener.into())
+    let listener: TcpListener = listener.into();
+    let addr = local_addr(&listener, addr)?;
+    Ok((listener, addr))
 }
 
 fn spawn(name: String, body: impl FnOnce() + Send + 'static) -> Result<JoinHandle<()>, StartError> {
@@ -171,23 +185,31 @@ pub fn run(config: Config) -> Result<(), StartError> {
         "epoll"
     };
 
-    let plain = bind_shard_listeners(config.bind, config.port, shard_count)?;
-    let tls_listeners = bind_shard_listeners(config.bind, config.tls_port, shard_count)?;
+    let (plain, port) = bind_shard_listeners(config.bind, config.port, shard_count)?;
+    let (tls_listeners, tls_port) =
+        bind_shard_listeners(config.bind, config.tls_port, shard_count)?;
     let tls = match (&config.tls_cert, &config.tls_key) {
-        (Some(cert), Some(key)) if config.tls_port != 0 => {
+        (Some(cert), Some(key)) if tls_port.is_some() => {
             let store = Arc::new(CertStore::load(cert, key)?);
             let config = crate::tls::server_config(store.clone())?;
             Some(NodeTls { config, store })
         }
         _ => None,
     };
-    let admin_addr = SocketAddr::new(config.admin_bind, config.admin_port);
-    let admin = admin_listener(admin_addr)?;
+    let (admin, admin_addr) = admin_listener(config.admin_bind, config.admin_port)?;
     // Kept to stop the admin listener at exit: the admin thread never returns on its own.
     let admin_socket = admin.try_clone().map_err(|source| StartError::Listen {
         addr: admin_addr,
         source,
     })?;
+    let ports = Ports {
+        port,
+        tls_port,
+        admin_port: admin_addr.port(),
+    };
+    if let Some(path) = &config.ports_file {
+        ports.write(path)?;
+    }
 
     let (senders, inboxes): (Vec<_>, Vec<_>) = (0..shard_count)
         .map(|_| bus::inbox(config.inbox_capacity))
@@ -234,9 +256,9 @@ pub fn run(config: Config) -> Result<(), StartError> {
         io_driver,
         fd_limit,
         max_connections,
-        listen = %if node.config.port == 0 { "off".to_string() } else { SocketAddr::new(node.config.bind, node.config.port).to_string() },
-        admin = %SocketAddr::new(node.config.admin_bind, node.config.admin_port),
-        tls = %if node.tls.is_some() { SocketAddr::new(node.config.bind, node.config.tls_port).to_string() } else { "off".to_string() },
+        listen = %ports.show(node.config.bind, ports.port),
+        admin = %admin_addr,
+        tls = %ports.show(node.config.bind, ports.tls_port),
         cluster = %node.config.redis_url.as_deref().map_or("off", |_| "redis"),
         node_id = node.id,
         "gateway started"
@@ -317,20 +339,65 @@ pub fn run(config: Config) -> Result<(), StartError> {
     Ok(())
 }
 
-/// One listener a shard on `port`, or none when the port is 0 (that listener is off).
+/// One listener a shard on `port`, or none when it is off; and the port they share.
 fn bind_shard_listeners(
-    bind: std::net::IpAddr,
-    port: u16,
+    bind: IpAddr,
+    port: Port,
     shards: usize,
-) -> Result<Vec<Option<TcpListener>>, StartError> {
-    if port == 0 {
-        return Ok((0..shards).map(|_| None).collect());
+) -> Result<(Vec<Option<TcpListener>>, Option<u16>), StartError> {
+    let first = match port {
+        Port::Off => return Ok(((0..shards).map(|_| None).collect(), None)),
+        Port::Fixed(port) => {
+            ensure_port_free(SocketAddr::new(bind, port), PORT_RELEASE_WAIT)?;
+            shard_listener(SocketAddr::new(bind, port))?
+        }
+        // The kernel picks the first shard's port; the others join it.
+        Port::Any => shard_listener(SocketAddr::new(bind, 0))?,
+    };
+    let addr = local_addr(&first, SocketAddr::new(bind, 0))?;
+    let mut listeners = vec![Some(first)];
+    for _ in 1..shards {
+        listeners.push(Some(shard_listener(addr)?));
     }
-    let addr = SocketAddr::new(bind, port);
-    ensure_port_free(addr, PORT_RELEASE_WAIT)?;
-    (0..shards)
-        .map(|_| shard_listener(addr).map(Some))
-        .collect()
+    Ok((listeners, Some(addr.port())))
+}
+
+fn local_addr(listener: &TcpListener, asked: SocketAddr) -> Result<SocketAddr, StartError> {
+    listener.local_addr().map_err(|source| StartError::Listen {
+        addr: asked,
+        source,
+    })
+}
+
+/// The ports the gateway listens on, once they are open: what the start-up line and
+/// `ports_file` report (the only way to learn a port given as `any`).
+#[derive(Debug, serde::Serialize)]
+struct Ports {
+    port: Option<u16>,
+    tls_port: Option<u16>,
+    admin_port: u16,
+}
+
+impl Ports {
+    fn show(&self, bind: IpAddr, port: Option<u16>) -> String {
+        port.map_or("off".into(), |port| SocketAddr::new(bind, port).to_string())
+    }
+
+    /// Writes the ports as JSON, whole: to a file beside `path`, then renamed over it, so that
+    /// a reader never sees half of it.
+    fn write(&self, path: &Path) -> Result<(), StartError> {
+        let error = |source| StartError::PortsFile {
+            path: path.to_owned(),
+            source,
+        };
+        let mut partial = path.as_os_str().to_owned();
+        partial.push(".partial");
+        let json = serde_json::to_string(self)
+            .map_err(io::Error::other)
+            .map_err(error)?;
+        std::fs::write(&partial, json).map_err(error)?;
+        std::fs::rename(&partial, path).map_err(error)
+    }
 }
 
 /// Reloads the certificate when asked (SIGHUP) and when its files change on disk. A refusal is

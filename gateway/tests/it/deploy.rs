@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use crate::common::redis::Redis;
 use crate::common::{self, free_port, wait_until, Gateway};
-use gateway::config::Config;
+use gateway::config::{Config, Port};
 
 /// Metric names (`gateway_...`) mentioned in a text, without the suffixes Prometheus adds to
 /// summaries and histograms.
@@ -122,7 +122,7 @@ fn the_settings_the_deployment_files_pass_are_accepted() {
     std::fs::remove_file(&file).unwrap();
     let config = loaded.expect("the ConfigMap's gateway.json is a valid configuration");
     assert!(
-        config.tls_port != 0 && config.redis_url.is_some(),
+        config.tls_port != Port::Off && config.redis_url.is_some(),
         "it turns on TLS and clustering"
     );
 

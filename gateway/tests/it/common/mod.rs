@@ -63,13 +63,13 @@ impl Gateway {
 
     /// Starts the binary with extra flags and waits until /ready answers 200.
     pub fn start(extra: &[&str]) -> Gateway {
-        Gateway::start_on(free_port(), free_port(), extra)
+        Gateway::launch(Command::new(env!("CARGO_BIN_EXE_gateway")), None, extra)
     }
 
     /// Starts the binary on these ports with extra flags and waits until /ready answers 200.
     pub fn start_on(port: u16, admin_port: u16, extra: &[&str]) -> Gateway {
         let command = Command::new(env!("CARGO_BIN_EXE_gateway"));
-        Gateway::launch(command, port, admin_port, extra)
+        Gateway::launch(command, Some((port, admin_port)), extra)
     }
 
     /// Like `start`, with the process's open-files limit (soft and hard) set to `limit`.
@@ -81,17 +81,28 @@ impl Gateway {
         unsafe {
             command.pre_exec(move || rlimit::setrlimit(rlimit::Resource::NOFILE, limit, limit));
         }
-        Gateway::launch(command, free_port(), free_port(), extra)
+        Gateway::launch(command, None, extra)
     }
 
-    fn launch(mut command: Command, port: u16, admin_port: u16, extra: &[&str]) -> Gateway {
+    /// Runs the binary on the given ports, or on ports the kernel picks (learnt from the ports
+    /// file the gateway writes once they are open, so no other process can take them between).
+    fn launch(mut command: Command, ports: Option<(u16, u16)>, extra: &[&str]) -> Gateway {
+        static FILES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = FILES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let ports_file =
+            std::env::temp_dir().join(format!("gateway-ports-{}-{n}.json", std::process::id()));
+        let (port, admin_port) = ports.map_or(("any".into(), "any".into()), |(port, admin)| {
+            (port.to_string(), admin.to_string())
+        });
         let mut args = vec![
             "--bind".to_string(),
             "127.0.0.1".into(),
             "--port".into(),
-            port.to_string(),
+            port,
             "--admin-port".into(),
-            admin_port.to_string(),
+            admin_port,
+            "--ports-file".into(),
+            ports_file.to_str().unwrap().into(),
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
         let child = command
@@ -103,12 +114,14 @@ impl Gateway {
             .expect("gateway binary starts");
         let mut gateway = Gateway {
             child,
-            port,
-            admin_port,
+            port: 0,
+            admin_port: 0,
         };
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
-            if let Ok((200, _)) = http_get(admin_port, "/ready") {
+            if gateway.admin_port == 0 {
+                gateway.read_ports(&ports_file);
+            } else if let Ok((200, _)) = http_get(gateway.admin_port, "/ready") {
                 return gateway;
             }
             // Its own message is on stderr; no use waiting for /ready.
@@ -118,6 +131,17 @@ impl Gateway {
             std::thread::sleep(Duration::from_millis(20));
         }
         panic!("gateway did not become ready");
+    }
+
+    /// Takes the ports from the gateway's ports file once it is there.
+    fn read_ports(&mut self, ports_file: &std::path::Path) {
+        let Ok(text) = std::fs::read_to_string(ports_file) else {
+            return;
+        };
+        let ports: Value = serde_json::from_str(&text).expect("the ports file is JSON");
+        self.port = ports["port"].as_u64().unwrap_or(0) as u16;
+        self.admin_port = ports["admin_port"].as_u64().expect("an admin port") as u16;
+        let _ = std::fs::remove_file(ports_file);
     }
 
     /// Waits up to `timeout` for the process to exit; returns how it exited.
