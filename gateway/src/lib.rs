@@ -1,6 +1,6 @@
 //! A thread-per-core WebSocket gateway speaking the Pusher Channels protocol v7.
 //!
-//! The pure modules (`protocol`, `ws`, `http`, `channels`) hold what the protocols say and do no
+//! The pure modules (`protocol`, `ws`, `http`, `channels`, `pusher`) hold what the protocols say and do no
 //! IO; the shell (`shard`, `bus`, `admin`, `server`) moves bytes on monoio runtimes, one per core;
 //! `webhooks` sends events to apps' servers and `cluster` joins nodes through Redis, each from a
 //! thread of its own.
