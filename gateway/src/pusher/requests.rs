@@ -4,7 +4,7 @@
 //! whether it holds the channel) and carries out the answer.
 
 use crate::admin::stats::Rejection;
-use crate::config::App;
+use crate::config::{App, Config};
 use crate::protocol::member::{self, Member, MemberError, User};
 use crate::protocol::{channel, codes, signature, ChannelKind};
 
@@ -26,6 +26,14 @@ pub enum Answer {
     Error(Option<u16>),
 }
 
+/// A new session refused: `pusher:error` with `code`, then a close frame with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Closing {
+    pub rejection: Rejection,
+    pub code: u16,
+    pub reason: String,
+}
+
 fn refused(rejection: Rejection, answer: Answer, reason: impl Into<String>) -> Refusal {
     Refusal {
         rejection,
@@ -36,6 +44,67 @@ fn refused(rejection: Rejection, answer: Answer, reason: impl Into<String>) -> R
 
 fn subscription_error(kind: &'static str, status: u16) -> Answer {
     Answer::SubscriptionError { kind, status }
+}
+
+/// How full the node is, for the connection checks.
+pub struct Occupancy<F: Fn(usize) -> i64> {
+    /// Whether the node holds its maximum of WebSocket sessions.
+    pub node_full: bool,
+    /// An app's sessions on the node, by app index.
+    pub app_sessions: F,
+}
+
+/// Checks a new WebSocket session once its upgrade is done: the app key, the app enabled, the
+/// protocol version, the `Origin`, then the node's and the app's connection limits. Returns the
+/// app's index. Refusals are told after the upgrade rather than as an HTTP status before it: a
+/// browser shows the reason, pusher-js does not retry a 4009 and backs off after a 4100,
+/// whereas a failed upgrade is retried at once and explains nothing.
+pub fn connection<F: Fn(usize) -> i64>(
+    config: &Config,
+    app_key: &str,
+    protocol: Option<&str>,
+    origin: Option<&str>,
+    occupancy: Occupancy<F>,
+) -> Result<usize, Closing> {
+    let close = |code, rejection, reason: String| Closing {
+        rejection,
+        code,
+        reason,
+    };
+    let Some((index, app)) = config.app_by_key(app_key) else {
+        let reason = format!("App key {app_key} not in this cluster");
+        return Err(close(codes::APP_MISSING, Rejection::UnknownApp, reason));
+    };
+    if !app.enabled {
+        let reason = "App disabled".to_owned();
+        return Err(close(codes::APP_DISABLED, Rejection::AppDisabled, reason));
+    }
+    if !matches!(protocol.map_or(Ok(7), str::parse::<u8>), Ok(5..=7)) {
+        let reason = "Unsupported protocol version".to_owned();
+        return Err(close(
+            codes::UNSUPPORTED_PROTOCOL,
+            Rejection::UnsupportedProtocol,
+            reason,
+        ));
+    }
+    if !app.allows_origin(origin) {
+        let origin = origin.unwrap_or("(none)");
+        let reason = format!("Origin {origin} is not allowed for this app");
+        return Err(close(
+            codes::UNAUTHORIZED,
+            Rejection::OriginNotAllowed,
+            reason,
+        ));
+    }
+    if occupancy.node_full {
+        let reason = "Over capacity: this node holds its maximum of connections".to_owned();
+        return Err(close(codes::OVER_CAPACITY, Rejection::OverCapacity, reason));
+    }
+    if app.max_connections > 0 && (occupancy.app_sessions)(index) >= app.max_connections as i64 {
+        let reason = "App is over its connection quota".to_owned();
+        return Err(close(codes::OVER_QUOTA, Rejection::AppOverQuota, reason));
+    }
+    Ok(index)
 }
 
 /// A subscription the socket may make.
@@ -201,6 +270,61 @@ mod tests {
     fn refusal<T: std::fmt::Debug>(result: Result<T, Refusal>) -> (Rejection, Answer) {
         let refusal = result.expect_err("refused");
         (refusal.rejection, refusal.answer)
+    }
+
+    fn connect(
+        config: &Config,
+        key: &str,
+        protocol: Option<&str>,
+        origin: Option<&str>,
+    ) -> Result<usize, (u16, Rejection)> {
+        let occupancy = Occupancy {
+            node_full: false,
+            app_sessions: |_| 1,
+        };
+        connection(config, key, protocol, origin, occupancy).map_err(|c| (c.code, c.rejection))
+    }
+
+    #[test]
+    fn new_sessions_are_checked_in_pusher_order() {
+        let mut config = Config::default();
+        let mut other = App::new("2", "key-two", "secret-two");
+        other.allowed_origins = vec!["https://example.com".into()];
+        other.max_connections = 1;
+        config.apps.push(other);
+        assert_eq!(connect(&config, "app-key", None, None), Ok(0));
+        assert_eq!(connect(&config, "app-key", Some("5"), None), Ok(0));
+        assert_eq!(
+            connect(&config, "nobody", None, None),
+            Err((codes::APP_MISSING, Rejection::UnknownApp))
+        );
+        assert_eq!(
+            connect(&config, "app-key", Some("4"), None),
+            Err((codes::UNSUPPORTED_PROTOCOL, Rejection::UnsupportedProtocol))
+        );
+        assert_eq!(
+            connect(&config, "key-two", None, Some("https://evil.example")),
+            Err((codes::UNAUTHORIZED, Rejection::OriginNotAllowed))
+        );
+        assert_eq!(
+            connect(&config, "key-two", None, Some("https://example.com")),
+            Err((codes::OVER_QUOTA, Rejection::AppOverQuota)),
+            "app two holds its one connection"
+        );
+        config.apps[1].enabled = false;
+        assert_eq!(
+            connect(&config, "key-two", None, Some("https://example.com")),
+            Err((codes::APP_DISABLED, Rejection::AppDisabled))
+        );
+        let full = Occupancy {
+            node_full: true,
+            app_sessions: |_| 0,
+        };
+        let closing = connection(&config, "app-key", None, None, full).unwrap_err();
+        assert_eq!(
+            (closing.code, closing.rejection),
+            (codes::OVER_CAPACITY, Rejection::OverCapacity)
+        );
     }
 
     #[test]

@@ -19,7 +19,7 @@ use crate::http::{RequestHead, Response};
 use crate::protocol::member::{self, Member};
 use crate::protocol::message::{self, ClientMessage};
 use crate::protocol::{codes, ChannelKind};
-use crate::pusher::requests::{self, Answer, Refusal, Subscription};
+use crate::pusher::requests::{self, Answer, Occupancy, Refusal, Subscription};
 use crate::webhooks::{WebhookEvent, WebhookKind};
 use crate::ws::frame::{close_frame, pong_frame, text_frame};
 use crate::ws::{accept_upgrade, Assembler, FrameHead, Message, WsError};
@@ -52,8 +52,7 @@ pub async fn upgrade(
     };
     let protocol = parse_query(head.query())
         .into_iter()
-        .find(|(k, _)| k == "protocol")
-        .map_or(Ok(7), |(_, v)| v.parse::<u8>());
+        .find_map(|(k, v)| (k == "protocol").then_some(v));
     let origin = head.header("origin").map(str::to_owned);
     drop(head);
     shard.stats().http_status(101);
@@ -65,61 +64,29 @@ pub async fn upgrade(
     {
         return;
     }
-    let config = &shard.node.config;
-    let refusal = match config.app_by_key(&app_key) {
-        None => Some((
-            codes::APP_MISSING,
-            Rejection::UnknownApp,
-            format!("App key {app_key} not in this cluster"),
-        )),
-        Some((_, app)) if !app.enabled => Some((
-            codes::APP_DISABLED,
-            Rejection::AppDisabled,
-            "App disabled".into(),
-        )),
-        Some(_) if !matches!(protocol, Ok(5..=7)) => Some((
-            codes::UNSUPPORTED_PROTOCOL,
-            Rejection::UnsupportedProtocol,
-            "Unsupported protocol version".into(),
-        )),
-        // Refused after the upgrade rather than with a 403 before it: a browser shows the
-        // reason, and pusher-js does not retry a 4009, whereas a failed upgrade is retried
-        // forever and explains nothing.
-        Some((_, app)) if !app.allows_origin(origin.as_deref()) => Some((
-            codes::UNAUTHORIZED,
-            Rejection::OriginNotAllowed,
-            format!(
-                "Origin {} is not allowed for this app",
-                origin.as_deref().unwrap_or("(none)")
-            ),
-        )),
-        // Checked after the upgrade for the same reason; pusher-js reconnects after a 4100 with
-        // a back-off.
-        Some(_) if shard.node.connections() >= shard.node.max_connections as i64 => Some((
-            codes::OVER_CAPACITY,
-            Rejection::OverCapacity,
-            "Over capacity: this node holds its maximum of connections".into(),
-        )),
-        Some((index, app))
-            if app.max_connections > 0
-                && shard.node.app_connections(index) >= app.max_connections as i64 =>
-        {
-            Some((
-                codes::OVER_QUOTA,
-                Rejection::AppOverQuota,
-                "App is over its connection quota".into(),
-            ))
-        }
-        Some(_) => None,
+    let node = &shard.node;
+    let occupancy = Occupancy {
+        node_full: node.connections() >= node.max_connections as i64,
+        app_sessions: |app| node.app_connections(app),
     };
-    drop(origin);
-    if let Some((code, rejection, reason)) = refusal {
-        shard.reject(rejection);
-        let mut bytes = text_frame(&message::error(Some(code), &reason)).to_vec();
-        bytes.extend_from_slice(&close_frame(code, &reason));
-        return Box::pin(transport.linger_close(&stream, &bytes)).await;
-    }
-    let app = config.app_by_key(&app_key).map_or(0, |(index, _)| index);
+    let checked = requests::connection(
+        &node.config,
+        &app_key,
+        protocol.as_deref(),
+        origin.as_deref(),
+        occupancy,
+    );
+    drop((protocol, origin));
+    let app = match checked {
+        Ok(app) => app,
+        Err(closing) => {
+            shard.reject(closing.rejection);
+            let (code, reason) = (closing.code, &closing.reason);
+            let mut bytes = text_frame(&message::error(Some(code), reason)).to_vec();
+            bytes.extend_from_slice(&close_frame(code, reason));
+            return Box::pin(transport.linger_close(&stream, &bytes)).await;
+        }
+    };
     drop(app_key);
     // A task of its own again: this one's state is sized for the upgrade, not for idling. The
     // session starts here so that the task keeps only what waiting needs.
