@@ -165,8 +165,53 @@ pub fn run(config: Config) -> Result<(), StartError> {
         0 => cores.len().max(1),
         n => n,
     };
+    let (fd_limit, max_connections) = connection_limits(&config, shard_count);
+    let listening = Listening::open(&config, shard_count)?;
+    let tls = node_tls(&config, listening.ports.tls_port)?;
+    if let Some(path) = &config.ports_file {
+        listening.ports.write(path)?;
+    }
+    if config.uses_default_secret() {
+        tracing::warn!("!!! an app uses the published development secret \"app-secret\": anyone can sign its requests; set app_secret or an apps list before exposing this gateway !!!");
+    }
+    let (node, queues) = build_node(config, max_connections, shard_count, tls);
+    tracing::info!(
+        shards = shard_count,
+        io_driver = node.io_driver,
+        fd_limit,
+        max_connections,
+        listen = %listening.ports.show(node.config.bind, listening.ports.port),
+        admin = %listening.admin_addr,
+        tls = %listening.ports.show(node.config.bind, listening.ports.tls_port),
+        cluster = %node.config.redis_url.as_deref().map_or("off", |_| "redis"),
+        node_id = node.id,
+        "gateway started"
+    );
+    let Listening {
+        shards: shard_listeners,
+        admin,
+        admin_socket,
+        ..
+    } = listening;
+    let shards = spawn_shards(&node, &cores, queues.inboxes, shard_listeners)?;
+    spawn_helpers(&node, admin, queues.webhook_jobs, queues.bridge)?;
+    watch_signals_from_now(&node)?;
+    node.set_ready();
+
+    for shard in shards {
+        let _ = shard.join();
+    }
+    // Frees the admin port before the process exits, so that a gateway started right after
+    // this one finds it free (see `stop_listening`).
+    crate::shard::io::stop_listening(admin_socket.as_raw_fd());
+    tracing::info!("drained; exiting");
+    Ok(())
+}
+
+/// The open-files limit (raised to the hard one) and the WebSocket sessions the node holds.
+fn connection_limits(config: &Config, shards: usize) -> (u64, usize) {
     let fd_limit = raise_fd_limit();
-    let ceiling = connection_ceiling(fd_limit, shard_count);
+    let ceiling = connection_ceiling(fd_limit, shards);
     let max_connections = match config.max_connections {
         0 => ceiling,
         n if n > ceiling => {
@@ -179,39 +224,74 @@ pub fn run(config: Config) -> Result<(), StartError> {
         }
         n => n,
     };
-    let io_driver = if monoio::utils::detect_uring() {
-        "io_uring"
-    } else {
-        "epoll"
-    };
+    (fd_limit, max_connections)
+}
 
-    let (plain, port) = bind_shard_listeners(config.bind, config.port, shard_count)?;
-    let (tls_listeners, tls_port) =
-        bind_shard_listeners(config.bind, config.tls_port, shard_count)?;
-    let tls = match (&config.tls_cert, &config.tls_key) {
-        (Some(cert), Some(key)) if tls_port.is_some() => {
-            let store = Arc::new(CertStore::load(cert, key)?);
-            let config = crate::tls::server_config(store.clone())?;
-            Some(NodeTls { config, store })
-        }
-        _ => None,
-    };
-    let (admin, admin_addr) = admin_listener(config.admin_bind, config.admin_port)?;
-    // Kept to stop the admin listener at exit: the admin thread never returns on its own.
-    let admin_socket = admin.try_clone().map_err(|source| StartError::Listen {
-        addr: admin_addr,
-        source,
-    })?;
-    let ports = Ports {
-        port,
-        tls_port,
-        admin_port: admin_addr.port(),
-    };
-    if let Some(path) = &config.ports_file {
-        ports.write(path)?;
+/// Every listening socket of the node, open before any thread starts.
+struct Listening {
+    /// Each shard's plaintext and TLS listeners.
+    shards: Vec<Listeners>,
+    admin: TcpListener,
+    admin_addr: SocketAddr,
+    /// Kept to stop the admin listener at exit: the admin thread never returns on its own.
+    admin_socket: TcpListener,
+    ports: Ports,
+}
+
+impl Listening {
+    fn open(config: &Config, shards: usize) -> Result<Listening, StartError> {
+        let (plain, port) = bind_shard_listeners(config.bind, config.port, shards)?;
+        let (tls, tls_port) = bind_shard_listeners(config.bind, config.tls_port, shards)?;
+        let (admin, admin_addr) = admin_listener(config.admin_bind, config.admin_port)?;
+        let admin_socket = admin.try_clone().map_err(|source| StartError::Listen {
+            addr: admin_addr,
+            source,
+        })?;
+        let ports = Ports {
+            port,
+            tls_port,
+            admin_port: admin_addr.port(),
+        };
+        let shards = plain
+            .into_iter()
+            .zip(tls)
+            .map(|(plain, tls)| Listeners { plain, tls })
+            .collect();
+        Ok(Listening {
+            shards,
+            admin,
+            admin_addr,
+            admin_socket,
+            ports,
+        })
     }
+}
 
-    let (senders, inboxes): (Vec<_>, Vec<_>) = (0..shard_count)
+/// The certificate and TLS configuration, when a TLS port is open.
+fn node_tls(config: &Config, tls_port: Option<u16>) -> Result<Option<NodeTls>, StartError> {
+    let (Some(cert), Some(key), Some(_)) = (&config.tls_cert, &config.tls_key, tls_port) else {
+        return Ok(None);
+    };
+    let store = Arc::new(CertStore::load(cert, key)?);
+    let config = crate::tls::server_config(store.clone())?;
+    Ok(Some(NodeTls { config, store }))
+}
+
+/// The receiving ends of the node's queues, for the threads that serve them.
+struct Queues {
+    inboxes: Vec<bus::Inbox>,
+    webhook_jobs: Option<Receiver<crate::webhooks::Job>>,
+    bridge: Option<(bus::Inbox<cluster::BridgeMessage>, Arc<ClusterStats>)>,
+}
+
+/// The node every thread shares, and the queues its threads read.
+fn build_node(
+    config: Config,
+    max_connections: usize,
+    shards: usize,
+    tls: Option<NodeTls>,
+) -> (Arc<Node>, Queues) {
+    let (senders, inboxes): (Vec<_>, Vec<_>) = (0..shards)
         .map(|_| bus::inbox(config.inbox_capacity))
         .unzip();
     let links = senders
@@ -228,10 +308,7 @@ pub fn run(config: Config) -> Result<(), StartError> {
     } else {
         (None, None)
     };
-    if config.uses_default_secret() {
-        tracing::warn!("!!! an app uses the published development secret \"app-secret\": anyone can sign its requests; set app_secret or an apps list before exposing this gateway !!!");
-    }
-    let (cluster_link, bridge_inbox) = match config.redis_url {
+    let (cluster_link, bridge) = match config.redis_url {
         Some(_) => {
             let (sender, inbox) = bus::inbox(config.inbox_capacity);
             let stats = Arc::new(ClusterStats::default());
@@ -242,7 +319,12 @@ pub fn run(config: Config) -> Result<(), StartError> {
         }
         None => (None, None),
     };
-    let node = Arc::new(Node::new(
+    let io_driver = if monoio::utils::detect_uring() {
+        "io_uring"
+    } else {
+        "epoll"
+    };
+    let node = Node::new(
         config,
         io_driver,
         max_connections,
@@ -250,25 +332,23 @@ pub fn run(config: Config) -> Result<(), StartError> {
         tls,
         webhooks,
         cluster_link,
-    ));
-    tracing::info!(
-        shards = shard_count,
-        io_driver,
-        fd_limit,
-        max_connections,
-        listen = %ports.show(node.config.bind, ports.port),
-        admin = %admin_addr,
-        tls = %ports.show(node.config.bind, ports.tls_port),
-        cluster = %node.config.redis_url.as_deref().map_or("off", |_| "redis"),
-        node_id = node.id,
-        "gateway started"
     );
+    let queues = Queues {
+        inboxes,
+        webhook_jobs,
+        bridge,
+    };
+    (Arc::new(node), queues)
+}
 
+/// One thread per shard, pinned to a core in turn.
+fn spawn_shards(
+    node: &Arc<Node>,
+    cores: &[core_affinity::CoreId],
+    inboxes: Vec<bus::Inbox>,
+    listeners: Vec<Listeners>,
+) -> Result<Vec<JoinHandle<()>>, StartError> {
     let mut shards = Vec::new();
-    let listeners = plain
-        .into_iter()
-        .zip(tls_listeners)
-        .map(|(plain, tls)| Listeners { plain, tls });
     for (index, (inbox, listeners)) in inboxes.into_iter().zip(listeners).enumerate() {
         let node = node.clone();
         let core = cores.get(index % cores.len().max(1)).copied();
@@ -281,6 +361,17 @@ pub fn run(config: Config) -> Result<(), StartError> {
             }
         })?);
     }
+    Ok(shards)
+}
+
+/// The threads beside the shards: the admin port, the webhook sender and the Redis bridge
+/// (each only when it is needed).
+fn spawn_helpers(
+    node: &Arc<Node>,
+    admin: TcpListener,
+    webhook_jobs: Option<Receiver<crate::webhooks::Job>>,
+    bridge: Option<(bus::Inbox<cluster::BridgeMessage>, Arc<ClusterStats>)>,
+) -> Result<(), StartError> {
     let admin_node = node.clone();
     spawn("admin".into(), move || {
         if let Err(e) = crate::admin::run(admin_node, admin) {
@@ -293,7 +384,7 @@ pub fn run(config: Config) -> Result<(), StartError> {
             crate::webhooks::run(webhook_node, jobs)
         })?;
     }
-    if let Some((inbox, stats)) = bridge_inbox {
+    if let Some((inbox, stats)) = bridge {
         let bridge_node = node.clone();
         spawn("redis-bridge".into(), move || {
             if let Err(e) = cluster::run(bridge_node, stats, inbox) {
@@ -301,6 +392,13 @@ pub fn run(config: Config) -> Result<(), StartError> {
             }
         })?;
     }
+    Ok(())
+}
+
+/// Starts the certificate watcher (with TLS) and the signal thread. Called before the node says
+/// it is ready: a SIGTERM sent as soon as /ready says 200 must find the handler in place, or it
+/// kills the process without a drain.
+fn watch_signals_from_now(node: &Arc<Node>) -> Result<(), StartError> {
     // SIGHUP asks the certificate thread to reload, so that one thread alone loads the files
     // and knows which of their versions is in service.
     let reload_requests = match &node.tls {
@@ -314,8 +412,6 @@ pub fn run(config: Config) -> Result<(), StartError> {
         }
         None => None,
     };
-    // Registered here, not in the thread: a SIGTERM sent as soon as /ready says 200 must find
-    // the handler in place, or it kills the process without a drain.
     match Signals::new([SIGTERM, SIGINT, SIGHUP]) {
         Ok(signals) => {
             let signal_node = node.clone();
@@ -327,15 +423,6 @@ pub fn run(config: Config) -> Result<(), StartError> {
             tracing::error!(error = %e, "cannot watch signals; SIGTERM will kill without a drain");
         }
     }
-    node.set_ready();
-
-    for shard in shards {
-        let _ = shard.join();
-    }
-    // Frees the admin port before the process exits, so that a gateway started right after
-    // this one finds it free (see `stop_listening`).
-    crate::shard::io::stop_listening(admin_socket.as_raw_fd());
-    tracing::info!("drained; exiting");
     Ok(())
 }
 
