@@ -179,8 +179,23 @@ fn gauge(value: &AtomicI64) -> i64 {
 /// Renders every metric. `latency` is the shards' fanout histograms merged (microseconds).
 pub fn render(node: &Node, latency: &Histogram<u64>) -> String {
     let mut out = String::with_capacity(8 * 1024);
+    render_sessions(&mut out, node);
+    render_traffic(&mut out, node);
+    render_webhooks(&mut out, node);
+    render_http(&mut out, node);
+    render_tls(&mut out, node);
+    render_latency(&mut out, latency);
+    if let Some(cluster) = &node.cluster {
+        render_cluster(&mut out, &cluster.stats);
+    }
+    render_process(&mut out, node);
+    out
+}
+
+/// Sessions and sockets: open, limits, opened and closed.
+fn render_sessions(out: &mut String, node: &Node) {
     header(
-        &mut out,
+        out,
         "gateway_connections",
         "gauge",
         "Open WebSocket connections by shard and app.",
@@ -196,21 +211,21 @@ pub fn render(node: &Node, latency: &Histogram<u64>) -> String {
         }
     }
     header(
-        &mut out,
+        out,
         "gateway_max_connections",
         "gauge",
         "WebSocket sessions this node holds at once.",
     );
     let _ = writeln!(out, "gateway_max_connections {}", node.max_connections);
     header(
-        &mut out,
+        out,
         "gateway_max_sockets",
         "gauge",
         "Sockets this node accepts at once: sessions plus a reserve for HTTP API requests.",
     );
     let _ = writeln!(out, "gateway_max_sockets {}", node.max_sockets);
     header(
-        &mut out,
+        out,
         "gateway_open_sockets",
         "gauge",
         "Sockets open now, WebSocket and HTTP.",
@@ -221,14 +236,14 @@ pub fn render(node: &Node, latency: &Histogram<u64>) -> String {
         node.open_sockets.load(Relaxed)
     );
     per_shard(
-        &mut out,
+        out,
         node,
         "gateway_connects_total",
         "WebSocket sessions opened.",
         |s| &s.connects,
     );
     per_shard_of_kind(
-        &mut out,
+        out,
         node,
         "gateway_cluster_backlog",
         "gauge",
@@ -236,56 +251,64 @@ pub fn render(node: &Node, latency: &Histogram<u64>) -> String {
         |s| &s.cluster_backlog,
     );
     by_reason::<Disconnect>(
-        &mut out,
+        out,
         node,
         "gateway_disconnects_total",
         "WebSocket sessions closed, by reason.",
         |s| &s.disconnects,
     );
+}
+
+/// Messages and bytes, both ways, and what was dropped.
+fn render_traffic(out: &mut String, node: &Node) {
     per_shard(
-        &mut out,
+        out,
         node,
         "gateway_messages_in_total",
         "Pusher messages received from clients.",
         |s| &s.messages_in,
     );
     per_shard(
-        &mut out,
+        out,
         node,
         "gateway_messages_out_total",
         "Messages queued to subscribers.",
         |s| &s.messages_out,
     );
     per_shard(
-        &mut out,
+        out,
         node,
         "gateway_bytes_in_total",
         "Bytes read from WebSocket clients.",
         |s| &s.bytes_in,
     );
     per_shard(
-        &mut out,
+        out,
         node,
         "gateway_bytes_out_total",
         "Bytes written to WebSocket clients.",
         |s| &s.bytes_out,
     );
     per_shard(
-        &mut out,
+        out,
         node,
         "gateway_slow_consumer_disconnects_total",
         "Clients closed with 4100 because their outbound queue was full.",
         |s| &s.slow_consumer_disconnects,
     );
     per_shard(
-        &mut out,
+        out,
         node,
         "gateway_inbox_drops_total",
         "Cross-shard messages dropped because the shard's inbox was full.",
         |s| &s.inbox_drops,
     );
+}
+
+/// Webhook events by outcome, and retries.
+fn render_webhooks(out: &mut String, node: &Node) {
     header(
-        &mut out,
+        out,
         "gateway_webhook_events_total",
         "counter",
         "Webhook events by outcome: sent, cancelled (undone within the hold, or repeated), failed (given up after retries), dropped (the sender's queue was full).",
@@ -304,7 +327,7 @@ pub fn render(node: &Node, latency: &Histogram<u64>) -> String {
         );
     }
     header(
-        &mut out,
+        out,
         "gateway_webhook_retries_total",
         "counter",
         "Webhook requests that failed and were scheduled again.",
@@ -314,8 +337,12 @@ pub fn render(node: &Node, latency: &Histogram<u64>) -> String {
         "gateway_webhook_retries_total {}",
         webhooks.retries.load(Relaxed)
     );
+}
+
+/// HTTP requests by status, and refusals by reason.
+fn render_http(out: &mut String, node: &Node) {
     header(
-        &mut out,
+        out,
         "gateway_http_requests_total",
         "counter",
         "HTTP responses by status.",
@@ -333,28 +360,32 @@ pub fn render(node: &Node, latency: &Histogram<u64>) -> String {
         );
     }
     by_reason::<Rejection>(
-        &mut out,
+        out,
         node,
         "gateway_rejected_total",
         "Bad input and limits answered with an error, by reason.",
         |s| &s.rejected,
     );
+}
+
+/// TLS handshakes, their failures, record errors and certificate reloads.
+fn render_tls(out: &mut String, node: &Node) {
     per_shard(
-        &mut out,
+        out,
         node,
         "gateway_tls_handshakes_total",
         "TLS handshakes completed.",
         |s| &s.tls_handshakes,
     );
     per_shard(
-        &mut out,
+        out,
         node,
         "gateway_tls_record_errors_total",
         "TLS connections closed after the handshake for a record that failed authentication or broke the protocol.",
         |s| &s.tls_record_errors,
     );
     by_reason::<TlsFailure>(
-        &mut out,
+        out,
         node,
         "gateway_tls_handshake_failures_total",
         "TLS handshakes that failed, by reason.",
@@ -373,12 +404,16 @@ pub fn render(node: &Node, latency: &Histogram<u64>) -> String {
                 &tls.store.reload_failures,
             ),
         ] {
-            header(&mut out, name, "counter", help);
+            header(out, name, "counter", help);
             let _ = writeln!(out, "{name} {}", value.load(Relaxed));
         }
     }
+}
+
+/// Fanout latency, merged across shards.
+fn render_latency(out: &mut String, latency: &Histogram<u64>) {
     header(
-        &mut out,
+        out,
         "gateway_fanout_latency_seconds",
         "summary",
         "Time from publish to queued on a shard's subscribers.",
@@ -397,18 +432,14 @@ pub fn render(node: &Node, latency: &Histogram<u64>) -> String {
         "gateway_fanout_latency_seconds_count {}",
         latency.len()
     );
-    if let Some(cluster) = &node.cluster {
-        render_cluster(&mut out, &cluster.stats);
-    }
-    header(
-        &mut out,
-        "gateway_draining",
-        "gauge",
-        "1 while the node drains.",
-    );
+}
+
+/// The node's lifecycle and how it runs.
+fn render_process(out: &mut String, node: &Node) {
+    header(out, "gateway_draining", "gauge", "1 while the node drains.");
     let _ = writeln!(out, "gateway_draining {}", u8::from(node.is_draining()));
     header(
-        &mut out,
+        out,
         "gateway_uptime_seconds",
         "gauge",
         "Seconds since start.",
@@ -418,7 +449,7 @@ pub fn render(node: &Node, latency: &Histogram<u64>) -> String {
         "gateway_uptime_seconds {}",
         node.started.elapsed().as_secs()
     );
-    header(&mut out, "gateway_info", "gauge", "How this node runs.");
+    header(out, "gateway_info", "gauge", "How this node runs.");
     let _ = writeln!(
         out,
         "gateway_info{{io_driver=\"{}\",shards=\"{}\",version=\"{}\"}} 1",
@@ -426,5 +457,4 @@ pub fn render(node: &Node, latency: &Histogram<u64>) -> String {
         node.shards.len(),
         env!("CARGO_PKG_VERSION")
     );
-    out
 }
