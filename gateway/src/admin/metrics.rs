@@ -79,6 +79,22 @@ fn single(out: &mut String, name: &str, kind: &str, help: &str, value: u64) {
     let _ = writeln!(out, "{name} {value}");
 }
 
+/// A Prometheus summary in seconds: its quantiles, then its sum and count.
+fn summary(
+    out: &mut String,
+    name: &str,
+    help: &str,
+    quantiles: &[(&str, f64)],
+    (sum, count): (f64, u64),
+) {
+    header(out, name, "summary", help);
+    for (quantile, seconds) in quantiles {
+        let _ = writeln!(out, "{name}{{quantile=\"{quantile}\"}} {seconds}");
+    }
+    let _ = writeln!(out, "{name}_sum {sum}");
+    let _ = writeln!(out, "{name}_count {count}");
+}
+
 /// The Redis bridge's state and counters; only when clustering is on.
 fn render_cluster(out: &mut String, stats: &ClusterStats) {
     single(
@@ -144,31 +160,16 @@ fn render_cluster(out: &mut String, stats: &ClusterStats) {
         "HTTP API answers that lack some node's share (no answer in time, or Redis away).",
         stats.partial_answers.load(Relaxed),
     );
-    header(
+    let lag = |value: &AtomicU64| value.load(Relaxed) as f64 / 1e6;
+    summary(
         out,
         "gateway_redis_lag_seconds",
-        "summary",
         "Time from publish on another node to arrival here (wall clocks of both hosts).",
-    );
-    for (quantile, value) in [
-        ("0.5", &stats.lag_p50_micros),
-        ("0.99", &stats.lag_p99_micros),
-    ] {
-        let seconds = value.load(Relaxed) as f64 / 1e6;
-        let _ = writeln!(
-            out,
-            "gateway_redis_lag_seconds{{quantile=\"{quantile}\"}} {seconds}"
-        );
-    }
-    let _ = writeln!(
-        out,
-        "gateway_redis_lag_seconds_sum {}",
-        stats.lag_sum_micros.load(Relaxed) as f64 / 1e6
-    );
-    let _ = writeln!(
-        out,
-        "gateway_redis_lag_seconds_count {}",
-        stats.lag_count.load(Relaxed)
+        &[
+            ("0.5", lag(&stats.lag_p50_micros)),
+            ("0.99", lag(&stats.lag_p99_micros)),
+        ],
+        (lag(&stats.lag_sum_micros), stats.lag_count.load(Relaxed)),
     );
 }
 
@@ -412,25 +413,18 @@ fn render_tls(out: &mut String, node: &Node) {
 
 /// Fanout latency, merged across shards.
 fn render_latency(out: &mut String, latency: &Histogram<u64>) {
-    header(
+    let seconds = |quantile| latency.value_at_quantile(quantile) as f64 / 1e6;
+    summary(
         out,
         "gateway_fanout_latency_seconds",
-        "summary",
         "Time from publish to queued on a shard's subscribers.",
-    );
-    for quantile in [0.5, 0.9, 0.99, 0.999] {
-        let seconds = latency.value_at_quantile(quantile) as f64 / 1e6;
-        let _ = writeln!(
-            out,
-            "gateway_fanout_latency_seconds{{quantile=\"{quantile}\"}} {seconds}"
-        );
-    }
-    let sum = latency.mean() * latency.len() as f64 / 1e6;
-    let _ = writeln!(out, "gateway_fanout_latency_seconds_sum {sum}");
-    let _ = writeln!(
-        out,
-        "gateway_fanout_latency_seconds_count {}",
-        latency.len()
+        &[
+            ("0.5", seconds(0.5)),
+            ("0.9", seconds(0.9)),
+            ("0.99", seconds(0.99)),
+            ("0.999", seconds(0.999)),
+        ],
+        (latency.mean() * latency.len() as f64 / 1e6, latency.len()),
     );
 }
 
