@@ -105,6 +105,36 @@ enum Work {
 
 type InFlight = FuturesUnordered<LocalBoxFuture<'static, Work>>;
 
+/// What one batch of the shards' messages leaves to send once it has been read.
+struct Outgoing {
+    /// Broadcasts to publish, `queued` of them.
+    pipe: redis::Pipeline,
+    queued: u64,
+    /// The last wanted state of each Redis channel whose interest changed in the batch.
+    changes: HashMap<String, bool>,
+    roster: Vec<RosterChange>,
+}
+
+/// Subscribes to the Redis channels a batch came to need and unsubscribes from those it no
+/// longer needs.
+async fn follow_interest(
+    sink: &mut PubSubSink,
+    changes: HashMap<String, bool>,
+) -> Result<(), SessionEnd> {
+    let (subscribe, unsubscribe): (Vec<_>, Vec<_>) =
+        changes.into_iter().partition(|(_, wanted)| *wanted);
+    let names =
+        |list: Vec<(String, bool)>| list.into_iter().map(|(name, _)| name).collect::<Vec<_>>();
+    let (subscribe, unsubscribe) = (names(subscribe), names(unsubscribe));
+    if !subscribe.is_empty() {
+        within(REQUEST_TIMEOUT, sink.subscribe(&subscribe)).await?;
+    }
+    if !unsubscribe.is_empty() {
+        within(REQUEST_TIMEOUT, sink.unsubscribe(&unsubscribe)).await?;
+    }
+    Ok(())
+}
+
 /// The node a control message comes from.
 fn control_sender(control: &Control) -> u32 {
     match control {
@@ -611,83 +641,86 @@ impl Bridge {
         in_flight: &mut InFlight,
     ) -> Result<(), SessionEnd> {
         let mut batch = std::mem::take(&mut self.batch);
-        let mut pipe = redis::pipe();
-        let mut queued: u64 = 0;
-        // The last wanted state of each Redis channel whose interest changed in this batch.
-        let mut changes: HashMap<String, bool> = HashMap::new();
-        let mut roster = Vec::new();
+        let mut outgoing = Outgoing {
+            pipe: redis::pipe(),
+            queued: 0,
+            changes: HashMap::new(),
+            roster: Vec::new(),
+        };
         for message in batch.drain(..) {
-            match message {
-                BridgeMessage::Publish(broadcast) => {
-                    if self.queue_publish(&mut pipe, &broadcast) {
-                        queued += 1;
-                    }
-                    if queued == PIPELINE_MAX {
-                        self.send(publisher, in_flight, std::mem::take(&mut pipe), queued);
-                        queued = 0;
-                    }
-                }
-                BridgeMessage::Interest {
-                    shard,
-                    app,
-                    channel,
-                    occupied,
-                } => {
-                    if let Some(change) = self.interest.set(shard, app, &channel, occupied) {
-                        changes.insert(
-                            self.data_channel(app, &channel),
-                            change == Change::Subscribe,
-                        );
-                    }
-                }
-                BridgeMessage::Query { query, reply } => {
-                    self.ask(publisher, in_flight, query, reply);
-                }
-                BridgeMessage::Roster(delta) => {
-                    if let Some(change) = self.roster_change(&delta) {
-                        if self.rosters.apply(self.node.id, &change) {
-                            roster.push(change);
-                        }
-                    }
-                }
-                BridgeMessage::Terminate { app, user_id } => {
-                    if let Some(app) = self.node.config.apps.get(app) {
-                        let message = Control::Terminate {
-                            node: self.node.id,
-                            app: app.id.clone(),
-                            user: user_id.to_string(),
-                        };
-                        in_flight.push(publish(publisher, self.control.clone(), message.encode()));
-                    }
-                }
-            }
+            self.take(message, &mut outgoing, publisher, in_flight);
         }
         self.batch = batch;
-        for changes in roster.chunks(ROSTER_CHUNK) {
+        for changes in outgoing.roster.chunks(ROSTER_CHUNK) {
             let message = Control::Roster {
                 node: self.node.id,
                 changes: changes.to_vec(),
             };
             in_flight.push(publish(publisher, self.control.clone(), message.encode()));
         }
-        if queued > 0 {
-            self.send(publisher, in_flight, pipe, queued);
+        if outgoing.queued > 0 {
+            self.send(publisher, in_flight, outgoing.pipe, outgoing.queued);
         }
-        let (subscribe, unsubscribe): (Vec<_>, Vec<_>) =
-            changes.into_iter().partition(|(_, wanted)| *wanted);
-        let names =
-            |list: Vec<(String, bool)>| list.into_iter().map(|(name, _)| name).collect::<Vec<_>>();
-        let (subscribe, unsubscribe) = (names(subscribe), names(unsubscribe));
-        if !subscribe.is_empty() {
-            within(REQUEST_TIMEOUT, sink.subscribe(&subscribe)).await?;
-        }
-        if !unsubscribe.is_empty() {
-            within(REQUEST_TIMEOUT, sink.unsubscribe(&unsubscribe)).await?;
-        }
+        follow_interest(sink, outgoing.changes).await?;
         self.stats
             .subscriptions
             .store(self.interest.len() as u64, Relaxed);
         Ok(())
+    }
+
+    /// Takes one message of a shard into what the batch sends.
+    fn take(
+        &mut self,
+        message: BridgeMessage,
+        outgoing: &mut Outgoing,
+        publisher: &MultiplexedConnection,
+        in_flight: &mut InFlight,
+    ) {
+        match message {
+            BridgeMessage::Publish(broadcast) => {
+                if self.queue_publish(&mut outgoing.pipe, &broadcast) {
+                    outgoing.queued += 1;
+                }
+                if outgoing.queued == PIPELINE_MAX {
+                    let pipe = std::mem::replace(&mut outgoing.pipe, redis::pipe());
+                    self.send(publisher, in_flight, pipe, outgoing.queued);
+                    outgoing.queued = 0;
+                }
+            }
+            BridgeMessage::Interest {
+                shard,
+                app,
+                channel,
+                occupied,
+            } => {
+                if let Some(change) = self.interest.set(shard, app, &channel, occupied) {
+                    let wanted = change == Change::Subscribe;
+                    outgoing
+                        .changes
+                        .insert(self.data_channel(app, &channel), wanted);
+                }
+            }
+            BridgeMessage::Query { query, reply } => {
+                self.ask(publisher, in_flight, query, reply);
+            }
+            BridgeMessage::Roster(delta) => {
+                if let Some(change) = self.roster_change(&delta) {
+                    if self.rosters.apply(self.node.id, &change) {
+                        outgoing.roster.push(change);
+                    }
+                }
+            }
+            BridgeMessage::Terminate { app, user_id } => {
+                if let Some(app) = self.node.config.apps.get(app) {
+                    let message = Control::Terminate {
+                        node: self.node.id,
+                        app: app.id.clone(),
+                        user: user_id.to_string(),
+                    };
+                    in_flight.push(publish(publisher, self.control.clone(), message.encode()));
+                }
+            }
+        }
     }
 
     /// Adds one broadcast to a pipeline; false (and counted) when it cannot be encoded.
