@@ -76,37 +76,10 @@ pub async fn serve(
             }
         }
         first = false;
-        let read = monoio::time::timeout(
-            head_timeout,
-            read_request(&stream, &mut transport, &mut pending),
-        )
-        .await;
-        let (head, head_len) = match read {
-            Ok(Ok(found)) => found,
-            Ok(Err(ReadFailure::Closed)) => {
-                if transport.ends_with_alert() {
-                    Box::pin(transport.linger_close(&stream, &[])).await;
-                }
-                return;
-            }
-            Ok(Err(ReadFailure::TlsRecord)) => {
-                stats::add(&shard.stats().tls_record_errors, 1);
-                Box::pin(transport.linger_close(&stream, &[])).await;
-                return;
-            }
-            Err(_) => {
-                shard.reject(Rejection::HeadTimeout);
-                return;
-            }
-            Ok(Err(ReadFailure::Head(error))) => {
-                shard.reject(match error {
-                    HeadError::TooLarge(_) => Rejection::HeadTooLarge,
-                    _ => Rejection::BadRequest,
-                });
-                let response = Response::text(error.status(), error.to_string());
-                Box::pin(respond(&shard, &stream, &mut transport, &response, false)).await;
-                return;
-            }
+        let Some((head, head_len)) =
+            next_request(&shard, &stream, &mut transport, &mut pending, head_timeout).await
+        else {
+            return;
         };
         pending.drain(..head_len);
         let route = Route::of(head.path());
@@ -133,6 +106,41 @@ pub async fn serve(
             return;
         }
     }
+}
+
+/// Reads the next request head within `limit`. When there is none (the client closed, sent
+/// something that is not a request, or took too long), answers what the failure calls for,
+/// counts it, and returns nothing: the connection ends.
+async fn next_request(
+    shard: &Shard,
+    stream: &TcpStream,
+    transport: &mut Transport,
+    pending: &mut Vec<u8>,
+    limit: Duration,
+) -> Option<(RequestHead, usize)> {
+    let read = monoio::time::timeout(limit, read_request(stream, transport, pending)).await;
+    match read {
+        Ok(Ok(found)) => return Some(found),
+        Ok(Err(ReadFailure::Closed)) => {
+            if transport.ends_with_alert() {
+                Box::pin(transport.linger_close(stream, &[])).await;
+            }
+        }
+        Ok(Err(ReadFailure::TlsRecord)) => {
+            stats::add(&shard.stats().tls_record_errors, 1);
+            Box::pin(transport.linger_close(stream, &[])).await;
+        }
+        Err(_) => shard.reject(Rejection::HeadTimeout),
+        Ok(Err(ReadFailure::Head(error))) => {
+            shard.reject(match error {
+                HeadError::TooLarge(_) => Rejection::HeadTooLarge,
+                _ => Rejection::BadRequest,
+            });
+            let response = Response::text(error.status(), error.to_string());
+            Box::pin(respond(shard, stream, transport, &response, false)).await;
+        }
+    }
+    None
 }
 
 /// Runs the TLS handshake within its time limit, counting how it ends. Returns the application
