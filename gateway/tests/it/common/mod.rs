@@ -403,29 +403,6 @@ impl Client {
         (head % 1000) as u32
     }
 
-    /// The next event if one comes within `timeout`.
-    pub fn event_within(&mut self, timeout: Duration) -> Option<Value> {
-        self.set_timeout(timeout);
-        let event = loop {
-            match self.socket.read() {
-                Ok(Message::Text(text)) => break Some(serde_json::from_str(&text).unwrap()),
-                Ok(Message::Ping(_) | Message::Pong(_)) => {}
-                Ok(other) => panic!("unexpected frame {other:?}"),
-                Err(tungstenite::Error::Io(e))
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                    ) =>
-                {
-                    break None
-                }
-                Err(e) => panic!("connection failed: {e}"),
-            }
-        };
-        self.set_timeout(Duration::from_secs(5));
-        event
-    }
-
     /// Next events until one named `name`, skipping others (such as subscription counts).
     pub fn next_named(&mut self, name: &str) -> Value {
         loop {
