@@ -4,7 +4,8 @@
 
 use std::time::{Duration, Instant};
 
-use crate::common::{Client, Ended, Gateway};
+use crate::common::{wait_until, Client, Ended, Gateway};
+use gateway::channels::counts;
 use gateway::protocol::signature;
 use serde_json::{json, Value};
 use tungstenite::client::IntoClientRequest;
@@ -73,10 +74,9 @@ fn each_app_has_its_own_quota_and_origins() {
     );
     let _other_app = gateway.client();
     first.close();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while gateway.metric("gateway_connections{") > 2.0 && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    assert!(wait_until(Duration::from_secs(5), || gateway
+        .metric("gateway_connections{")
+        <= 2.0));
     let _third = gateway.client_for("key-two");
 
     refused_with(&gateway, "key-three", None, 4009);
@@ -133,12 +133,33 @@ fn client_event_rate_and_subscription_counts_per_app() {
     }
     assert_eq!(sender.next_named("pusher:error")["data"]["code"], 4301);
 
-    // App 1 did not ask for subscription counts.
-    let mut plain = gateway.client();
-    plain.subscribe("uncounted");
-    let mut other = gateway.client();
-    other.subscribe("uncounted");
-    assert_eq!(plain.event_within(Duration::from_millis(1500)), None);
+    // App 1 did not ask for subscription counts. Its channel's owner shard would send them,
+    // after it hears from both shards. On the other shard, `receiver` subscribes to a channel of
+    // app 2 with the same owner: by the time the owner sends that count it has heard from every
+    // shard about app 1's channel too, and sends app 1's counts first.
+    let owner = 1 - receiver.shard() as usize;
+    let with_owner = |app: usize, prefix: &str| {
+        (0..)
+            .map(|n| format!("{prefix}-{n}"))
+            .find(|name| counts::owner(app, name, 2) == owner)
+            .unwrap()
+    };
+    let (uncounted, probe) = (with_owner(0, "uncounted"), with_owner(1, "private-probe"));
+    let mut clients = gateway.client_per_shard(2);
+    for client in &mut clients {
+        client.subscribe(&uncounted);
+    }
+    subscribe_app_two(&mut receiver, &probe);
+    loop {
+        let event = receiver.next_named("pusher_internal:subscription_count");
+        if event["channel"] == probe.as_str() {
+            break;
+        }
+    }
+    let marker = gateway.publish_marker(&uncounted);
+    for client in &mut clients {
+        client.expect_next_is_marker(&marker, "a subscription count of app 1");
+    }
 }
 
 #[test]
@@ -213,21 +234,18 @@ fn channel_attributes_on_publish_and_queries() {
     gateway.publish("cache-score", "goal", "1-0");
     // Each shard keeps what cache channels hold; the one answering may get the publish a moment
     // after the publisher's shard did.
-    let deadline = Instant::now() + Duration::from_secs(2);
-    let answer = loop {
-        let (status, answer) = gateway.api(
+    let mut answer = Value::Null;
+    wait_until(Duration::from_secs(2), || {
+        let (status, body) = gateway.api(
             "GET",
             "/apps/1/channels/cache-score",
             &[("info", "cache")],
             "",
         );
-        assert_eq!(status, 200, "{answer}");
-        let answer: Value = serde_json::from_str(&answer).unwrap();
-        if answer.get("cache").is_some() || Instant::now() > deadline {
-            break answer;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
+        assert_eq!(status, 200, "{body}");
+        answer = serde_json::from_str(&body).unwrap();
+        answer.get("cache").is_some()
+    });
     assert_eq!(answer["occupied"], false);
     assert_eq!(answer["cache"]["event"], "goal");
     assert_eq!(answer["cache"]["data"], "1-0");

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use crate::common::redis::Redis;
-use crate::common::{wait_until, Client, Gateway, APP_ID};
+use crate::common::{wait_until, Client, Gateway, Marker, APP_ID};
 use gateway::cluster::NODE_TIMEOUT;
 use serde_json::{json, Value};
 
@@ -23,21 +23,35 @@ fn cluster(redis: &Redis, n: usize) -> Vec<Gateway> {
     nodes
 }
 
-/// What a client received until it went quiet, as sorted `channel/event/data` lines.
-fn received(client: &mut Client) -> Vec<String> {
-    let mut lines: Vec<String> = client
-        .events_until_quiet(Duration::from_millis(1000))
-        .iter()
-        .map(|e| {
-            format!(
-                "{}/{}/{}",
-                e["channel"].as_str().unwrap_or(""),
-                e["event"].as_str().unwrap_or(""),
-                e["data"].as_str().unwrap_or("")
-            )
-        })
-        .collect();
-    lines.sort();
+/// What each client received, as sorted `channel/event/data` lines, before a barrier: a marker
+/// published on `channel` (which every client holds) through each node, since order holds only
+/// among events published through one node. Two rounds: once every client has the first,
+/// every node has handed Redis what was published through it, so whatever Redis brings back
+/// for it (a second copy, a node's own echo) reaches the clients before the second round.
+fn received(nodes: &[&Gateway], clients: &mut [&mut Client], channel: &str) -> Vec<Vec<String>> {
+    let mut lines = vec![Vec::new(); clients.len()];
+    for _round in 0..2 {
+        let markers: Vec<Marker> = nodes.iter().map(|n| n.publish_marker(channel)).collect();
+        for (client, lines) in clients.iter_mut().zip(&mut lines) {
+            let mut waiting: Vec<&Marker> = markers.iter().collect();
+            while !waiting.is_empty() {
+                let event = client.next_event();
+                if let Some(at) = waiting.iter().position(|m| m.is(&event)) {
+                    waiting.swap_remove(at);
+                    continue;
+                }
+                lines.push(format!(
+                    "{}/{}/{}",
+                    event["channel"].as_str().unwrap_or(""),
+                    event["event"].as_str().unwrap_or(""),
+                    event["data"].as_str().unwrap_or("")
+                ));
+            }
+        }
+    }
+    for lines in &mut lines {
+        lines.sort();
+    }
     lines
 }
 
@@ -104,23 +118,33 @@ fn a_publish_reaches_every_node_exactly_once_and_only_the_nodes_that_need_it() {
     let news = ["news/hello/1", "news/marker/2", "news/end/3"];
     let sports = ["sports/score/0", "sports/score/1", "sports/score/2"];
     let both = lines(&[&news[..], &sports[..]].concat());
-    assert_eq!(received(&mut a1), both, "a1 on the publishing node");
+    let got = received(
+        &[a, b, c],
+        &mut [&mut a1, &mut a2, &mut b1, &mut c1],
+        "news",
+    );
+    assert_eq!(got[0], both, "a1 on the publishing node");
     assert_eq!(
-        received(&mut a2),
+        got[1],
         lines(&["news/hello/1", "news/end/3"]),
         "a2 was excluded by socket id from another node"
     );
-    assert_eq!(received(&mut b1), both, "b1 on another node");
-    assert_eq!(received(&mut c1), lines(&news), "c1 on a third node");
+    assert_eq!(got[2], both, "b1 on another node");
+    assert_eq!(got[3], lines(&news), "c1 on a third node");
 
+    // Counted after the events are handed on, so possibly after a client has them.
     assert_eq!(
-        c.metric("gateway_redis_messages_in_total"),
-        2.0,
-        "C received hello and marker from Redis and nothing of sports"
+        c.wait_metric("gateway_redis_messages_in_total", 6.0),
+        6.0,
+        "C received hello, marker and the barrier's 4 markers from A and B, nothing of sports"
     );
     let subscribed_channels = redis.cli(&["PUBSUB", "CHANNELS", "gateway:1:*"]);
     assert_eq!(subscribed_channels.len(), 2, "{subscribed_channels:?}");
-    assert_eq!(a.metric("gateway_redis_messages_out_total"), 4.0);
+    assert_eq!(
+        a.wait_metric("gateway_redis_messages_out_total", 6.0),
+        6.0,
+        "4 publishes and the barrier's 2 markers"
+    );
     for node in &nodes {
         assert_eq!(node.metric("gateway_redis_publish_failures_total"), 0.0);
     }
@@ -149,8 +173,13 @@ fn client_events_reach_other_nodes_but_not_their_sender() {
         (event["event"].as_str(), event["channel"].as_str()),
         (Some("client-typing"), Some("private-chat"))
     );
-    assert_eq!(received(&mut a1), Vec::<String>::new(), "never echoed");
-    assert_eq!(received(&mut b1), Vec::<String>::new(), "delivered once");
+    let got = received(
+        &nodes.iter().collect::<Vec<_>>(),
+        &mut [&mut a1, &mut b1],
+        "private-chat",
+    );
+    assert_eq!(got[0], Vec::<String>::new(), "never echoed");
+    assert_eq!(got[1], Vec::<String>::new(), "delivered once");
 }
 
 #[test]
@@ -166,9 +195,8 @@ fn without_redis_nodes_deliver_locally_and_recover_on_their_own() {
     }
     redis.wait_subscribers("news", 2);
     a.publish("news", "before", "1");
-    for client in [&mut a1, &mut a2, &mut b1] {
-        assert_eq!(received(client), lines(&["news/before/1"]));
-    }
+    let got = received(&[a, b], &mut [&mut a1, &mut a2, &mut b1], "news");
+    assert_eq!(got, vec![lines(&["news/before/1"]); 3]);
 
     redis.stop();
     for node in [a, b] {
@@ -211,11 +239,11 @@ fn without_redis_nodes_deliver_locally_and_recover_on_their_own() {
     b.publish("late", "news", "3");
 
     let on_a = lines(&["news/during/a", "news/after/2"]);
-    assert_eq!(received(&mut a1), on_a);
-    assert_eq!(received(&mut a2), on_a);
-    assert_eq!(received(&mut b1), lines(&["news/during/b", "news/after/2"]));
-    assert_eq!(received(&mut a3), lines(&["late/news/3"]));
-    assert_eq!(received(&mut b2), lines(&["late/news/3"]));
+    let on_b = lines(&["news/during/b", "news/after/2"]);
+    let got = received(&[a, b], &mut [&mut a1, &mut a2, &mut b1], "news");
+    assert_eq!(got, [on_a.clone(), on_a, on_b]);
+    let got = received(&[a, b], &mut [&mut a3, &mut b2], "late");
+    assert_eq!(got, vec![lines(&["late/news/3"]); 2]);
     assert_eq!(a.metric("gateway_redis_connects_total"), 2.0);
 }
 

@@ -480,7 +480,8 @@ fn a_subscriber_that_stops_reading_pins_bounded_memory_and_gets_its_4100() {
     let grown = rss_bytes(gateway.child.id()).saturating_sub(rss_before);
     assert!(grown < 8 << 20, "RSS grew by {grown} bytes");
 
-    // A moment later it reads again: what the kernel held, then the close.
+    // A moment later it reads again: what the kernel held, then the close. The pause is the
+    // scenario (the gateway holds the close for up to 2 s while the client does not read).
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(read_close_code(&mut laggard), Some(4100));
     assert_still_served(&gateway, &mut watcher);

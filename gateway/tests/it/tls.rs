@@ -1,14 +1,14 @@
 //! The TLS listener: real TLS clients, protocol versions and ALPN, resumption across shards,
 //! certificate reload, and bad input on the TLS port.
 
-use std::io::{BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::common::{self, free_port, Gateway};
+use crate::common::{self, free_port, wait_until, Gateway};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
 use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
@@ -251,23 +251,42 @@ fn openssl_key_updates_are_followed_and_the_end_is_clean() {
         .spawn()
         .expect("openssl is installed");
     let mut input = openssl.stdin.take().unwrap();
-    let pause = || std::thread::sleep(Duration::from_millis(400));
-    pause();
+    let (sender, printed) = std::sync::mpsc::channel();
+    let stdout = openssl.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = sender.send(line);
+        }
+    });
+    let mut output = String::new();
+    // Each step waits for what the previous one brings back, so that s_client reads each one
+    // on its own (`K` is a command only at the start of what it reads).
+    let mut wait_for_output = |needle: &str| {
+        while !output.contains(needle) {
+            let line = printed
+                .recv_timeout(Duration::from_secs(10))
+                .unwrap_or_else(|_| panic!("s_client did not print {needle:?}:\n{output}"));
+            output.push_str(&line);
+            output.push('\n');
+        }
+    };
     // A request, then a key update asking for one back (s_client's `K` command), then a request
     // under the new keys, after which the gateway closes the connection.
     input
         .write_all(b"GET /first HTTP/1.1\nHost: localhost\n\n")
         .unwrap();
-    pause();
+    wait_for_output("no route for /first");
     input.write_all(b"K\n").unwrap();
-    pause();
+    // The gateway's own key update comes with the next thing it sends.
+    wait_for_output(">>> TLS 1.3, Handshake [length 0005], KeyUpdate");
     input
         .write_all(b"GET /second HTTP/1.1\nHost: localhost\nConnection: close\n\n")
         .unwrap();
-    pause();
+    wait_for_output("Alert [length 0002], warning close_notify");
     drop(input);
-    let output = openssl.wait_with_output().unwrap();
-    let output = String::from_utf8_lossy(&output.stdout);
+    assert!(openssl.wait().unwrap().success());
+    reader.join().unwrap();
+    output.extend(printed.try_iter().map(|line| line + "\n"));
     let sent = output.find(">>> TLS 1.3, Handshake [length 0005], KeyUpdate");
     let answered = output.find("<<< TLS 1.3, Handshake [length 0005], KeyUpdate");
     assert!(
@@ -415,14 +434,6 @@ fn port_0_leaves_only_the_tls_listener() {
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
 }
 
-fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 /// A connection made before a reload still gets what is published to its channel.
 fn assert_still_served(tls: &TlsGateway, client: &mut WebSocket<TlsStream>, channel: &str) {
     tls.gateway.publish(channel, "still", "here");
@@ -467,9 +478,13 @@ fn a_reloaded_certificate_serves_new_handshakes_and_a_broken_one_is_refused() {
     }
     // SAFETY: kill takes no pointers; the pid is our own child's.
     unsafe { libc::kill(tls.gateway.child.id() as i32, libc::SIGHUP) };
-    wait_for("the reload", || {
-        tls.gateway.metric("gateway_tls_cert_reloads_total") >= 1.0
-    });
+    assert!(
+        wait_until(Duration::from_secs(10), || tls
+            .gateway
+            .metric("gateway_tls_cert_reloads_total")
+            >= 1.0),
+        "the reload"
+    );
 
     let new_config = client_config(&fresh.join("ca.pem"));
     let new_stream = tls_connect(&new_config, tls.tls_port).unwrap();
@@ -489,9 +504,13 @@ fn a_reloaded_certificate_serves_new_handshakes_and_a_broken_one_is_refused() {
     });
     // SAFETY: as above.
     unsafe { libc::kill(tls.gateway.child.id() as i32, libc::SIGHUP) };
-    wait_for("the refusal", || {
-        tls.gateway.metric("gateway_tls_cert_reload_failures_total") >= 1.0
-    });
+    assert!(
+        wait_until(Duration::from_secs(10), || tls
+            .gateway
+            .metric("gateway_tls_cert_reload_failures_total")
+            >= 1.0),
+        "the refusal"
+    );
     let after = tls_connect(&new_config, tls.tls_port).unwrap();
     assert_eq!(
         leaf_of(&after),
@@ -517,9 +536,13 @@ fn certificate_files_replaced_on_disk_are_picked_up_without_a_signal() {
     std::fs::copy(fresh.join("chain.pem"), certs.join("chain.pem")).unwrap();
     std::thread::sleep(Duration::from_millis(300));
     std::fs::copy(fresh.join("key.pem"), certs.join("key.pem")).unwrap();
-    wait_for("the reload", || {
-        tls.gateway.metric("gateway_tls_cert_reloads_total") >= 1.0
-    });
+    assert!(
+        wait_until(Duration::from_secs(10), || tls
+            .gateway
+            .metric("gateway_tls_cert_reloads_total")
+            >= 1.0),
+        "the reload"
+    );
     assert_eq!(
         tls.gateway.metric("gateway_tls_cert_reload_failures_total"),
         0.0,
@@ -546,9 +569,13 @@ fn certificate_files_replaced_on_disk_are_picked_up_without_a_signal() {
     }
     // SAFETY: kill takes no pointers; the pid is our own child's.
     unsafe { libc::kill(tls.gateway.child.id() as i32, libc::SIGHUP) };
-    wait_for("the second reload", || {
-        tls.gateway.metric("gateway_tls_cert_reloads_total") >= 2.0
-    });
+    assert!(
+        wait_until(Duration::from_secs(10), || tls
+            .gateway
+            .metric("gateway_tls_cert_reloads_total")
+            >= 2.0),
+        "the second reload"
+    );
     std::thread::sleep(CERT_SETTLE_TIME);
     assert_eq!(
         tls.gateway.metric("gateway_tls_cert_reloads_total"),
@@ -680,19 +707,27 @@ fn an_alert_reaches_a_client_that_is_still_sending() {
     for _ in 0..40 {
         tls.gateway.publish("firehose", "bulk", &data);
     }
-    std::thread::sleep(Duration::from_millis(300));
+    // Counted once queued to the client, whichever shard took each publish.
+    assert_eq!(
+        tls.gateway.wait_metric("gateway_messages_out_total", 40.0),
+        40.0
+    );
     let mut stream = client.into_inner();
     let forged = [&[23, 3, 3, 0, 32][..], &[0x5a; 32]].concat();
     stream.sock.write_all(&forged).unwrap();
     // It goes on sending after the record the gateway refuses, and only then reads.
     let mut writer = stream.sock.try_clone().unwrap();
+    let (sent, first_sent) = std::sync::mpsc::channel();
     let sending = std::thread::spawn(move || {
         let until = Instant::now() + Duration::from_millis(1500);
         while Instant::now() < until && writer.write_all(&[0x5a; 1024]).is_ok() {
+            let _ = sent.send(());
             std::thread::sleep(Duration::from_millis(5));
         }
     });
-    std::thread::sleep(Duration::from_millis(100));
+    first_sent
+        .recv_timeout(Duration::from_secs(5))
+        .expect("the client sends after the forged record");
     let answer = read_to_the_end(&mut stream);
     sending.join().unwrap();
     assert_eq!(

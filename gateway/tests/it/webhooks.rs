@@ -41,6 +41,8 @@ fn occupied_vacated_and_members_are_decided_once_per_node() {
     a.send(json!({"event": "client-hi", "channel": "private-chat", "data": {"x": 1}}));
     a.send(json!({"event": "client-wave", "channel": "presence-lobby", "data": "hey"}));
     b.next_named("client-wave");
+    // A quiet window: events are decided on either shard and lingered over for 100 ms, and
+    // the check below is that no more than these come.
     let started = receiver.collect(Duration::from_millis(800));
 
     let channels = |events: &[&(Value, Instant)]| -> Vec<String> {
@@ -87,6 +89,8 @@ fn occupied_vacated_and_members_are_decided_once_per_node() {
     // the last one is reported after the hold.
     let a_left = Instant::now();
     a.close();
+    // Also keeps the two departures apart, so that an event held from the first one would come
+    // too early for the hold checked below.
     assert!(receiver.collect(Duration::from_millis(500)).is_empty());
     let b_left = Instant::now();
     b.close();
@@ -133,17 +137,23 @@ fn a_quick_return_cancels_the_held_webhooks() {
 
     // A page reload: the socket goes, a new one comes back within a second.
     first.close();
-    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        gateway.wait_metric("gateway_disconnects_total{reason=\"client_close\"}", 1.0),
+        1.0,
+        "gone before the new socket comes"
+    );
     let mut second = gateway.client();
     second.subscribe("flap");
     second.join("presence-flap", "u1", json!(null));
-    assert!(
-        receiver.collect(Duration::from_secs(4)).is_empty(),
-        "no vacated / removed, and no second occupied / added"
-    );
+    // Counted as the sender drops each held event with the one that undoes it: those can no
+    // longer go. A second occupied / added would not be held, only lingered over for 100 ms.
     assert_eq!(
-        gateway.metric("gateway_webhook_events_total{outcome=\"cancelled\"}"),
+        gateway.wait_metric("gateway_webhook_events_total{outcome=\"cancelled\"}", 6.0),
         6.0
+    );
+    assert!(
+        receiver.collect(Duration::from_secs(1)).is_empty(),
+        "no vacated / removed, and no second occupied / added"
     );
 
     // Leaving for good is reported, 3 s later: vacated twice and the member removed, in one
@@ -192,6 +202,7 @@ fn failed_requests_are_retried() {
         1.0
     );
     client.close();
+    // Nothing to wait for: a vacated would be held 3 s after the close before it went.
     assert!(
         receiver.collect(Duration::from_secs(4)).is_empty(),
         "channel_vacated was not asked for"
@@ -203,9 +214,11 @@ fn a_full_queue_drops_and_counts() {
     // An endpoint that takes the request and never answers holds the sender for its timeout.
     let stall = TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://127.0.0.1:{}/", stall.local_addr().unwrap().port());
+    let (accepted, stalled) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let mut held = Vec::new();
         for stream in stall.incoming().flatten() {
+            let _ = accepted.send(());
             held.push(stream);
         }
     });
@@ -215,9 +228,13 @@ fn a_full_queue_drops_and_counts() {
         &["--webhook-queue-capacity", "1"],
     );
     let mut client = gateway.client();
-    for n in 0..20 {
+    client.subscribe("c0");
+    stalled
+        .recv_timeout(Duration::from_secs(5))
+        .expect("the sender sends c0's occupied");
+    // The sender waits for an answer: the queue of 1 fills.
+    for n in 1..20 {
         client.subscribe(&format!("c{n}"));
-        std::thread::sleep(Duration::from_millis(10));
     }
     let dropped = gateway.wait_metric("gateway_webhook_events_total{outcome=\"dropped\"}", 1.0);
     assert!(dropped >= 1.0, "{dropped}");

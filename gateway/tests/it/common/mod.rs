@@ -239,6 +239,17 @@ impl Gateway {
         assert_eq!(status, 200, "{answer}");
     }
 
+    /// Publishes a marker event on `channel`. By publish order it reaches each subscriber after
+    /// everything queued to it before, on any shard: an event that must not have come, caused
+    /// by something the test knows was handled, would arrive first.
+    pub fn publish_marker(&self, channel: &str) -> Marker {
+        static MARKERS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = MARKERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let marker = Marker(json!({"event": "marker", "channel": channel, "data": n.to_string()}));
+        self.publish(channel, "marker", &n.to_string());
+        marker
+    }
+
     /// Sends SIGTERM.
     pub fn terminate(&self) {
         // SAFETY: kill takes no pointers; the pid is our own child's.
@@ -350,6 +361,16 @@ pub fn read_line(reader: &mut impl BufRead) -> String {
     line
 }
 
+/// An event published by `Gateway::publish_marker`, as its subscribers receive it.
+pub struct Marker(Value);
+
+impl Marker {
+    /// Whether a received event is this marker.
+    pub fn is(&self, event: &Value) -> bool {
+        *event == self.0
+    }
+}
+
 /// A Pusher client over tungstenite.
 pub struct Client {
     pub socket: WebSocket<MaybeTlsStream<TcpStream>>,
@@ -394,29 +415,6 @@ impl Client {
     pub fn shard(&self) -> u32 {
         let head: u64 = self.socket_id.split('.').next().unwrap().parse().unwrap();
         (head % 1000) as u32
-    }
-
-    /// The next event if one comes within `timeout`.
-    pub fn event_within(&mut self, timeout: Duration) -> Option<Value> {
-        self.set_timeout(timeout);
-        let event = loop {
-            match self.socket.read() {
-                Ok(Message::Text(text)) => break Some(serde_json::from_str(&text).unwrap()),
-                Ok(Message::Ping(_) | Message::Pong(_)) => {}
-                Ok(other) => panic!("unexpected frame {other:?}"),
-                Err(tungstenite::Error::Io(e))
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                    ) =>
-                {
-                    break None
-                }
-                Err(e) => panic!("connection failed: {e}"),
-            }
-        };
-        self.set_timeout(Duration::from_secs(5));
-        event
     }
 
     /// Next events until one named `name`, skipping others (such as subscription counts).
@@ -469,9 +467,26 @@ impl Client {
         }
     }
 
-    /// Every event that arrives until none has for `quiet`.
-    pub fn events_until_quiet(&mut self, quiet: Duration) -> Vec<Value> {
-        std::iter::from_fn(|| self.event_within(quiet)).collect()
+    /// Checks that the next event is `marker`: `what` (something that must not reach this
+    /// client) did not come before it.
+    pub fn expect_next_is_marker(&mut self, marker: &Marker, what: &str) {
+        let event = self.next_event();
+        assert_eq!(
+            event, marker.0,
+            "{what}: nothing should arrive before the marker"
+        );
+    }
+
+    /// Sends `pusher:ping` and reads up to the pong, which comes after everything this client's
+    /// shard had queued to it: checks that `what` (something that must not reach this client)
+    /// was not among it.
+    pub fn ping_barrier(&mut self, what: &str) {
+        self.send(json!({"event": "pusher:ping", "data": {}}));
+        let event = self.next_event();
+        assert_eq!(
+            event["event"], "pusher:pong",
+            "{what}: nothing should arrive before the pong, got {event}"
+        );
     }
 
     /// Reads until the server closes; returns the close code.
