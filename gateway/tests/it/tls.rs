@@ -448,6 +448,20 @@ fn assert_still_served(tls: &TlsGateway, client: &mut WebSocket<TlsStream>, chan
 /// second apart).
 const CERT_SETTLE_TIME: Duration = Duration::from_millis(2_500);
 
+/// Asks the gateway to reload its certificate.
+fn sighup(tls: &TlsGateway) {
+    // SAFETY: kill takes no pointers; the pid is our own child's.
+    unsafe { libc::kill(tls.gateway.child.id() as i32, libc::SIGHUP) };
+}
+
+/// Waits up to 10 s (two polls of the file watcher and then some) for a certificate counter.
+fn wait_count(tls: &TlsGateway, metric: &str, at_least: f64, what: &str) {
+    let reached = wait_until(Duration::from_secs(10), || {
+        tls.gateway.metric(metric) >= at_least
+    });
+    assert!(reached, "{what}");
+}
+
 /// Changes `path` with `change`, then puts its modification time back, so that only SIGHUP can
 /// make the gateway load it.
 fn unnoticed(path: &Path, change: impl FnOnce()) {
@@ -476,15 +490,8 @@ fn a_reloaded_certificate_serves_new_handshakes_and_a_broken_one_is_refused() {
             std::fs::copy(fresh.join(file), certs.join(file)).unwrap();
         });
     }
-    // SAFETY: kill takes no pointers; the pid is our own child's.
-    unsafe { libc::kill(tls.gateway.child.id() as i32, libc::SIGHUP) };
-    assert!(
-        wait_until(Duration::from_secs(10), || tls
-            .gateway
-            .metric("gateway_tls_cert_reloads_total")
-            >= 1.0),
-        "the reload"
-    );
+    sighup(&tls);
+    wait_count(&tls, "gateway_tls_cert_reloads_total", 1.0, "the reload");
 
     let new_config = client_config(&fresh.join("ca.pem"));
     let new_stream = tls_connect(&new_config, tls.tls_port).unwrap();
@@ -502,14 +509,12 @@ fn a_reloaded_certificate_serves_new_handshakes_and_a_broken_one_is_refused() {
         )
         .unwrap();
     });
-    // SAFETY: as above.
-    unsafe { libc::kill(tls.gateway.child.id() as i32, libc::SIGHUP) };
-    assert!(
-        wait_until(Duration::from_secs(10), || tls
-            .gateway
-            .metric("gateway_tls_cert_reload_failures_total")
-            >= 1.0),
-        "the refusal"
+    sighup(&tls);
+    wait_count(
+        &tls,
+        "gateway_tls_cert_reload_failures_total",
+        1.0,
+        "the refusal",
     );
     let after = tls_connect(&new_config, tls.tls_port).unwrap();
     assert_eq!(
@@ -536,13 +541,7 @@ fn certificate_files_replaced_on_disk_are_picked_up_without_a_signal() {
     std::fs::copy(fresh.join("chain.pem"), certs.join("chain.pem")).unwrap();
     std::thread::sleep(Duration::from_millis(300));
     std::fs::copy(fresh.join("key.pem"), certs.join("key.pem")).unwrap();
-    assert!(
-        wait_until(Duration::from_secs(10), || tls
-            .gateway
-            .metric("gateway_tls_cert_reloads_total")
-            >= 1.0),
-        "the reload"
-    );
+    wait_count(&tls, "gateway_tls_cert_reloads_total", 1.0, "the reload");
     assert_eq!(
         tls.gateway.metric("gateway_tls_cert_reload_failures_total"),
         0.0,
@@ -567,14 +566,12 @@ fn certificate_files_replaced_on_disk_are_picked_up_without_a_signal() {
     for file in ["chain.pem", "key.pem"] {
         std::fs::copy(third.join(file), certs.join(file)).unwrap();
     }
-    // SAFETY: kill takes no pointers; the pid is our own child's.
-    unsafe { libc::kill(tls.gateway.child.id() as i32, libc::SIGHUP) };
-    assert!(
-        wait_until(Duration::from_secs(10), || tls
-            .gateway
-            .metric("gateway_tls_cert_reloads_total")
-            >= 2.0),
-        "the second reload"
+    sighup(&tls);
+    wait_count(
+        &tls,
+        "gateway_tls_cert_reloads_total",
+        2.0,
+        "the second reload",
     );
     std::thread::sleep(CERT_SETTLE_TIME);
     assert_eq!(
