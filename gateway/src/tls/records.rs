@@ -636,6 +636,18 @@ impl RecordLayer {
         Ok(())
     }
 
+    /// Answers at once a KeyUpdate that asked for one, rather than before the next record sent:
+    /// RFC 8446 (section 4.6.3) allows either, but a peer may wait for the answer before it
+    /// sends more (OpenSSL and tlsfuzzer expect it). However many asked since, one answer.
+    pub fn answer_key_update(&mut self, out: &mut Vec<u8>) -> Result<(), RecordError> {
+        if !self.key_update_requested || self.version != Version::Tls13 {
+            return Ok(());
+        }
+        self.key_update_requested = false;
+        let mut key = self.tx.key()?;
+        self.update_send_keys(&mut key, out)
+    }
+
     /// A sealer for a batch of outgoing records, with the send key expanded once.
     pub fn sealer(&mut self) -> Result<Sealer<'_>, RecordError> {
         let key = self.tx.key()?;

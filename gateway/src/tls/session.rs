@@ -142,7 +142,13 @@ impl TlsSession {
                 return Err(rustls::Error::General("the TLS connection has ended".into()).into())
             }
         };
-        match records.open(&mut buf[used..], &mut self.outgoing, on_plain) {
+        let opened = records
+            .open(&mut buf[used..], &mut self.outgoing, on_plain)
+            .and_then(|opened| {
+                records.answer_key_update(&mut self.outgoing)?;
+                Ok(opened)
+            });
+        match opened {
             Ok(opened) => {
                 self.peer_closed |= opened.peer_closed;
                 Ok(used + opened.used)
@@ -644,6 +650,30 @@ mod tests {
                 peers.server_sends(b"reply").expect("client follows");
                 assert_eq!(peers.client_reads(), b"reply", "{suite:?} round {round}");
             }
+        }
+    }
+
+    #[test]
+    fn a_requested_key_update_is_answered_before_any_data() {
+        for suite in TLS13 {
+            let mut peers = Peers::connect(suite);
+            peers.client.refresh_traffic_keys().expect("key update");
+            let mut wire = Vec::new();
+            while peers.client.wants_write() {
+                peers.client.write_tls(&mut wire).expect("client writes");
+            }
+            peers
+                .server_reads(&wire)
+                .expect("server reads the key update");
+            assert!(
+                peers.server.has_outgoing(),
+                "{suite:?}: the answer waits for no data of ours"
+            );
+            peers
+                .server_to_client()
+                .expect("the client takes the answer");
+            peers.server_sends(b"reply").expect("client follows");
+            assert_eq!(peers.client_reads(), b"reply", "{suite:?}");
         }
     }
 
