@@ -44,8 +44,43 @@ fn make_certificate(args: &[String]) -> ExitCode {
     }
 }
 
+/// The command line as text; `std::env::args` would panic on an argument that is not UTF-8.
+fn arguments() -> Result<Vec<String>, String> {
+    std::env::args_os()
+        .skip(1)
+        .map(|arg| {
+            arg.into_string()
+                .map_err(|arg| format!("argument {arg:?} is not UTF-8"))
+        })
+        .collect()
+}
+
+/// The environment as text. A variable that is not UTF-8 is left out, unless it is one of the
+/// gateway's (`GATEWAY_*`), which is refused; `std::env::vars` would panic on either.
+fn environment() -> Result<Vec<(String, String)>, String> {
+    let mut vars = Vec::new();
+    for (name, value) in std::env::vars_os() {
+        let ours = name.to_string_lossy().starts_with("GATEWAY_");
+        match (name.into_string(), value.into_string()) {
+            (Ok(name), Ok(value)) => vars.push((name, value)),
+            (name, _) if ours => {
+                let name = name.unwrap_or_else(|name| name.to_string_lossy().into_owned());
+                return Err(format!("{name} is not UTF-8"));
+            }
+            _ => {}
+        }
+    }
+    Ok(vars)
+}
+
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    let args = match arguments() {
+        Ok(args) => args,
+        Err(error) => {
+            eprintln!("gateway: {error}");
+            return ExitCode::from(2);
+        }
+    };
     if args.first().map(String::as_str) == Some("cert") {
         return make_certificate(&args[1..]);
     }
@@ -57,7 +92,9 @@ fn main() -> ExitCode {
         println!("gateway {}", env!("CARGO_PKG_VERSION"));
         return ExitCode::SUCCESS;
     }
-    let config = match Config::load(&args, std::env::vars()) {
+    let config = match environment()
+        .and_then(|env| Config::load(&args, env).map_err(|error| error.to_string()))
+    {
         Ok(config) => config,
         Err(error) => {
             eprintln!("gateway: {error}\n(see gateway --help)");

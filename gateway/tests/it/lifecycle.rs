@@ -72,6 +72,28 @@ fn bad_settings_name_the_setting_and_exit_2() {
     assert!(String::from_utf8_lossy(&output.stderr).contains("setting port"));
 }
 
+#[test]
+fn text_that_is_not_utf8_is_refused_or_ignored_but_never_a_panic() {
+    use std::os::unix::ffi::OsStrExt;
+    let not_utf8 = std::ffi::OsStr::from_bytes(b"\xff\xfe");
+    let run = |command: &mut Command| {
+        let output = command.output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        (output.status.code(), stderr)
+    };
+    let gateway = || Command::new(env!("CARGO_BIN_EXE_gateway"));
+    // Someone else's variable is none of the gateway's business: the bad setting is what fails.
+    let (code, stderr) = run(gateway().env("OTHER", not_utf8).args(["--port", "http"]));
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("setting port"), "{stderr}");
+    let (code, stderr) = run(gateway().env("GATEWAY_PORT", not_utf8));
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("GATEWAY_PORT is not UTF-8"), "{stderr}");
+    let (code, stderr) = run(gateway().arg("--port").arg(not_utf8));
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("is not UTF-8"), "{stderr}");
+}
+
 fn drains(start_drain: impl FnOnce(&Gateway)) {
     let mut gateway = Gateway::start(&["--shards", "2", "--drain-seconds", "1"]);
     let mut clients: Vec<_> = (0..20).map(|_| gateway.client()).collect();
