@@ -126,10 +126,7 @@ async fn next_request(
                 Box::pin(transport.linger_close(stream, &[])).await;
             }
         }
-        Ok(Err(ReadFailure::TlsRecord)) => {
-            stats::add(&shard.stats().tls_record_errors, 1);
-            Box::pin(transport.linger_close(stream, &[])).await;
-        }
+        Ok(Err(ReadFailure::TlsRecord)) => tls_record_failed(shard, stream, transport).await,
         Err(_) => shard.reject(Rejection::HeadTimeout),
         Ok(Err(ReadFailure::Head(error))) => {
             shard.reject(match error {
@@ -184,13 +181,19 @@ async fn api_request(
 ) -> bool {
     let timeout = Duration::from_secs(shard.node.config.head_timeout);
     let keep_alive = head.keep_alive();
-    let response = match read_body(shard, stream, transport, head, pending, timeout).await {
-        Ok(body) => answer(shard, route, head, &body).await,
-        Err(response) => {
+    let body = match read_body(shard, stream, transport, head, pending, timeout).await {
+        Ok(body) => body,
+        Err(BodyFailure::Refused(response)) => {
             respond(shard, stream, transport, &response, false).await;
             return false;
         }
+        Err(BodyFailure::TlsRecord) => {
+            tls_record_failed(shard, stream, transport).await;
+            return false;
+        }
+        Err(BodyFailure::Closed) => return false,
     };
+    let response = answer(shard, route, head, &body).await;
     respond(shard, stream, transport, &response, keep_alive).await
 }
 
@@ -225,32 +228,51 @@ async fn read_body(
     head: &RequestHead,
     pending: &mut Vec<u8>,
     timeout: Duration,
-) -> Result<Vec<u8>, Response> {
+) -> Result<Vec<u8>, BodyFailure> {
     let length = head.content_length;
     let limit = shard.node.config.max_request_body_bytes;
     if length > limit {
         shard.reject(Rejection::BodyTooLarge);
-        return Err(Response::text(
-            413,
-            format!("request body larger than {limit} bytes"),
-        ));
+        let response = Response::text(413, format!("request body larger than {limit} bytes"));
+        return Err(BodyFailure::Refused(response));
     }
     let fill = async {
         while pending.len() < length {
             let want = (length - pending.len()).min(64 * 1024);
-            if !matches!(transport.read_some(stream, pending, want).await, Ok(n) if n > 0) {
-                return false;
+            match transport.read_some(stream, pending, want).await {
+                Ok(n) if n > 0 => {}
+                Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                    return Err(BodyFailure::TlsRecord)
+                }
+                _ => return Err(BodyFailure::Closed),
             }
         }
-        true
+        Ok(pending.drain(..length).collect())
     };
     match monoio::time::timeout(timeout, fill).await {
-        Ok(true) => Ok(pending.drain(..length).collect()),
-        _ => {
+        Ok(read) => read,
+        Err(_) => {
             shard.reject(Rejection::HeadTimeout);
-            Err(Response::text(400, "request body incomplete"))
+            let response = Response::text(400, "request body incomplete");
+            Err(BodyFailure::Refused(response))
         }
     }
+}
+
+/// Why a request body was not read whole.
+enum BodyFailure {
+    /// Answered with this, then closed.
+    Refused(Response),
+    /// The client closed before the end.
+    Closed,
+    /// A TLS record broke the protocol; the alert that says so waits to be sent.
+    TlsRecord,
+}
+
+/// Counts a TLS record that broke the protocol, and ends the connection with its alert.
+async fn tls_record_failed(shard: &Shard, stream: &TcpStream, transport: &mut Transport) {
+    stats::add(&shard.stats().tls_record_errors, 1);
+    Box::pin(transport.linger_close(stream, &[])).await;
 }
 
 /// Writes a response; true when the connection stays open for the next request, false when

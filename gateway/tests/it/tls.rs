@@ -741,6 +741,46 @@ fn an_alert_reaches_a_client_that_is_still_sending() {
     );
 }
 
+#[test]
+fn a_bad_record_in_a_request_body_ends_the_connection_with_its_alert() {
+    let certs = certificates("body-record");
+    let tls = start(&certs, &[]);
+    let config = client_config(&certs.join("ca.pem"));
+    let mut stream = tls_connect(&config, tls.tls_port).unwrap();
+    stream
+        .write_all(b"POST /apps/1/events HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n")
+        .unwrap();
+    stream.flush().unwrap();
+    // Time for the gateway to read the head and wait for the body (nothing tells when it has;
+    // if it had not, the record would fail while it reads the head, which passes here too).
+    std::thread::sleep(Duration::from_millis(200));
+    // A forged record comes instead of the body.
+    let forged = [&[23, 3, 3, 0, 32][..], &[0x5a; 32]].concat();
+    stream.sock.write_all(&forged).unwrap();
+    assert_eq!(
+        read_to_the_end(&mut stream),
+        Err(rustls::Error::AlertReceived(
+            rustls::AlertDescription::BadRecordMac
+        ))
+    );
+    assert_eq!(
+        tls.gateway
+            .wait_metric("gateway_tls_record_errors_total", 1.0),
+        1.0
+    );
+    assert_eq!(
+        tls.gateway
+            .metric("gateway_http_requests_total{status=\"400\"}"),
+        0.0,
+        "no answer is counted that could not be sent"
+    );
+    assert_eq!(
+        tls.gateway
+            .metric("gateway_rejected_total{reason=\"head_timeout\"}"),
+        0.0
+    );
+}
+
 /// Reads and decrypts until the connection ends; the TLS error that ended it, if one did.
 fn read_to_the_end(stream: &mut TlsStream) -> Result<(), rustls::Error> {
     let mut plain = [0; 16 * 1024];
