@@ -166,6 +166,10 @@ pub fn run(config: Config) -> Result<(), StartError> {
         n => n,
     };
     let (fd_limit, max_connections) = connection_limits(&config, shard_count);
+    if let Some(path) = &config.ports_file {
+        // A previous run's ports must not be read as this one's.
+        let _ = std::fs::remove_file(path);
+    }
     let listening = Listening::open(&config, shard_count)?;
     let tls = node_tls(&config, listening.ports.tls_port)?;
     if let Some(path) = &config.ports_file {

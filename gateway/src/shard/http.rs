@@ -2,6 +2,7 @@
 //! HTTP API requests on a keep-alive connection.
 
 use std::collections::BTreeMap;
+use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -47,7 +48,13 @@ pub async fn refuse_over_capacity(
         "over capacity: this node holds its maximum of connections",
     )
     .with_header("Retry-After", "1");
-    respond(&shard, &stream, &mut Transport::Plain, &response, false).await;
+    // One try and no linger: the socket is one more than the node's limit, and a flood of them
+    // must not hold descriptors. A fresh socket's buffer takes the short answer whole.
+    let fd = stream.as_raw_fd();
+    if super::io::send_some(fd, &response.to_bytes(false)).is_ok() {
+        shard.stats().http_status(response.status);
+        super::io::shutdown_write(fd);
+    }
 }
 
 /// Serves one accepted connection until it closes.
@@ -287,7 +294,7 @@ pub(super) async fn respond(
     shard.stats().http_status(response.status);
     let bytes = response.to_bytes(keep_alive);
     if keep_alive {
-        return transport.write_all(stream, &bytes).await.is_ok();
+        return transport.write_within(stream, &bytes).await.is_ok();
     }
     // A clean end (close_notify on TLS, then FIN), so the client knows nothing was cut off, that
     // reaches a client still sending its request.

@@ -58,7 +58,7 @@ pub async fn upgrade(
     shard.stats().http_status(101);
     let switching = switching_protocols(&accept);
     drop(accept);
-    if Box::pin(transport.write_all(&stream, &switching))
+    if Box::pin(transport.write_within(&stream, &switching))
         .await
         .is_err()
     {

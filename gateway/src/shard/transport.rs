@@ -13,8 +13,11 @@ pub use crate::tls::session::TlsSession;
 
 /// Largest TLS record on the wire (16 KiB of payload plus header and expansion).
 pub const MAX_RECORD: usize = 16 * 1024 + 256;
-/// How long a closing connection may take to send its last bytes and see the peer close.
+/// How long a closing connection waits for the peer to close once its last bytes are sent.
 const LINGER: Duration = Duration::from_secs(1);
+/// How long a client may take to read a response (or a connection's last bytes): as long as
+/// `head_timeout`'s default gives it to send a request.
+const LAST_BYTES_WITHIN: Duration = Duration::from_secs(10);
 /// Most bytes read and thrown away while a connection closes.
 const LINGER_BYTES: usize = 256 * 1024;
 
@@ -141,26 +144,38 @@ impl Transport {
     }
 
     /// Ends the connection so that its last bytes reach a peer that may still be sending:
-    /// writes `last` (on TLS followed by close_notify, or only the alert a failure left), sends
-    /// a FIN, then reads and throws away what comes until the peer closes, `LINGER_BYTES` have
-    /// come or `LINGER` has passed since the start. The caller closes the socket afterwards.
+    /// writes `last` (on TLS followed by close_notify, or only the alert a failure left) within
+    /// `LAST_BYTES_WITHIN`, sends a FIN, then reads and throws away what comes until the peer
+    /// closes, `LINGER_BYTES` have come or `LINGER` has passed. The caller closes the socket
+    /// afterwards.
     pub async fn linger_close(&mut self, stream: &TcpStream, last: &[u8]) {
         let fd = stream.as_raw_fd();
         // Boxed: rarely run, and its buffer would otherwise grow the task of every caller.
         let close = Box::pin(async move {
-            let sent = match self {
-                Transport::Plain => socket::send_all(stream, fd, last).await,
-                Transport::Tls(tls) => {
-                    tls.close(last);
-                    send_all_outgoing(stream, tls).await
+            let write = async {
+                match self {
+                    Transport::Plain => socket::send_all(stream, fd, last).await,
+                    Transport::Tls(tls) => {
+                        tls.close(last);
+                        send_all_outgoing(stream, tls).await
+                    }
                 }
             };
-            if sent.is_ok() {
+            if let Ok(Ok(())) = monoio::time::timeout(LAST_BYTES_WITHIN, write).await {
                 socket::shutdown_write(fd);
-                socket::discard_until_closed(stream, fd, LINGER_BYTES).await;
+                let discard = socket::discard_until_closed(stream, fd, LINGER_BYTES);
+                let _ = monoio::time::timeout(LINGER, discard).await;
             }
         });
-        let _ = monoio::time::timeout(LINGER, close).await;
+        close.await;
+    }
+
+    /// Writes a whole response on a connection that stays open, within `LAST_BYTES_WITHIN`: a
+    /// client that asks and never reads must not hold its socket for ever.
+    pub async fn write_within(&mut self, stream: &TcpStream, bytes: &[u8]) -> io::Result<()> {
+        monoio::time::timeout(LAST_BYTES_WITHIN, self.write_all(stream, bytes))
+            .await
+            .unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into()))
     }
 }
 

@@ -145,7 +145,11 @@ impl TlsSession {
         let opened = records
             .open(&mut buf[used..], &mut self.outgoing, on_plain)
             .and_then(|opened| {
-                records.answer_key_update(&mut self.outgoing)?;
+                // Only when nothing waits for the socket: a client that asks and never reads
+                // must not pile answers up here. Otherwise the next record sent answers it.
+                if self.outgoing.is_empty() {
+                    records.answer_key_update(&mut self.outgoing)?;
+                }
                 Ok(opened)
             });
         match opened {
@@ -675,6 +679,27 @@ mod tests {
             peers.server_sends(b"reply").expect("client follows");
             assert_eq!(peers.client_reads(), b"reply", "{suite:?}");
         }
+    }
+
+    #[test]
+    fn answers_to_key_updates_do_not_pile_up_while_the_client_reads_nothing() {
+        let mut peers = Peers::connect(TLS13[0]);
+        // Something of ours waits for the socket, as when the client stops reading.
+        peers.server.keep_outgoing(b"waiting");
+        for _ in 0..100 {
+            peers.client.refresh_traffic_keys().expect("key update");
+            peers.client.writer().write_all(b"x").expect("write");
+            let mut wire = Vec::new();
+            while peers.client.wants_write() {
+                peers.client.write_tls(&mut wire).expect("client writes");
+            }
+            peers.server_reads(&wire).expect("server follows");
+        }
+        assert_eq!(peers.server.outgoing(), b"waiting", "no answer piled up");
+        // Once the socket took it, the next record sent answers first.
+        peers.server.sent(b"waiting".len());
+        peers.server_sends(b"reply").expect("client follows");
+        assert_eq!(peers.client_reads(), b"reply");
     }
 
     #[test]

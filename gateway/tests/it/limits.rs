@@ -399,6 +399,30 @@ fn a_full_node_still_answers_api_requests() {
     assert_eq!(gateway.health()["status"], "ok");
 }
 
+#[test]
+fn past_its_sockets_a_node_answers_503_at_once() {
+    // 200 descriptors: 88 sessions and 64 more sockets, 152 in all.
+    let gateway = Gateway::start_with_fd_limit(200, &["--shards", "2"]);
+    let held: Vec<TcpStream> = (0..152)
+        .map(|_| TcpStream::connect(("127.0.0.1", gateway.port)).unwrap())
+        .collect();
+    gateway.wait_metric("gateway_open_sockets", 152.0);
+    let mut refused = TcpStream::connect(("127.0.0.1", gateway.port)).unwrap();
+    refused
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut answer = String::new();
+    refused.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(gateway.metric("gateway_rejected_total{reason=\"over_capacity\"}") >= 1.0);
+    drop(held);
+    // The sockets come back: a publish goes through again.
+    assert!(common::wait_until(Duration::from_secs(5), || {
+        gateway.metric("gateway_open_sockets") < 10.0
+    }));
+    gateway.publish("anyone", "back", "1");
+}
+
 /// The gateway's side of a connection, from `ss`: (bytes in its send queue, its send buffer).
 fn send_queue(gateway: &Gateway, client_port: u16) -> (u64, u64) {
     let output = std::process::Command::new("ss")
