@@ -187,3 +187,25 @@ fn sign_in_refusals_are_answered_and_counted() {
         );
     }
 }
+
+#[test]
+fn events_sent_to_a_user_one_after_the_other_arrive_in_order_on_every_shard() {
+    const EVENTS: usize = 200;
+    let gateway = Gateway::start(&["--shards", "2"]);
+    let mut sockets: Vec<Client> = gateway.client_per_shard(2);
+    for socket in &mut sockets {
+        signed_in(socket, json!({"id": "u1"}));
+    }
+    // Each on a new connection, as sendToUser from an SDK without keep-alive: both shards
+    // take some of them.
+    for n in 0..EVENTS {
+        gateway.publish("#server-to-user-u1", "note", &n.to_string());
+    }
+    let expected: Vec<String> = (0..EVENTS).map(|n| n.to_string()).collect();
+    for socket in &mut sockets {
+        let received: Vec<String> = (0..EVENTS)
+            .map(|_| socket.next_event()["data"].as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(received, expected, "socket on shard {}", socket.shard());
+    }
+}
