@@ -95,13 +95,19 @@ impl Peers {
 
     /// Moves what the client has written to the server, and the server's answers back.
     pub fn exchange(&mut self) -> Result<(), RecordError> {
+        let wire = self.client_wire();
+        let result = self.server_reads(&wire);
+        self.server_to_client().expect("client reads");
+        result
+    }
+
+    /// Everything the client has to send now, as it would go on the wire.
+    pub fn client_wire(&mut self) -> Vec<u8> {
         let mut wire = Vec::new();
         while self.client.wants_write() {
             self.client.write_tls(&mut wire).expect("client writes");
         }
-        let result = self.server_reads(&wire);
-        self.server_to_client().expect("client reads");
-        result
+        wire
     }
 
     /// Gives the server `bytes` as one read: after what an earlier read left of a record, and

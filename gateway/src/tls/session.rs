@@ -451,10 +451,7 @@ mod tests {
                 peers.client.writer().write_all(&message).expect("write");
                 sent.extend_from_slice(&message);
             }
-            let mut wire = Vec::new();
-            while peers.client.wants_write() {
-                peers.client.write_tls(&mut wire).expect("client writes");
-            }
+            let wire = peers.client_wire();
             deliver_in_pieces(&mut peers, &wire, 3_000, &mut rng).expect("absorb");
             assert!(peers.received == sent, "{suite:?}: every byte, in order");
         }
@@ -477,9 +474,7 @@ mod tests {
                 if round % 6 < 3 && rng.u8(..4) == 0 {
                     peers.client.refresh_traffic_keys().expect("key update");
                 }
-                while peers.client.wants_write() {
-                    peers.client.write_tls(&mut wire).expect("client writes");
-                }
+                wire.extend(peers.client_wire());
                 match rng.u8(..6) {
                     // A flipped bit anywhere: header or body.
                     0 if !wire.is_empty() => {
@@ -554,10 +549,7 @@ mod tests {
         for _ in 0..33 {
             peers.client.refresh_traffic_keys().expect("key update");
         }
-        let mut wire = Vec::new();
-        while peers.client.wants_write() {
-            peers.client.write_tls(&mut wire).expect("client writes");
-        }
+        let mut wire = peers.client_wire();
         let error = peers
             .server
             .absorb(&mut wire, &mut |_| {})
@@ -662,10 +654,7 @@ mod tests {
         for suite in TLS13 {
             let mut peers = Peers::connect(suite);
             peers.client.refresh_traffic_keys().expect("key update");
-            let mut wire = Vec::new();
-            while peers.client.wants_write() {
-                peers.client.write_tls(&mut wire).expect("client writes");
-            }
+            let wire = peers.client_wire();
             peers
                 .server_reads(&wire)
                 .expect("server reads the key update");
@@ -689,10 +678,7 @@ mod tests {
         for _ in 0..100 {
             peers.client.refresh_traffic_keys().expect("key update");
             peers.client.writer().write_all(b"x").expect("write");
-            let mut wire = Vec::new();
-            while peers.client.wants_write() {
-                peers.client.write_tls(&mut wire).expect("client writes");
-            }
+            let wire = peers.client_wire();
             peers.server_reads(&wire).expect("server follows");
         }
         assert_eq!(peers.server.outgoing(), b"waiting", "no answer piled up");
