@@ -43,9 +43,6 @@ pub struct Node {
     pub io_driver: &'static str,
     /// WebSocket sessions the node holds at once.
     pub max_connections: usize,
-    /// Sockets (sessions and HTTP connections) the node accepts at once: `max_connections` plus
-    /// a reserve for HTTP connections, so the API still answers on a full node.
-    pub max_sockets: usize,
     /// Sockets open now, for `max_sockets`.
     pub open_sockets: AtomicUsize,
     pub shards: Vec<ShardLink>,
@@ -75,7 +72,6 @@ impl Node {
             started: Instant::now(),
             io_driver,
             max_connections,
-            max_sockets: max_connections.saturating_add(crate::server::API_RESERVE),
             open_sockets: AtomicUsize::new(0),
             shards,
             tls,
@@ -85,6 +81,12 @@ impl Node {
             draining: AtomicBool::new(false),
             ready: AtomicBool::new(false),
         }
+    }
+
+    /// Sockets (sessions and HTTP connections) the node accepts at once: `max_connections` plus
+    /// a reserve for HTTP connections, so the API still answers on a full node.
+    pub fn max_sockets(&self) -> usize {
+        self.max_connections.saturating_add(crate::server::API_RESERVE)
     }
 
     /// Open WebSocket sessions across all shards.

@@ -224,7 +224,7 @@ fn render_sessions(out: &mut String, node: &Node) {
         "gauge",
         "Sockets this node accepts at once: sessions plus a reserve for HTTP API requests.",
     );
-    let _ = writeln!(out, "gateway_max_sockets {}", node.max_sockets);
+    let _ = writeln!(out, "gateway_max_sockets {}", node.max_sockets());
     header(
         out,
         "gateway_open_sockets",

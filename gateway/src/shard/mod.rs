@@ -621,7 +621,7 @@ async fn accept_loop(
             .open_sockets
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let guard = OpenSocket(node.clone());
-        if open >= node.max_sockets {
+        if open >= node.max_sockets() {
             shard.reject(Rejection::OverCapacity);
             let refusal = http::refuse_over_capacity(shard.clone(), stream, tls.is_some(), guard);
             monoio::spawn(refusal);
