@@ -86,7 +86,8 @@ impl Node {
     /// Sockets (sessions and HTTP connections) the node accepts at once: `max_connections` plus
     /// a reserve for HTTP connections, so the API still answers on a full node.
     pub fn max_sockets(&self) -> usize {
-        self.max_connections.saturating_add(crate::server::API_RESERVE)
+        self.max_connections
+            .saturating_add(crate::server::API_RESERVE)
     }
 
     /// Open WebSocket sessions across all shards.

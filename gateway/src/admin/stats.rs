@@ -83,6 +83,7 @@ labelled! {
         ClientEventRate => "client_event_rate",
         UnsupportedEvent => "unsupported_event",
         Unavailable => "unavailable",
+        ResponseTimeout => "response_timeout",
     }
 }
 

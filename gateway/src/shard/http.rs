@@ -130,7 +130,7 @@ async fn next_request(
         Ok(Ok(found)) => return Some(found),
         Ok(Err(ReadFailure::Closed)) => {
             if transport.ends_with_alert() {
-                Box::pin(transport.linger_close(stream, &[])).await;
+                let _ = Box::pin(transport.linger_close(stream, &[], shard.response_time())).await;
             }
         }
         Ok(Err(ReadFailure::TlsRecord)) => tls_record_failed(shard, stream, transport).await,
@@ -172,7 +172,9 @@ async fn handshake(
     stats.tls_failure(failure);
     if transport.ends_with_alert() {
         // The alert that says why the handshake failed reaches even a client still sending.
-        transport.linger_close(stream, &[]).await;
+        let _ = transport
+            .linger_close(stream, &[], shard.response_time())
+            .await;
     }
     None
 }
@@ -279,7 +281,7 @@ enum BodyFailure {
 /// Counts a TLS record that broke the protocol, and ends the connection with its alert.
 async fn tls_record_failed(shard: &Shard, stream: &TcpStream, transport: &mut Transport) {
     stats::add(&shard.stats().tls_record_errors, 1);
-    Box::pin(transport.linger_close(stream, &[])).await;
+    let _ = Box::pin(transport.linger_close(stream, &[], shard.response_time())).await;
 }
 
 /// Writes a response; true when the connection stays open for the next request, false when
@@ -293,13 +295,29 @@ pub(super) async fn respond(
 ) -> bool {
     shard.stats().http_status(response.status);
     let bytes = response.to_bytes(keep_alive);
-    if keep_alive {
-        return transport.write_within(stream, &bytes).await.is_ok();
+    let written = if keep_alive {
+        transport
+            .write_within(stream, &bytes, shard.response_time())
+            .await
+    } else {
+        // A clean end (close_notify on TLS, then FIN), so the client knows nothing was cut off,
+        // that reaches a client still sending its request.
+        transport
+            .linger_close(stream, &bytes, shard.response_time())
+            .await
+    };
+    count_slow_reader(shard, &written);
+    keep_alive && written.is_ok()
+}
+
+/// Counts a response the client did not take within its time.
+pub(super) fn count_slow_reader(shard: &Shard, written: &std::io::Result<()>) {
+    if written
+        .as_ref()
+        .is_err_and(|e| e.kind() == std::io::ErrorKind::TimedOut)
+    {
+        shard.reject(Rejection::ResponseTimeout);
     }
-    // A clean end (close_notify on TLS, then FIN), so the client knows nothing was cut off, that
-    // reaches a client still sending its request.
-    transport.linger_close(stream, &bytes).await;
-    false
 }
 
 async fn answer(shard: &Shard, route: &Route, head: &RequestHead, body: &[u8]) -> Response {

@@ -115,6 +115,12 @@ impl Shard {
         &self.node.shards[self.index].stats
     }
 
+    /// How long a client may take to read a response, or a connection's last bytes: as long as
+    /// it may take to send a request head (`head_timeout`).
+    pub fn response_time(&self) -> Duration {
+        Duration::from_secs(self.node.config.head_timeout)
+    }
+
     /// Seconds since the shard started: the clock for activity timeouts.
     pub fn now(&self) -> u32 {
         self.started.elapsed().as_secs() as u32

@@ -9,7 +9,7 @@ use std::time::Duration;
 use monoio::net::TcpStream;
 
 use super::conn::{Conn, Flush, Reader};
-use super::http::respond;
+use super::http::{count_slow_reader, respond};
 use super::transport::{self, TlsSession, Transport};
 use super::{io, OpenSocket, Shard};
 use crate::admin::stats::{self, Disconnect, Rejection};
@@ -58,11 +58,10 @@ pub async fn upgrade(
     shard.stats().http_status(101);
     let switching = switching_protocols(&accept);
     drop(accept);
-    if Box::pin(transport.write_within(&stream, &switching))
-        .await
-        .is_err()
-    {
-        return;
+    let written =
+        Box::pin(transport.write_within(&stream, &switching, shard.response_time())).await;
+    if written.is_err() {
+        return count_slow_reader(&shard, &written);
     }
     let node = &shard.node;
     let occupancy = Occupancy {
@@ -84,7 +83,8 @@ pub async fn upgrade(
             let (code, reason) = (closing.code, &closing.reason);
             let mut bytes = text_frame(&message::error(Some(code), reason)).to_vec();
             bytes.extend_from_slice(&close_frame(code, reason));
-            return Box::pin(transport.linger_close(&stream, &bytes)).await;
+            let _ = Box::pin(transport.linger_close(&stream, &bytes, shard.response_time())).await;
+            return;
         }
     };
     drop(app_key);
@@ -124,7 +124,7 @@ fn run(shard: Rc<Shard>, mut transport: Transport, conn: Rc<Conn>) -> impl Futur
         shard.unregister(&conn, reason);
         if reason == Disconnect::ClientGone {
             if transport.ends_with_alert() {
-                Box::pin(transport.linger_close(stream, &[])).await;
+                let _ = Box::pin(transport.linger_close(stream, &[], shard.response_time())).await;
             }
             return;
         }
@@ -225,7 +225,9 @@ async fn finish_close(shard: &Shard, stream: &TcpStream, conn: &Conn, transport:
         }
     };
     if matches!(monoio::time::timeout(CLOSE_LINGER, finish).await, Ok(true)) {
-        transport.linger_close(stream, &[]).await;
+        let _ = transport
+            .linger_close(stream, &[], shard.response_time())
+            .await;
     }
 }
 

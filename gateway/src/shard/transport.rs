@@ -15,9 +15,6 @@ pub use crate::tls::session::TlsSession;
 pub const MAX_RECORD: usize = 16 * 1024 + 256;
 /// How long a closing connection waits for the peer to close once its last bytes are sent.
 const LINGER: Duration = Duration::from_secs(1);
-/// How long a client may take to read a response (or a connection's last bytes): as long as
-/// `head_timeout`'s default gives it to send a request.
-const LAST_BYTES_WITHIN: Duration = Duration::from_secs(10);
 /// Most bytes read and thrown away while a connection closes.
 const LINGER_BYTES: usize = 256 * 1024;
 
@@ -145,10 +142,15 @@ impl Transport {
 
     /// Ends the connection so that its last bytes reach a peer that may still be sending:
     /// writes `last` (on TLS followed by close_notify, or only the alert a failure left) within
-    /// `LAST_BYTES_WITHIN`, sends a FIN, then reads and throws away what comes until the peer
+    /// `within`, sends a FIN, then reads and throws away what comes until the peer
     /// closes, `LINGER_BYTES` have come or `LINGER` has passed. The caller closes the socket
-    /// afterwards.
-    pub async fn linger_close(&mut self, stream: &TcpStream, last: &[u8]) {
+    /// afterwards. Returns how writing the last bytes went (`TimedOut` past the limit).
+    pub async fn linger_close(
+        &mut self,
+        stream: &TcpStream,
+        last: &[u8],
+        within: Duration,
+    ) -> io::Result<()> {
         let fd = stream.as_raw_fd();
         // Boxed: rarely run, and its buffer would otherwise grow the task of every caller.
         let close = Box::pin(async move {
@@ -161,19 +163,28 @@ impl Transport {
                     }
                 }
             };
-            if let Ok(Ok(())) = monoio::time::timeout(LAST_BYTES_WITHIN, write).await {
+            let written = monoio::time::timeout(within, write)
+                .await
+                .unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into()));
+            if written.is_ok() {
                 socket::shutdown_write(fd);
                 let discard = socket::discard_until_closed(stream, fd, LINGER_BYTES);
                 let _ = monoio::time::timeout(LINGER, discard).await;
             }
+            written
         });
-        close.await;
+        close.await
     }
 
-    /// Writes a whole response on a connection that stays open, within `LAST_BYTES_WITHIN`: a
-    /// client that asks and never reads must not hold its socket for ever.
-    pub async fn write_within(&mut self, stream: &TcpStream, bytes: &[u8]) -> io::Result<()> {
-        monoio::time::timeout(LAST_BYTES_WITHIN, self.write_all(stream, bytes))
+    /// Writes a whole response on a connection that stays open, within `within`: a client that
+    /// asks and never reads must not hold its socket for ever.
+    pub async fn write_within(
+        &mut self,
+        stream: &TcpStream,
+        bytes: &[u8],
+        within: Duration,
+    ) -> io::Result<()> {
+        monoio::time::timeout(within, self.write_all(stream, bytes))
             .await
             .unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into()))
     }

@@ -1,7 +1,7 @@
 //! Every bad input and limit gets its protocol error code or HTTP status, is counted in
 //! /metrics, and leaves other connections working.
 
-use std::io::{Read, Write};
+use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
@@ -508,5 +508,41 @@ fn a_subscriber_that_stops_reading_pins_bounded_memory_and_gets_its_4100() {
     // scenario (the gateway holds the close for up to 2 s while the client does not read).
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(read_close_code(&mut laggard), Some(4100));
+    assert_still_served(&gateway, &mut watcher);
+}
+
+#[test]
+fn a_client_that_asks_and_never_reads_is_closed_and_counted() {
+    let gateway = Gateway::start(&["--shards", "2", "--head-timeout", "1"]);
+    let mut watcher = bystander(&gateway);
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    // A small window, so that the answers soon wait at the gateway.
+    socket.set_recv_buffer_size(4096).unwrap();
+    let address = std::net::SocketAddr::from(([127, 0, 0, 1], gateway.port));
+    socket.connect(&address.into()).unwrap();
+    let mut asker: TcpStream = socket.into();
+    let requests = "GET /health HTTP/1.1\r\nHost: x\r\n\r\n".repeat(4000);
+    // Written from a thread: the gateway stops reading once its answers cannot go out.
+    let mut writer = asker.try_clone().unwrap();
+    std::thread::spawn(move || {
+        let _ = writer.write_all(requests.as_bytes());
+    });
+    assert_eq!(
+        gateway.wait_metric("gateway_rejected_total{reason=\"response_timeout\"}", 1.0),
+        1.0
+    );
+    // The connection is gone: reading what was sent ends.
+    asker
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut sink = [0u8; 64 * 1024];
+    let ended = loop {
+        match asker.read(&mut sink) {
+            Ok(0) => break true,
+            Ok(_) => {}
+            Err(e) => break !matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut),
+        }
+    };
+    assert!(ended, "the gateway closed the connection");
     assert_still_served(&gateway, &mut watcher);
 }
