@@ -203,7 +203,8 @@ impl Gateway {
 
     /// Waits until `metric(prefix)` reaches `at_least`, for counters that other threads update.
     pub fn wait_metric(&self, prefix: &str, at_least: f64) -> f64 {
-        let deadline = Instant::now() + Duration::from_secs(5);
+        // Long enough for the certificate watcher's two polls on a loaded machine.
+        let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let value = self.metric(prefix);
             if value >= at_least || Instant::now() > deadline {
