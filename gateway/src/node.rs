@@ -27,13 +27,13 @@ use crate::webhooks::{Job, WebhookStats};
 #[derive(Debug)]
 pub struct ShardLink {
     pub inbox: InboxSender,
-    pub stats: ShardStats,
+    pub stats: Arc<ShardStats>,
 }
 
 /// The process: its configuration, its shards and its lifecycle.
 #[derive(Debug)]
 pub struct Node {
-    pub config: Config,
+    pub config: Arc<Config>,
     /// Random per process, so socket ids are unique across a cluster: two nodes of a cluster of
     /// n share an id with probability about n² / 2³³ (one in 860,000 for 100 nodes), and the
     /// cluster bridge reports it if they do.
@@ -67,7 +67,7 @@ impl Node {
         cluster: Option<ClusterLink>,
     ) -> Node {
         Node {
-            config,
+            config: Arc::new(config),
             id: fastrand::u32(1..),
             started: Instant::now(),
             io_driver,

@@ -302,7 +302,7 @@ fn build_node(
         .into_iter()
         .map(|inbox| ShardLink {
             inbox,
-            stats: ShardStats::new(config.apps.len()),
+            stats: Arc::new(ShardStats::new(config.apps.len())),
         })
         .collect();
     // The sender thread and its queue exist only when some app wants webhooks.

@@ -1,5 +1,11 @@
-//! The Pusher logic of a session, with no IO: what a client may ask and what the answer is.
-//! The shard (`shard::session`) feeds it what the client sent and what the shard knows, and
-//! carries out the answer.
+//! The Pusher logic of a shard, with no IO. `requests` decides whether a client may do what it
+//! asks; `Core` is the shard's state machine (sessions, channels, presence, counts, publish,
+//! drain) that the runtime (`shard`) feeds with inputs and whose outputs it carries out.
 
+mod core;
+mod counts;
+mod members;
 pub mod requests;
+mod session;
+
+pub use self::core::{Core, Handle, Place, Publish, QueueFull, Transmit, DRAIN_TICKS_PER_SECOND};

@@ -1,16 +1,18 @@
 //! One WebSocket session's state as the rest of its shard sees it: the outbound queue that
-//! fanout fills, the close request, activity and subscriptions.
+//! fanout fills, the close request, activity. It is the core's `Handle` of the session.
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
 use std::os::fd::{AsRawFd, RawFd};
+use std::rc::Rc;
 use std::task::Waker;
 
 use bytes::{Buf, Bytes};
 use monoio::net::TcpStream;
 
 use crate::admin::stats::Disconnect;
+use crate::pusher::{Handle, QueueFull};
 use crate::shard::io as socket;
 use crate::shard::transport::{self, TlsSession};
 use crate::shard::OpenSocket;
@@ -60,11 +62,8 @@ pub struct Conn {
     close: Cell<Option<(u16, Disconnect)>>,
     /// Shard clock second of the last frame received.
     last_seen: Cell<u32>,
-    pub subscriptions: RefCell<Vec<Box<str>>>,
     /// Taken while frames are handled, put back when something stays incomplete.
     pub reader: Cell<Option<Box<Reader>>>,
-    /// Client events in the current second: (second, count).
-    client_events: Cell<(u32, u32)>,
 }
 
 impl Conn {
@@ -88,9 +87,7 @@ impl Conn {
             waker: Cell::new(None),
             close: Cell::new(None),
             last_seen: Cell::new(now),
-            subscriptions: RefCell::new(Vec::new()),
             reader: Cell::new(None),
-            client_events: Cell::new((0, 0)),
         }
     }
 
@@ -159,22 +156,6 @@ impl Conn {
 
     pub fn touch(&self, now: u32) {
         self.last_seen.set(now);
-    }
-
-    pub fn silent_for(&self, now: u32) -> u32 {
-        now.saturating_sub(self.last_seen.get())
-    }
-
-    /// Counts a client event; false when it is over `per_second`.
-    pub fn allow_client_event(&self, now: u32, per_second: u32) -> bool {
-        let (second, count) = self.client_events.get();
-        let count = if second == now { count + 1 } else { 1 };
-        self.client_events.set((now, count));
-        count <= per_second
-    }
-
-    pub fn is_subscribed(&self, channel: &str) -> bool {
-        self.subscriptions.borrow().iter().any(|c| &**c == channel)
     }
 
     /// Writes queued frames until the queue is empty or the socket is full. Returns bytes
@@ -270,6 +251,34 @@ impl Conn {
             // A burst grew the queue; give the memory back now that it is idle.
             *outbound = VecDeque::new();
         }
+    }
+}
+
+impl Handle for Rc<Conn> {
+    fn send(&self, frame: Bytes, limit: usize) -> Result<usize, QueueFull> {
+        if self.enqueue(frame.clone(), limit) {
+            return Ok(0);
+        }
+        // TLS connections are written by their own task, which holds their TLS state.
+        if self.tls {
+            return Err(QueueFull);
+        }
+        match self.flush() {
+            Ok((_, written)) if self.enqueue(frame, limit) => Ok(written),
+            _ => Err(QueueFull),
+        }
+    }
+
+    fn close(&self, code: u16, reason: Disconnect) {
+        self.request_close(code, reason);
+    }
+
+    fn is_closing(&self) -> bool {
+        self.close.get().is_some()
+    }
+
+    fn last_active(&self) -> u32 {
+        self.last_seen.get()
     }
 }
 

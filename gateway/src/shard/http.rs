@@ -17,6 +17,7 @@ use crate::bus::ShardMessage;
 use crate::http::api::{self, ApiError, Route};
 use crate::http::{HeadError, RequestHead, Response};
 use crate::protocol::message;
+use crate::pusher::Publish;
 use crate::ws::frame::{text_frame, text_payload};
 
 /// Largest request head.
@@ -463,8 +464,8 @@ async fn channel_info(request: &ApiRequest<'_>, channel: &str) -> Result<String,
 
 /// `GET /apps/{id}/channels/{channel}/users`
 fn channel_users(request: &ApiRequest<'_>, channel: &str) -> Result<String, ApiError> {
-    let registry = request.shard.registry.borrow();
-    let members = registry.presence(request.app, channel);
+    let core = request.shard.core.borrow();
+    let members = core.registry().presence(request.app, channel);
     let ids = members
         .into_iter()
         .flat_map(|p| p.roster.members().map(|(id, _)| id));
@@ -481,7 +482,7 @@ fn terminate_connections(request: &ApiRequest<'_>, user_id: &str) -> Result<Stri
             user_id: user_id.clone(),
         })
         .map_err(|_| ApiError::unavailable("a shard is overloaded; try again"))?;
-    shard.terminate_user(app, &user_id);
+    shard.core.borrow().terminate_user(app, &user_id);
     if let Some(cluster) = &shard.node.cluster {
         // This node's sockets are closed; the caller may repeat the call, which is harmless,
         // until the other nodes can be told.
@@ -508,17 +509,18 @@ async fn channel_states(
 ) -> Result<BTreeMap<String, api::ChannelState>, ApiError> {
     let (shard, app) = (request.shard, request.app);
     let counts = shard.channel_counts(app, scope).await?;
-    let mut registry = shard.registry.borrow_mut();
+    let mut core = shard.core.borrow_mut();
     let now = Instant::now();
     Ok(counts
         .into_iter()
         .map(|(name, subscriptions)| {
-            let users = registry
+            let users = core
+                .registry()
                 .presence(app, &name)
                 .map_or(0, |p| p.roster.len() as u64);
             let cached = info
                 .cache
-                .then(|| registry.cached(app, &name, now))
+                .then(|| core.cached(app, &name, now))
                 .flatten()
                 .and_then(|(frame, ttl)| cached_event(&frame, ttl));
             let state = api::ChannelState {
@@ -549,6 +551,12 @@ fn publish(shard: &Shard, app: usize, event: &api::Publish) {
     let data = serde_json::Value::String(event.data.clone());
     for channel in &event.channels {
         let frame = text_frame(&message::channel_event(&event.name, channel, &data, None));
-        shard.publish(app, channel, frame, except, true);
+        shard.publish(Publish {
+            app,
+            channel,
+            frame,
+            except,
+            cache: true,
+        });
     }
 }

@@ -16,11 +16,9 @@ use crate::admin::stats::{self, Disconnect, Rejection};
 use crate::http::api::parse_query;
 use crate::http::response::switching_protocols;
 use crate::http::{RequestHead, Response};
-use crate::protocol::member::{self, Member};
-use crate::protocol::message::{self, ClientMessage};
-use crate::protocol::{codes, ChannelKind};
-use crate::pusher::requests::{self, Answer, Occupancy, Refusal, Subscription};
-use crate::webhooks::{WebhookEvent, WebhookKind};
+use crate::protocol::codes;
+use crate::protocol::message;
+use crate::pusher::requests::{self, Occupancy};
 use crate::ws::frame::{close_frame, pong_frame, text_frame};
 use crate::ws::{accept_upgrade, Assembler, FrameHead, Message, WsError};
 
@@ -90,13 +88,10 @@ pub async fn upgrade(
     drop(app_key);
     // A task of its own again: this one's state is sized for the upgrade, not for idling. The
     // session starts here so that the task keeps only what waiting needs.
-    let (id, socket_id) = shard.next_socket_id();
+    let (id, _) = shard.core.borrow_mut().next_socket_id();
     let tls = transport.is_tls();
     let conn = Rc::new(Conn::new(id, app, stream, open, tls, shard.now()));
-    shard.register(conn.clone());
-    let established =
-        message::connection_established(&socket_id.to_string(), shard.node.config.activity_timeout);
-    shard.send(&conn, text_frame(&established));
+    shard.apply(|core| core.open(id, app, conn.clone()));
     if !leftover.is_empty() {
         handle_bytes(&shard, &conn, leftover);
     }
@@ -121,7 +116,7 @@ fn run(shard: Rc<Shard>, mut transport: Transport, conn: Rc<Conn>) -> impl Futur
         let stream = conn.stream();
         // A future of its own, so that what lives across the idle wait is only what waiting needs.
         let reason = pump(&shard, stream, &conn, &mut transport).await;
-        shard.unregister(&conn, reason);
+        shard.apply(|core| core.close(conn.id, reason));
         if reason == Disconnect::ClientGone {
             if transport.ends_with_alert() {
                 let _ = Box::pin(transport.linger_close(stream, &[], shard.response_time())).await;
@@ -138,7 +133,7 @@ fn run(shard: Rc<Shard>, mut transport: Transport, conn: Rc<Conn>) -> impl Futur
 }
 
 /// Writes queued frames: shared bytes as they are, or encrypted for this connection.
-fn flush(shard: &Shard, conn: &Conn, transport: &mut Transport) -> std::io::Result<Flush> {
+fn flush(shard: &Shard, conn: &Rc<Conn>, transport: &mut Transport) -> std::io::Result<Flush> {
     let (flushed, written) = match transport {
         Transport::Plain => conn.flush()?,
         Transport::Tls(tls) => conn.flush_tls(tls, &mut shard.tls_scratch.borrow_mut())?,
@@ -148,7 +143,7 @@ fn flush(shard: &Shard, conn: &Conn, transport: &mut Transport) -> std::io::Resu
 }
 
 /// Whether anything waits to be written.
-fn has_output(conn: &Conn, transport: &Transport) -> bool {
+fn has_output(conn: &Rc<Conn>, transport: &Transport) -> bool {
     conn.has_outbound() || matches!(transport, Transport::Tls(tls) if tls.has_outgoing())
 }
 
@@ -156,7 +151,7 @@ fn has_output(conn: &Conn, transport: &Transport) -> bool {
 async fn pump(
     shard: &Shard,
     stream: &TcpStream,
-    conn: &Conn,
+    conn: &Rc<Conn>,
     transport: &mut Transport,
 ) -> Disconnect {
     let mut readable = pin!(stream.readable(false));
@@ -210,7 +205,12 @@ async fn pump(
 }
 
 /// Writes what is queued (ending with the close frame), then lingers for the client's close.
-async fn finish_close(shard: &Shard, stream: &TcpStream, conn: &Conn, transport: &mut Transport) {
+async fn finish_close(
+    shard: &Shard,
+    stream: &TcpStream,
+    conn: &Rc<Conn>,
+    transport: &mut Transport,
+) {
     let finish = async {
         loop {
             match flush(shard, conn, transport) {
@@ -233,7 +233,7 @@ async fn finish_close(shard: &Shard, stream: &TcpStream, conn: &Conn, transport:
 
 /// Reads what the socket has into the shard's scratch buffer and handles every whole frame.
 /// False when the client has gone.
-fn read(shard: &Shard, conn: &Conn) -> bool {
+fn read(shard: &Shard, conn: &Rc<Conn>) -> bool {
     let mut scratch = shard.scratch.borrow_mut();
     for _ in 0..READS_PER_WAKE {
         let n = match io::recv(conn.fd(), &mut scratch) {
@@ -255,7 +255,7 @@ fn read(shard: &Shard, conn: &Conn) -> bool {
 
 /// Reads ciphertext into the shard's TLS buffer, decrypts it and handles the frames inside.
 /// False when the client has gone or broke the TLS protocol.
-fn read_tls(shard: &Shard, conn: &Conn, tls: &mut TlsSession) -> bool {
+fn read_tls(shard: &Shard, conn: &Rc<Conn>, tls: &mut TlsSession) -> bool {
     let mut cipher = shard.tls_scratch.borrow_mut();
     cipher.clear();
     cipher.extend_from_slice(&tls.take_incoming());
@@ -293,14 +293,14 @@ fn read_tls(shard: &Shard, conn: &Conn, tls: &mut TlsSession) -> bool {
 }
 
 /// Handles decrypted bytes: copied into the shard's scratch buffer, where frames are unmasked.
-fn consume_plain(shard: &Shard, conn: &Conn, plain: &[u8]) {
+fn consume_plain(shard: &Shard, conn: &Rc<Conn>, plain: &[u8]) {
     let mut scratch = shard.scratch.borrow_mut();
     scratch[..plain.len()].copy_from_slice(plain);
     consume(shard, conn, &mut scratch[..plain.len()]);
 }
 
 /// Handles the bytes of one read, with whatever an earlier read left incomplete.
-fn consume(shard: &Shard, conn: &Conn, bytes: &mut [u8]) {
+fn consume(shard: &Shard, conn: &Rc<Conn>, bytes: &mut [u8]) {
     match conn.reader.take() {
         None => {
             let mut assembler = Assembler::default();
@@ -321,7 +321,7 @@ fn consume(shard: &Shard, conn: &Conn, bytes: &mut [u8]) {
 }
 
 /// Handles bytes that arrived with the request head.
-fn handle_bytes(shard: &Shard, conn: &Conn, bytes: Vec<u8>) {
+fn handle_bytes(shard: &Shard, conn: &Rc<Conn>, bytes: Vec<u8>) {
     conn.reader.set(Some(Box::new(Reader {
         carry: bytes,
         assembler: Assembler::default(),
@@ -331,7 +331,7 @@ fn handle_bytes(shard: &Shard, conn: &Conn, bytes: Vec<u8>) {
 
 /// Handles the whole frames among the bytes carried over from earlier reads, and lets the
 /// reader go once nothing is in flight: an idle connection keeps no buffer.
-fn read_carried(shard: &Shard, conn: &Conn) {
+fn read_carried(shard: &Shard, conn: &Rc<Conn>) {
     let Some(mut reader) = conn.reader.take() else {
         return;
     };
@@ -344,7 +344,7 @@ fn read_carried(shard: &Shard, conn: &Conn) {
 }
 
 /// Decodes and handles the whole frames at the start of `buf`; returns the bytes used.
-fn process(shard: &Shard, conn: &Conn, buf: &mut [u8], assembler: &mut Assembler) -> usize {
+fn process(shard: &Shard, conn: &Rc<Conn>, buf: &mut [u8], assembler: &mut Assembler) -> usize {
     let max = shard.node.config.max_message_bytes;
     let mut used = 0;
     while used < buf.len() && conn.close_requested().is_none() {
@@ -367,7 +367,7 @@ fn process(shard: &Shard, conn: &Conn, buf: &mut [u8], assembler: &mut Assembler
     used
 }
 
-fn protocol_error(shard: &Shard, conn: &Conn, error: &WsError) {
+fn protocol_error(shard: &Shard, conn: &Rc<Conn>, error: &WsError) {
     shard.reject(match error {
         WsError::TooBig(_) => Rejection::FrameTooBig,
         WsError::InvalidUtf8 => Rejection::InvalidUtf8,
@@ -376,12 +376,9 @@ fn protocol_error(shard: &Shard, conn: &Conn, error: &WsError) {
     conn.request_close(error.close_code(), Disconnect::ProtocolError);
 }
 
-fn handle_frame(shard: &Shard, conn: &Conn, message: Message<'_>) {
+fn handle_frame(shard: &Shard, conn: &Rc<Conn>, message: Message<'_>) {
     match message {
-        Message::Text(text) => {
-            stats::add(&shard.stats().messages_in, 1);
-            handle_event(shard, conn, &text);
-        }
+        Message::Text(text) => shard.client_message(conn, &text),
         Message::Binary => {
             shard.reject(Rejection::BinaryFrame);
             conn.request_close(codes::WS_UNSUPPORTED_DATA, Disconnect::ProtocolError);
@@ -394,200 +391,4 @@ fn handle_frame(shard: &Shard, conn: &Conn, message: Message<'_>) {
             conn.request_close(code.unwrap_or(codes::WS_NORMAL), Disconnect::ClientClose)
         }
     }
-}
-
-fn send_error(shard: &Shard, conn: &Conn, code: Option<u16>, text: &str) {
-    shard.send(conn, text_frame(&message::error(code, text)));
-}
-
-fn handle_event(shard: &Shard, conn: &Conn, text: &str) {
-    match ClientMessage::parse(text) {
-        Err(error) => {
-            shard.reject(Rejection::BadMessage);
-            send_error(shard, conn, None, &error.to_string());
-        }
-        Ok(ClientMessage::Ping) => {
-            shard.send(conn, shard.pong.clone());
-        }
-        Ok(ClientMessage::Pong) => {}
-        Ok(ClientMessage::Subscribe {
-            channel,
-            auth,
-            channel_data,
-        }) => subscribe(
-            shard,
-            conn,
-            &channel,
-            auth.as_deref(),
-            channel_data.as_deref(),
-        ),
-        Ok(ClientMessage::Unsubscribe { channel }) => {
-            shard.remove_subscriber(conn, &channel);
-            conn.subscriptions.borrow_mut().retain(|c| **c != *channel);
-        }
-        Ok(ClientMessage::Signin { auth, user_data }) => signin(shard, conn, &auth, &user_data),
-        Ok(ClientMessage::ClientEvent {
-            event,
-            channel,
-            data,
-        }) => client_event(shard, conn, &event, &channel, &data),
-        Ok(ClientMessage::Unsupported { event }) => {
-            shard.reject(Rejection::UnsupportedEvent);
-            send_error(shard, conn, None, &format!("unsupported event {event}"));
-        }
-    }
-}
-
-/// Tells the client why its request was refused, and counts it.
-fn refuse(shard: &Shard, conn: &Conn, channel: &str, refusal: &Refusal) {
-    shard.reject(refusal.rejection);
-    match refusal.answer {
-        Answer::SubscriptionError { kind, status } => {
-            let error = message::subscription_error(channel, kind, &refusal.reason, status);
-            shard.send(conn, text_frame(&error));
-            send_error(shard, conn, Some(codes::UNAUTHORIZED), &refusal.reason);
-        }
-        Answer::Error(code) => send_error(shard, conn, code, &refusal.reason),
-    }
-}
-
-/// The user a socket signed in as, as a presence member.
-fn signed_in_member(shard: &Shard, conn: &Conn) -> Option<Member> {
-    let registry = shard.registry.borrow();
-    let user = registry.users(conn.app).signed_in(conn.id)?;
-    Some(Member {
-        user_id: user.user_id.to_string(),
-        user_info: user.user_info.clone(),
-    })
-}
-
-fn subscribe(shard: &Shard, conn: &Conn, name: &str, auth: Option<&str>, data: Option<&str>) {
-    let app = &shard.node.config.apps[conn.app];
-    let socket_id = shard.socket_id(conn).to_string();
-    let signed_in = signed_in_member(shard, conn);
-    let subscription = requests::subscription(app, &socket_id, name, (auth, data), signed_in);
-    let presence = match subscription {
-        Err(refusal) => return refuse(shard, conn, name, &refusal),
-        Ok(Subscription::OwnUserChannel) => {
-            shard.send(conn, text_frame(&message::subscription_succeeded(name)));
-            return;
-        }
-        Ok(Subscription::Channel) => false,
-        Ok(Subscription::Presence(member)) => {
-            if let Err(full) = shard.join_presence(conn, name, &member) {
-                return refuse(shard, conn, name, &requests::presence_full(name, &full));
-            }
-            true
-        }
-    };
-    shard.add_subscriber(conn, name);
-    let succeeded = if presence {
-        let registry = shard.registry.borrow();
-        let members = registry
-            .presence(conn.app, name)
-            .map(|p| p.roster.members());
-        message::presence_subscription_succeeded(name, members.into_iter().flatten())
-    } else {
-        message::subscription_succeeded(name)
-    };
-    shard.send(conn, text_frame(&succeeded));
-    if ChannelKind::of(name).is_cache() {
-        replay_cached(shard, conn, name);
-    }
-}
-
-/// Sends a cache channel's last event to a new subscriber, or tells it there is none.
-fn replay_cached(shard: &Shard, conn: &Conn, name: &str) {
-    let cached = shard
-        .registry
-        .borrow_mut()
-        .cached(conn.app, name, std::time::Instant::now());
-    match cached {
-        Some((frame, _)) => {
-            shard.send(conn, frame);
-        }
-        None => {
-            shard.send(conn, text_frame(&message::cache_miss(name)));
-            shard.webhook(conn.app, WebhookKind::CacheMiss, || {
-                WebhookEvent::CacheMiss {
-                    channel: name.into(),
-                }
-            });
-        }
-    }
-}
-
-fn signin(shard: &Shard, conn: &Conn, auth: &str, user_data: &str) {
-    let app = &shard.node.config.apps[conn.app];
-    let socket_id = shard.socket_id(conn).to_string();
-    let user = match requests::signin(app, &socket_id, auth, user_data) {
-        Ok(user) => user,
-        Err(refusal) => return refuse(shard, conn, "", &refusal),
-    };
-    let truncated = user.watchlist_truncated;
-    let watchlist = match shard.sign_in(conn, user) {
-        Ok(watchlist) => watchlist,
-        Err(error) => {
-            shard.reject(Rejection::AlreadySignedIn);
-            return send_error(shard, conn, Some(codes::UNAUTHORIZED), &error.to_string());
-        }
-    };
-    shard.send(conn, text_frame(&message::signin_success(user_data)));
-    if truncated {
-        shard.reject(Rejection::WatchlistTooLong);
-        let reason = format!(
-            "the watchlist holds more than {} user ids; only the first {} are watched",
-            member::MAX_WATCHLIST,
-            member::MAX_WATCHLIST
-        );
-        send_error(shard, conn, Some(codes::WATCHLIST_TOO_LONG), &reason);
-    }
-    if let Some(frame) = watchlist {
-        shard.send(conn, frame);
-    }
-}
-
-fn client_event(shard: &Shard, conn: &Conn, event: &str, name: &str, data: &serde_json::Value) {
-    let config = &shard.node.config;
-    let app = &config.apps[conn.app];
-    let kind = ChannelKind::of(name);
-    if let Err(refusal) = requests::client_event(app, name, conn.is_subscribed(name)) {
-        return refuse(shard, conn, name, &refusal);
-    }
-    let rate = app.client_event_rate.unwrap_or(config.client_event_rate);
-    if !conn.allow_client_event(shard.now(), rate) {
-        shard.reject(Rejection::ClientEventRate);
-        let reason = format!("more than {rate} client events per second");
-        return send_error(shard, conn, Some(codes::CLIENT_EVENT_RATE_LIMIT), &reason);
-    }
-    // On presence channels the others learn who sent it.
-    let user_id: Option<Box<str>> = kind
-        .is_presence()
-        .then(|| {
-            let registry = shard.registry.borrow();
-            registry
-                .presence(conn.app, name)
-                .and_then(|p| p.user_of(conn.id))
-                .map(Into::into)
-        })
-        .flatten();
-    let frame = text_frame(&message::channel_event(
-        event,
-        name,
-        data,
-        user_id.as_deref(),
-    ));
-    shard.publish(conn.app, name, frame, Some(shard.socket_id(conn)), false);
-    shard.webhook(conn.app, WebhookKind::ClientEvent, || {
-        WebhookEvent::ClientEvent {
-            channel: name.into(),
-            event: event.into(),
-            data: match data {
-                serde_json::Value::String(text) => text.clone(),
-                other => other.to_string(),
-            },
-            socket_id: shard.socket_id(conn).to_string(),
-            user_id,
-        }
-    });
 }

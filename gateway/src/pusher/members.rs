@@ -7,7 +7,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use serde_json::Value;
 
-use super::{Conn, Shard};
+use super::core::{Core, Handle};
 use crate::bus::ShardMessage;
 use crate::channels::presence::{ChannelFull, LocalChange, RosterDelta, RosterKey, Transition};
 use crate::channels::users::AlreadySignedIn;
@@ -18,38 +18,38 @@ use crate::protocol::message::{self, Watch};
 use crate::webhooks::{WebhookEvent, WebhookKind};
 use crate::ws::frame::text_frame;
 
-impl Shard {
+impl<H: Handle> Core<H> {
     /// A local socket joins a presence channel's members. Its user's arrival node-wide is told
     /// to the channel's other subscribers here, and to the other shards.
-    pub(super) fn join_presence(
-        &self,
-        conn: &Conn,
+    pub(crate) fn join_presence(
+        &mut self,
+        (app, id): (usize, u64),
         channel: &str,
         member: &Member,
     ) -> Result<(), ChannelFull> {
-        let joined = self.registry.borrow_mut().presence_join(
-            conn.app,
+        let joined = self.registry.presence_join(
+            app,
             channel,
-            conn.id,
+            id,
             (&member.user_id, &member.user_info),
-            self.node.config.max_presence_members,
+            self.config.max_presence_members,
             self.me,
         )?;
         if let Some(change) = joined {
             let roster = RosterKey::Channel(channel.into());
             self.share(
-                conn.app,
+                app,
                 roster,
                 &member.user_id,
                 change,
                 Some(&member.user_info),
             );
             self.member_transition(
-                conn.app,
+                app,
                 channel,
                 &member.user_id,
                 change.transition,
-                Some(conn.id),
+                Some(id),
                 true,
             );
         }
@@ -57,11 +57,8 @@ impl Shard {
     }
 
     /// A local socket leaves a presence channel's members.
-    pub(super) fn leave_presence(&self, app: usize, channel: &str, socket: u64) {
-        let left = self
-            .registry
-            .borrow_mut()
-            .presence_leave(app, channel, socket, self.me);
+    pub(crate) fn leave_presence(&mut self, app: usize, channel: &str, socket: u64) {
+        let left = self.registry.presence_leave(app, channel, socket, self.me);
         if let Some((user_id, change)) = left {
             let roster = RosterKey::Channel(channel.into());
             self.share(app, roster, &user_id, change, None);
@@ -71,19 +68,15 @@ impl Shard {
 
     /// Signs a local socket in. Returns the frame that tells it its watchlist's current state,
     /// when it watches anyone.
-    pub(super) fn sign_in(
-        &self,
-        conn: &Conn,
+    pub(crate) fn sign_in(
+        &mut self,
+        (app, id): (usize, u64),
         user: User,
     ) -> Result<Option<Bytes>, AlreadySignedIn> {
         let user_id = user.id.clone();
-        let change = self
-            .registry
-            .borrow_mut()
-            .users_mut(conn.app)
-            .sign_in(conn.id, user, self.me)?;
+        let change = self.registry.users_mut(app).sign_in(id, user, self.me)?;
         self.share(
-            conn.app,
+            app,
             RosterKey::SignedIn,
             &user_id,
             change,
@@ -91,11 +84,10 @@ impl Shard {
         );
         if change.share {
             // The user's first socket here: other nodes' `sendToUser` must reach this shard.
-            self.interest(conn.app, &server_to_user_channel(&user_id), true);
+            self.interest(app, &server_to_user_channel(&user_id), true);
         }
-        self.online_transition(conn.app, &user_id, change.transition);
-        let registry = self.registry.borrow();
-        let (online, offline) = registry.users(conn.app).watchlist_status(conn.id);
+        self.online_transition(app, &user_id, change.transition);
+        let (online, offline) = self.registry.users(app).watchlist_status(id);
         Ok((!online.is_empty() || !offline.is_empty()).then(|| {
             text_frame(&message::watchlist_events(&[
                 (Watch::Online, online),
@@ -105,24 +97,20 @@ impl Shard {
     }
 
     /// Forgets a closing socket's sign-in, if it had one.
-    pub(super) fn sign_out(&self, conn: &Conn) {
-        let signed_out = self
-            .registry
-            .borrow_mut()
-            .users_mut(conn.app)
-            .sign_out(conn.id, self.me);
+    pub(crate) fn sign_out(&mut self, app: usize, id: u64) {
+        let signed_out = self.registry.users_mut(app).sign_out(id, self.me);
         if let Some((user_id, change)) = signed_out {
-            self.share(conn.app, RosterKey::SignedIn, &user_id, change, None);
+            self.share(app, RosterKey::SignedIn, &user_id, change, None);
             if change.share {
-                self.interest(conn.app, &server_to_user_channel(&user_id), false);
+                self.interest(app, &server_to_user_channel(&user_id), false);
             }
-            self.online_transition(conn.app, &user_id, change.transition);
+            self.online_transition(app, &user_id, change.transition);
         }
     }
 
     /// Applies another shard's change to a roster and tells local sockets what it changed.
-    pub(super) fn apply_roster(&self, delta: &RosterDelta) {
-        let transition = self.registry.borrow_mut().apply(delta);
+    pub(crate) fn apply_roster(&mut self, delta: &RosterDelta) {
+        let transition = self.registry.apply(delta);
         match &delta.roster {
             RosterKey::Channel(channel) => self.member_transition(
                 delta.app,
@@ -139,7 +127,7 @@ impl Shard {
     /// Tells the other shards (and nodes) of this shard's change to a roster, when its own source
     /// changed: `joined` is the user's info when it arrived here, `None` when it left.
     fn share(
-        &self,
+        &mut self,
         app: usize,
         roster: RosterKey,
         user_id: &str,
@@ -157,17 +145,15 @@ impl Shard {
             joined: joined.cloned(),
             webhooks: true,
         });
-        if self.node.cluster.is_some() {
-            self.to_cluster(BridgeMessage::Roster(delta.clone()));
-        }
+        self.tell_cluster(BridgeMessage::Roster(delta.clone()));
         // A shard whose inbox is full misses it; counted there.
-        let _ = self.to_other_shards(|| ShardMessage::Roster(delta.clone()));
+        self.tell_other_shards(|| ShardMessage::Roster(delta.clone()));
     }
 
     /// Tells the channel's local subscribers (but `except`) that a user arrived or left; the
     /// channel's owner shard also sends the webhook, when `webhooks` says this node sends it.
     fn member_transition(
-        &self,
+        &mut self,
         app: usize,
         channel: &str,
         user_id: &str,
@@ -178,8 +164,8 @@ impl Shard {
         let frame = match transition {
             Transition::Unchanged => return,
             Transition::Added => {
-                let registry = self.registry.borrow();
-                let info = registry
+                let info = self
+                    .registry
                     .presence(app, channel)
                     .and_then(|p| p.roster.info(user_id))
                     .unwrap_or(&Value::Null);
@@ -188,7 +174,7 @@ impl Shard {
             Transition::Removed => text_frame(&message::member_removed(channel, user_id)),
         };
         self.fan_out(app, channel, &frame, |id| Some(id) == except);
-        if !webhooks || self.owner(app, channel) != self.index {
+        if !webhooks || self.owner(app, channel) != self.place.shard {
             return;
         }
         let (channel, user_id): (Box<str>, Box<str>) = (channel.into(), user_id.into());
@@ -209,8 +195,7 @@ impl Shard {
             Transition::Added => Watch::Online,
             Transition::Removed => Watch::Offline,
         };
-        let registry = self.registry.borrow();
-        let watchers = registry.users(app).watchers_of(user_id);
+        let watchers = self.registry.users(app).watchers_of(user_id);
         if watchers.is_empty() {
             return;
         }

@@ -1,0 +1,555 @@
+//! One shard's Pusher state as a state machine: who is connected and subscribed, presence and
+//! signed-in users, cache channels, node-wide counts, publish and fanout, activity timeouts and
+//! drain. It is fed inputs (a session opening or closing, a client's message, a publish, a
+//! message from another shard, the clock) and answers through each session's [`Handle`] (frames,
+//! closes) and through [`Transmit`]s the shard carries out (other shards' inboxes, the cluster
+//! bridge, webhooks). It owns no socket, task or timer, and reads no clock: `now` is an input.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use hdrhistogram::Histogram;
+
+use crate::admin::stats::{self, Disconnect, Rejection, ShardStats};
+use crate::bus::{Broadcast, ShardCounts, ShardMessage};
+use crate::channels::counts::OwnedCounts;
+use crate::channels::presence::Source;
+use crate::channels::Registry;
+use crate::cluster::BridgeMessage;
+use crate::config::Config;
+use crate::protocol::channel::server_to_user;
+use crate::protocol::{codes, message, ChannelKind, SocketId};
+use crate::webhooks::{Job, WebhookEvent, WebhookKind};
+use crate::ws::frame::text_frame;
+
+/// Ticks per second while a drain spreads its closes.
+pub const DRAIN_TICKS_PER_SECOND: u32 = 10;
+
+/// A session as the core reaches it: the runtime's connection, or a test's recording.
+pub trait Handle: Clone {
+    /// Queues a frame. When the queue would pass `limit` bytes the handle may first hand the
+    /// kernel what it takes now; `Ok` says how many bytes that wrote, `Err` that the frame did
+    /// not fit even so.
+    fn send(&self, frame: Bytes, limit: usize) -> Result<usize, QueueFull>;
+    /// Asks the session to close with this code. The first request wins.
+    fn close(&self, code: u16, reason: Disconnect);
+    /// Whether a close was asked for.
+    fn is_closing(&self) -> bool;
+    /// The core's second (see [`Core::second`]) of the last bytes the client sent.
+    fn last_active(&self) -> u32;
+}
+
+/// A session's outbound queue is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueFull;
+
+/// What the shard must carry out for the core, in order.
+#[derive(Debug)]
+pub enum Transmit {
+    /// To another shard's inbox. A full inbox drops it, counted there.
+    Shard { to: usize, message: ShardMessage },
+    /// To the cluster bridge; must not be lost (kept and sent again while its inbox is full).
+    Cluster(BridgeMessage),
+    /// A broadcast for the other nodes; dropped and counted while the bridge is busy.
+    ClusterPublish(Arc<Broadcast>),
+    /// To the webhook sender; dropped and counted when its queue is full.
+    Webhook(Job),
+}
+
+/// Where a core sits: its node and shard, and how many shards the node has.
+#[derive(Debug, Clone, Copy)]
+pub struct Place {
+    pub node: u32,
+    pub shard: usize,
+    pub shards: usize,
+    /// Whether the node is part of a cluster (the bridge must hear of interest and rosters).
+    pub clustered: bool,
+}
+
+/// What the core keeps per session.
+struct Session<H> {
+    handle: H,
+    app: usize,
+    subscriptions: Vec<Box<str>>,
+    /// Client events in the current second: (second, count).
+    client_events: (u32, u32),
+}
+
+/// Closes spread over the drain window, in the order sessions were open when it started.
+struct Drain {
+    order: Vec<u64>,
+    started: Instant,
+    per_tick: usize,
+    /// How many of `order` have been asked to close.
+    asked: usize,
+}
+
+/// One shard's Pusher state.
+pub struct Core<H> {
+    pub(super) config: Arc<Config>,
+    pub(super) stats: Arc<ShardStats>,
+    pub(super) place: Place,
+    /// This shard as a source of presence members and signed-in users.
+    pub(super) me: Source,
+    started: Instant,
+    pub(super) registry: Registry<H>,
+    /// Node-wide subscriber counts of the channels this shard owns (see `counts`).
+    pub(super) counts: OwnedCounts,
+    sessions: HashMap<u64, Session<H>>,
+    next_id: u64,
+    /// Fanout latency in microseconds, from publish to queued on this shard's subscribers.
+    latency: Histogram<u64>,
+    pong: Bytes,
+    transmits: VecDeque<Transmit>,
+    drain: Option<Drain>,
+}
+
+impl<H: Handle> Core<H> {
+    pub fn new(
+        config: Arc<Config>,
+        stats: Arc<ShardStats>,
+        place: Place,
+        started: Instant,
+    ) -> Core<H> {
+        let apps = config.apps.len();
+        Core {
+            me: Source {
+                node: place.node,
+                shard: place.shard as u32,
+            },
+            registry: Registry::new(apps),
+            counts: OwnedCounts::new(apps, place.shards),
+            config,
+            stats,
+            place,
+            started,
+            sessions: HashMap::new(),
+            next_id: 1,
+            latency: stats::latency_histogram(),
+            pong: text_frame(message::PONG),
+            transmits: VecDeque::new(),
+            drain: None,
+        }
+    }
+
+    /// Seconds since the shard started: the clock of activity and client-event rates.
+    pub fn second(&self, now: Instant) -> u32 {
+        now.saturating_duration_since(self.started).as_secs() as u32
+    }
+
+    /// The next thing the shard must carry out, oldest first.
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.transmits.pop_front()
+    }
+
+    /// Open sessions.
+    pub fn sessions(&self) -> usize {
+        self.sessions.len()
+    }
+
+    pub fn registry(&self) -> &Registry<H> {
+        &self.registry
+    }
+
+    /// A cache channel's kept frame and the time it has left.
+    pub fn cached(&mut self, app: usize, channel: &str, now: Instant) -> Option<(Bytes, Duration)> {
+        self.registry.cached(app, channel, now)
+    }
+
+    /// Numbers a new session: its number on this shard and its cluster-wide socket id.
+    pub fn next_socket_id(&mut self) -> (u64, SocketId) {
+        let id = self.next_id;
+        self.next_id += 1;
+        (id, self.socket_id(id))
+    }
+
+    pub fn socket_id(&self, id: u64) -> SocketId {
+        SocketId {
+            node: self.place.node,
+            shard: self.place.shard as u32,
+            local: id,
+        }
+    }
+
+    /// A session starts: it is told its socket id.
+    pub fn open(&mut self, id: u64, app: usize, handle: H) {
+        self.stats.connect(app);
+        let established = message::connection_established(
+            &self.socket_id(id).to_string(),
+            self.config.activity_timeout,
+        );
+        self.send(&handle, text_frame(&established));
+        let session = Session {
+            handle,
+            app,
+            subscriptions: Vec::new(),
+            client_events: (0, 0),
+        };
+        self.sessions.insert(id, session);
+    }
+
+    /// A session ended: it leaves its channels and its sign-in.
+    pub fn close(&mut self, id: u64, reason: Disconnect) {
+        let Some(session) = self.sessions.remove(&id) else {
+            return;
+        };
+        for channel in &session.subscriptions {
+            self.remove_subscriber(session.app, id, channel);
+        }
+        self.sign_out(session.app, id);
+        self.stats.disconnect(session.app, reason);
+    }
+
+    /// Queues a frame to a session, closing it as a slow consumer when it cannot take it.
+    pub fn send(&self, handle: &H, frame: Bytes) -> bool {
+        match handle.send(frame, self.config.outbound_queue_bytes) {
+            Ok(written) => {
+                stats::add(&self.stats.bytes_out, written as u64);
+                true
+            }
+            Err(QueueFull) => {
+                handle.close(codes::OVER_CAPACITY, Disconnect::SlowConsumer);
+                stats::add(&self.stats.slow_consumer_disconnects, 1);
+                false
+            }
+        }
+    }
+
+    /// Queues a frame to a session by its number, if it is still open.
+    pub(super) fn send_to_session(&self, id: u64, frame: Bytes) {
+        if let Some(session) = self.sessions.get(&id) {
+            self.send(&session.handle, frame);
+        }
+    }
+
+    pub(super) fn app_of(&self, id: u64) -> Option<usize> {
+        self.sessions.get(&id).map(|s| s.app)
+    }
+
+    pub(super) fn is_subscribed(&self, id: u64, channel: &str) -> bool {
+        self.sessions
+            .get(&id)
+            .is_some_and(|s| s.subscriptions.iter().any(|c| &**c == channel))
+    }
+
+    /// Counts a client event; false when it is over `per_second`.
+    pub(super) fn allow_client_event(&mut self, id: u64, now: u32, per_second: u32) -> bool {
+        let Some(session) = self.sessions.get_mut(&id) else {
+            return false;
+        };
+        let (second, count) = session.client_events;
+        let count = if second == now { count + 1 } else { 1 };
+        session.client_events = (now, count);
+        count <= per_second
+    }
+
+    pub(super) fn pong(&self) -> Bytes {
+        self.pong.clone()
+    }
+
+    pub(super) fn reject(&self, reason: Rejection) {
+        self.stats.reject(reason);
+    }
+
+    /// Adds a session to a channel's subscribers; false if it already was one.
+    pub(super) fn add_subscriber(&mut self, id: u64, channel: &str) -> bool {
+        let Some(session) = self.sessions.get_mut(&id) else {
+            return false;
+        };
+        let (app, handle) = (session.app, session.handle.clone());
+        if !self.registry.subscribe(app, channel, id, handle) {
+            return false;
+        }
+        session.subscriptions.push(channel.into());
+        self.subscribers_changed(app, channel);
+        if self.registry.count(app, channel) == 1 {
+            self.interest(app, channel, true);
+        }
+        true
+    }
+
+    /// A session unsubscribes from a channel.
+    pub(super) fn unsubscribe(&mut self, id: u64, channel: &str) {
+        let Some(session) = self.sessions.get_mut(&id) else {
+            return;
+        };
+        session.subscriptions.retain(|c| **c != *channel);
+        let app = session.app;
+        self.remove_subscriber(app, id, channel);
+    }
+
+    /// Removes a subscriber from a channel (and from its members, on a presence channel).
+    fn remove_subscriber(&mut self, app: usize, id: u64, channel: &str) {
+        if !self.registry.unsubscribe(app, channel, id) {
+            return;
+        }
+        if ChannelKind::of(channel).is_presence() {
+            self.leave_presence(app, channel, id);
+        }
+        self.subscribers_changed(app, channel);
+        if self.registry.count(app, channel) == 0 {
+            self.interest(app, channel, false);
+        }
+    }
+
+    /// Tells the cluster bridge whether this shard holds subscribers of a channel, so that the
+    /// node receives the channel's traffic from other nodes exactly while it needs it.
+    pub(super) fn interest(&mut self, app: usize, channel: &str, occupied: bool) {
+        if !self.place.clustered {
+            return;
+        }
+        self.transmits
+            .push_back(Transmit::Cluster(BridgeMessage::Interest {
+                // Shards are at most `MAX_SHARDS` (1000), checked at start.
+                shard: self.place.shard as u16,
+                app,
+                channel: channel.into(),
+                occupied,
+            }));
+    }
+
+    pub(super) fn tell_cluster(&mut self, message: BridgeMessage) {
+        if self.place.clustered {
+            self.transmits.push_back(Transmit::Cluster(message));
+        }
+    }
+
+    pub(super) fn tell_shard(&mut self, to: usize, message: ShardMessage) {
+        self.transmits.push_back(Transmit::Shard { to, message });
+    }
+
+    /// Sends a message, made anew for each, to every other shard of the node.
+    pub(super) fn tell_other_shards(&mut self, mut message: impl FnMut() -> ShardMessage) {
+        let Place { shard, shards, .. } = self.place;
+        for to in (0..shards).filter(|&to| to != shard) {
+            self.tell_shard(to, message());
+        }
+    }
+
+    /// Sends an event to every subscriber of a channel on every shard (to a user's signed-in
+    /// sockets for `#server-to-user-{id}`), and to the other nodes when clustering is on. The
+    /// frame is encoded once by the caller and shared. `cache` says whether a cache channel
+    /// keeps it. The shard hands the core what its inbox holds first (see `Shard::publish`).
+    pub fn publish(&mut self, publish: Publish, now: Instant) {
+        let broadcast = Arc::new(Broadcast {
+            app: publish.app,
+            channel: publish.channel.into(),
+            frame: publish.frame,
+            except: publish.except,
+            cache: publish.cache,
+            published: now,
+        });
+        self.deliver(&broadcast, now);
+        self.tell_other_shards(|| ShardMessage::Broadcast(broadcast.clone()));
+        if self.place.clustered {
+            self.transmits
+                .push_back(Transmit::ClusterPublish(broadcast));
+        }
+    }
+
+    /// Queues a broadcast to this shard's subscribers of its channel.
+    fn deliver(&mut self, broadcast: &Broadcast, now: Instant) {
+        let me = (self.place.node, self.place.shard as u32);
+        let excluded = |id: u64| {
+            broadcast
+                .except
+                .is_some_and(|except| except.local == id && (except.node, except.shard) == me)
+        };
+        let delivered = if let Some(user_id) = server_to_user(&broadcast.channel) {
+            let sockets = self.registry.users(broadcast.app).sockets_of(user_id);
+            let ids = sockets.iter().copied().filter(|id| !excluded(*id));
+            self.send_to(ids, &broadcast.frame)
+        } else {
+            if broadcast.cache && ChannelKind::of(&broadcast.channel).is_cache() {
+                self.registry.set_cached(
+                    broadcast.app,
+                    &broadcast.channel,
+                    broadcast.frame.clone(),
+                    broadcast.published,
+                );
+            }
+            self.fan_out(
+                broadcast.app,
+                &broadcast.channel,
+                &broadcast.frame,
+                excluded,
+            )
+        };
+        if delivered > 0 {
+            let micros = now
+                .saturating_duration_since(broadcast.published)
+                .as_micros() as u64;
+            self.latency.saturating_record(micros.max(1));
+        }
+    }
+
+    /// Queues a frame to this shard's subscribers of a channel, but not to `excluded` ones;
+    /// returns how many got it.
+    pub(super) fn fan_out(
+        &self,
+        app: usize,
+        channel: &str,
+        frame: &Bytes,
+        excluded: impl Fn(u64) -> bool,
+    ) -> u64 {
+        let mut delivered = 0;
+        for (id, handle) in self.registry.subscribers(app, channel) {
+            if excluded(id) || handle.is_closing() {
+                continue;
+            }
+            if self.send(handle, frame.clone()) {
+                delivered += 1;
+            }
+        }
+        stats::add(&self.stats.messages_out, delivered);
+        delivered
+    }
+
+    /// Queues a frame to some of this shard's sessions, by number; returns how many got it.
+    pub(super) fn send_to(&self, ids: impl IntoIterator<Item = u64>, frame: &Bytes) -> u64 {
+        let mut delivered = 0;
+        for id in ids {
+            if let Some(session) = self.sessions.get(&id) {
+                if !session.handle.is_closing() && self.send(&session.handle, frame.clone()) {
+                    delivered += 1;
+                }
+            }
+        }
+        stats::add(&self.stats.messages_out, delivered);
+        delivered
+    }
+
+    /// Hands a webhook event to the sender if the app wants this kind. `event` is only built
+    /// when it will be sent.
+    pub(super) fn webhook(
+        &mut self,
+        app: usize,
+        kind: WebhookKind,
+        event: impl FnOnce() -> WebhookEvent,
+    ) {
+        if self.config.apps[app].wants_webhook(kind) {
+            let job = Job {
+                app,
+                event: event(),
+            };
+            self.transmits.push_back(Transmit::Webhook(job));
+        }
+    }
+
+    /// Closes every session on this shard signed in as the user, with 4009.
+    pub fn terminate_user(&self, app: usize, user_id: &str) {
+        for id in self.registry.users(app).sockets_of(user_id) {
+            if let Some(session) = self.sessions.get(id) {
+                session
+                    .handle
+                    .close(codes::UNAUTHORIZED, Disconnect::Terminated);
+            }
+        }
+    }
+
+    /// This shard's subscription counts of the app's channels: the named ones, or every
+    /// occupied one.
+    pub fn local_counts(&self, app: usize, channels: Option<&[Box<str>]>) -> ShardCounts {
+        match channels {
+            Some(names) => names
+                .iter()
+                .map(|name| (name.clone(), self.registry.count(app, name)))
+                .collect(),
+            None => self
+                .registry
+                .counts(app)
+                .map(|(n, c)| (n.into(), c))
+                .collect(),
+        }
+    }
+
+    /// A message from another shard (or, through the bridge, another node).
+    pub fn handle_message(&mut self, message: ShardMessage, now: Instant) {
+        match message {
+            ShardMessage::Broadcast(broadcast) => self.deliver(&broadcast, now),
+            ShardMessage::Roster(delta) => self.apply_roster(&delta),
+            ShardMessage::Subscribers {
+                app,
+                channel,
+                shard,
+                count,
+            } => self.count_subscribers(app, &channel, shard, count),
+            ShardMessage::TerminateUser { app, user_id } => self.terminate_user(app, &user_id),
+            ShardMessage::ChannelCounts {
+                app,
+                channels,
+                reply,
+            } => {
+                // The asker may have given up; nothing to do then.
+                let _ = reply.send(self.local_counts(app, channels.as_deref()));
+            }
+            ShardMessage::Latency { reply } => {
+                let _ = reply.send(self.latency.clone());
+            }
+        }
+    }
+
+    /// Once a second: closes sessions that have been silent too long, and sends the
+    /// subscription counts that changed (so a burst of subscriptions makes one event, not one
+    /// each).
+    pub fn tick(&mut self, now: Instant) {
+        self.flush_subscription_counts(now);
+        let second = self.second(now);
+        let limit = self.config.inactivity_timeout;
+        for session in self.sessions.values() {
+            let silent = second.saturating_sub(session.handle.last_active());
+            if u64::from(silent) > limit {
+                session
+                    .handle
+                    .close(codes::PONG_NOT_RECEIVED, Disconnect::ActivityTimeout);
+            }
+        }
+    }
+
+    /// Starts closing every session with 4200, spread over `window` so that clients do not all
+    /// reconnect at once.
+    pub fn start_drain(&mut self, now: Instant, window: Duration) {
+        let order: Vec<u64> = self.sessions.keys().copied().collect();
+        let ticks = (window.as_millis() as usize * DRAIN_TICKS_PER_SECOND as usize / 1000).max(1);
+        let per_tick = order.len().div_ceil(ticks).max(1);
+        self.drain = Some(Drain {
+            order,
+            started: now,
+            per_tick,
+            asked: 0,
+        });
+    }
+
+    /// Asks the sessions whose turn has come to close; true once every one has been asked.
+    pub fn drain(&mut self, now: Instant) -> bool {
+        let Some(drain) = &mut self.drain else {
+            return false;
+        };
+        let tick = Duration::from_secs(1) / DRAIN_TICKS_PER_SECOND;
+        let elapsed = now.saturating_duration_since(drain.started);
+        let ticks = (elapsed.as_nanos() / tick.as_nanos()) as usize + 1;
+        let due = drain.per_tick.saturating_mul(ticks).min(drain.order.len());
+        for id in &drain.order[drain.asked..due] {
+            if let Some(session) = self.sessions.get(id) {
+                session.handle.close(codes::GOING_AWAY, Disconnect::Drain);
+            }
+        }
+        drain.asked = due;
+        due == drain.order.len()
+    }
+}
+
+/// An event to publish on one channel.
+#[derive(Debug)]
+pub struct Publish<'a> {
+    pub app: usize,
+    pub channel: &'a str,
+    /// The WebSocket text frame, encoded once.
+    pub frame: Bytes,
+    /// The socket that must not receive it.
+    pub except: Option<SocketId>,
+    /// Whether a cache channel keeps it.
+    pub cache: bool,
+}
