@@ -7,5 +7,7 @@ mod counts;
 mod members;
 pub mod requests;
 mod session;
+#[cfg(test)]
+mod tests;
 
 pub use self::core::{Core, Handle, Place, Publish, QueueFull, Transmit, DRAIN_TICKS_PER_SECOND};

@@ -1,0 +1,195 @@
+//! Publish and fanout: every subscriber on every shard gets each event once, in publish order.
+
+use serde_json::json;
+
+use super::{config, Client, Node};
+use crate::admin::stats::Disconnect;
+use crate::protocol::codes;
+
+/// The `data` of the channel events a client received since the last call.
+fn received(client: &Client, event: &str) -> Vec<String> {
+    client
+        .events()
+        .into_iter()
+        .filter(|(name, _)| name == event)
+        .map(|(_, data)| data.as_str().expect("string data").to_owned())
+        .collect()
+}
+
+/// Subscribers of `channel`, `per_shard` on each shard, their subscription answers taken.
+fn subscribers(node: &mut Node, channel: &str, per_shard: usize) -> Vec<Client> {
+    let mut clients = Vec::new();
+    for shard in 0..node.cores.len() {
+        for _ in 0..per_shard {
+            let client = node.connect(shard);
+            node.subscribe(&client, channel);
+            let answers = client.event_names();
+            assert_eq!(answers[0], "pusher_internal:subscription_succeeded");
+            clients.push(client);
+        }
+    }
+    clients
+}
+
+#[test]
+fn sequential_publishes_on_different_shards_arrive_in_order_everywhere() {
+    let mut node = Node::new(2, config());
+    let clients = subscribers(&mut node, "orders", 2);
+    // Each publish is answered before the next is made, on the other shard; no shard has
+    // handled its inbox in between except as its own publish requires.
+    for n in 0..10 {
+        node.publish(n % 2, "orders", "e", &n.to_string());
+    }
+    node.settle();
+    let expected: Vec<String> = (0..10).map(|n| n.to_string()).collect();
+    for client in &clients {
+        assert_eq!(received(client, "e"), expected, "on shard {}", client.shard);
+    }
+}
+
+#[test]
+fn a_publish_that_skipped_the_inbox_would_overtake_an_earlier_one() {
+    // Why `Shard::publish` handles its inbox first: without it, shard 1's subscriber gets the
+    // second event before the first, which waits in its inbox.
+    let mut node = Node::new(2, config());
+    let clients = subscribers(&mut node, "orders", 1);
+    node.publish(0, "orders", "e", "first");
+    node.publish_now(1, "orders", "e", "second");
+    node.settle();
+    assert_eq!(received(&clients[0], "e"), ["first", "second"]);
+    assert_eq!(received(&clients[1], "e"), ["second", "first"]);
+}
+
+#[test]
+fn order_holds_under_random_interleavings_of_inbox_handling() {
+    for seed in 0..50 {
+        let mut rng = fastrand::Rng::with_seed(seed);
+        let shards = rng.usize(2..=4);
+        let mut node = Node::new(shards, config());
+        let clients = subscribers(&mut node, "cache-orders", 1);
+        let publishes = 60;
+        for n in 0..publishes {
+            // Between publishes, shards handle parts of their inboxes in any order.
+            for _ in 0..rng.usize(0..3) {
+                let shard = rng.usize(0..shards);
+                node.handle_inbox(shard, rng.usize(0..4));
+            }
+            node.publish(rng.usize(0..shards), "cache-orders", "e", &n.to_string());
+        }
+        node.settle();
+        let expected: Vec<String> = (0..publishes).map(|n| n.to_string()).collect();
+        for client in &clients {
+            assert_eq!(
+                received(client, "e"),
+                expected,
+                "seed {seed}, shard {}",
+                client.shard
+            );
+        }
+        // Every shard's cache keeps the last event.
+        for shard in 0..shards {
+            let late = node.connect(shard);
+            node.subscribe(&late, "cache-orders");
+            let last = (publishes - 1).to_string();
+            assert_eq!(received(&late, "e"), [last], "seed {seed}, shard {shard}");
+        }
+    }
+}
+
+#[test]
+fn a_client_event_reaches_the_channel_on_every_shard_but_not_its_sender() {
+    let mut node = Node::new(2, config());
+    let clients = subscribers(&mut node, "private-room", 2);
+    let sender = &clients[0];
+    let event = json!({"event": "client-typing", "channel": "private-room", "data": {"a": 1}});
+    node.say(sender, &event);
+    node.settle();
+    assert!(sender.take().is_empty());
+    for client in &clients[1..] {
+        assert_eq!(client.events(), [("client-typing".into(), json!({"a": 1}))]);
+    }
+}
+
+#[test]
+fn a_client_event_needs_a_subscription_and_keeps_to_its_rate() {
+    let mut config = config();
+    config.apps[0].client_event_rate = Some(2);
+    let mut node = Node::new(1, config);
+    let clients = subscribers(&mut node, "private-room", 2);
+    let (sender, other) = (&clients[0], &clients[1]);
+    let elsewhere = json!({"event": "client-x", "channel": "private-other", "data": {}});
+    node.say(sender, &elsewhere);
+    let error = sender.take();
+    assert_eq!(error[0]["event"], "pusher:error");
+    let event = json!({"event": "client-x", "channel": "private-room", "data": {}});
+    for _ in 0..3 {
+        node.say(sender, &event);
+    }
+    assert_eq!(other.event_names(), ["client-x", "client-x"]);
+    let refused = sender.take();
+    assert_eq!(refused[0]["data"]["code"], codes::CLIENT_EVENT_RATE_LIMIT);
+    // A new second, a new allowance.
+    node.advance(std::time::Duration::from_secs(1));
+    node.say(sender, &event);
+    assert_eq!(other.event_names(), ["client-x"]);
+}
+
+#[test]
+fn a_user_channel_publish_reaches_the_users_sockets_on_every_shard() {
+    let mut node = Node::new(2, config());
+    let alice: Vec<Client> = (0..2).map(|shard| node.connect(shard)).collect();
+    let bob = node.connect(1);
+    for client in &alice {
+        node.sign_in(client, "alice", &[]);
+        assert_eq!(client.event_names(), ["pusher:signin_success"]);
+    }
+    node.sign_in(&bob, "bob", &[]);
+    bob.take();
+    node.publish(1, "#server-to-user-alice", "note", "hi");
+    node.settle();
+    for client in &alice {
+        assert_eq!(received(client, "note"), ["hi"]);
+    }
+    assert!(bob.take().is_empty());
+}
+
+#[test]
+fn a_client_that_cannot_keep_up_is_closed_and_the_others_still_get_everything() {
+    let mut config = config();
+    config.outbound_queue_bytes = 1000;
+    let mut node = Node::new(1, config);
+    let clients = subscribers(&mut node, "feed", 2);
+    let (slow, fast) = (&clients[0], &clients[1]);
+    slow.stall();
+    let data = "x".repeat(300);
+    for _ in 0..5 {
+        node.publish(0, "feed", "e", &data);
+    }
+    assert_eq!(
+        slow.closed(),
+        Some((codes::OVER_CAPACITY, Disconnect::SlowConsumer))
+    );
+    assert_eq!(received(fast, "e").len(), 5);
+    let stats = &node.stats[0];
+    assert_eq!(
+        stats
+            .slow_consumer_disconnects
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+    // Once it is closing, fanout skips it.
+    slow.take();
+    node.publish(0, "feed", "e", "after");
+    assert!(slow.take().is_empty());
+}
+
+#[test]
+fn an_unsubscribed_client_gets_nothing_more() {
+    let mut node = Node::new(2, config());
+    let clients = subscribers(&mut node, "news", 1);
+    node.unsubscribe(&clients[1], "news");
+    node.publish(0, "news", "e", "1");
+    node.settle();
+    assert_eq!(received(&clients[0], "e"), ["1"]);
+    assert!(clients[1].take().is_empty());
+}
