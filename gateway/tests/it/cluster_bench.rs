@@ -108,14 +108,20 @@ fn cross_node_latency_and_throughput() {
     let redis = Redis::start();
     let a = redis.gateway();
     let b = redis.gateway();
+    latency(&redis, &a, &b);
+    throughput(&redis, &a, &b);
+}
+
+/// Spaced publishes on A: how long each takes to reach a subscriber on A and one on B.
+fn latency(redis: &Redis, a: &Gateway, b: &Gateway) {
     let path = format!("/apps/{APP_ID}/events");
 
-    let on_a = subscriber(&a, "timed");
-    let on_b = subscriber(&b, "timed");
+    let on_a = subscriber(a, "timed");
+    let on_b = subscriber(b, "timed");
     redis.wait_subscribers("timed", 2);
     let readers =
         [on_a, on_b].map(|client| thread::spawn(move || arrivals(client, LATENCY_EVENTS)));
-    let mut publisher = Publisher::connect(&a);
+    let mut publisher = Publisher::connect(a);
     let mut sent = Vec::with_capacity(LATENCY_EVENTS);
     for i in 0..LATENCY_EVENTS {
         let body = json!({"name": "t", "channel": "timed", "data": i.to_string()}).to_string();
@@ -141,9 +147,12 @@ fn cross_node_latency_and_throughput() {
     summary("  subscriber on A (local)", local);
     summary("  subscriber on B (through Redis)", remote);
     summary("  extra for B, per event", extra);
+}
 
+/// Batches from several connections to A as fast as it takes them: how many reach B, how fast.
+fn throughput(redis: &Redis, a: &Gateway, b: &Gateway) {
     let flood_reader = {
-        let client = subscriber(&b, "flood");
+        let client = subscriber(b, "flood");
         redis.wait_subscribers("flood", 1);
         thread::spawn(move || {
             let mut client = client;
@@ -164,7 +173,7 @@ fn cross_node_latency_and_throughput() {
     let start = Instant::now();
     let publishers: Vec<_> = (0..FLOOD_PUBLISHERS)
         .map(|p| {
-            let mut publisher = Publisher::connect(&a);
+            let mut publisher = Publisher::connect(a);
             thread::spawn(move || {
                 let path = format!("/apps/{APP_ID}/batch_events");
                 let per_publisher = FLOOD_EVENTS / FLOOD_PUBLISHERS;

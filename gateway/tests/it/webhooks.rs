@@ -23,6 +23,24 @@ fn named<'a>(events: &'a [(Value, Instant)], name: &str) -> Vec<&'a (Value, Inst
     events.iter().filter(|(e, _)| e["name"] == name).collect()
 }
 
+/// The sorted channels of some events.
+fn channels(events: &[&(Value, Instant)]) -> Vec<String> {
+    let names = events.iter().map(|(e, _)| e["channel"].as_str().unwrap());
+    let mut names: Vec<String> = names.map(str::to_owned).collect();
+    names.sort();
+    names
+}
+
+/// The bodies of the events named `name`.
+fn bodies(events: &[(Value, Instant)], name: &str) -> Vec<Value> {
+    named(events, name)
+        .into_iter()
+        .map(|(e, _)| e.clone())
+        .collect()
+}
+
+/// Which shard decides each event is tested on the core (`pusher::tests`); this checks what
+/// the receiver gets from a running node: the bodies, signed, once each, and the hold.
 #[test]
 fn occupied_vacated_and_members_are_decided_once_per_node() {
     let receiver = Receiver::start(0);
@@ -44,46 +62,7 @@ fn occupied_vacated_and_members_are_decided_once_per_node() {
     // A quiet window: events are decided on either shard and lingered over for 100 ms, and
     // the check below is that no more than these come.
     let started = receiver.collect(Duration::from_millis(800));
-
-    let channels = |events: &[&(Value, Instant)]| -> Vec<String> {
-        let mut names: Vec<String> = events
-            .iter()
-            .map(|(e, _)| e["channel"].as_str().unwrap().to_string())
-            .collect();
-        names.sort();
-        names
-    };
-    assert_eq!(
-        channels(&named(&started, "channel_occupied")),
-        ["cache-empty", "presence-lobby", "private-chat", "room"]
-    );
-    let added = named(&started, "member_added");
-    assert_eq!(added.len(), 1, "{started:?}");
-    assert_eq!(
-        added[0].0,
-        json!({"name": "member_added", "channel": "presence-lobby", "user_id": "u1"})
-    );
-    assert_eq!(
-        named(&started, "cache_miss")
-            .iter()
-            .map(|(e, _)| e.clone())
-            .collect::<Vec<_>>(),
-        [json!({"name": "cache_miss", "channel": "cache-empty"})]
-    );
-    let client_events: Vec<&Value> = named(&started, "client_event")
-        .into_iter()
-        .map(|(e, _)| e)
-        .collect();
-    assert_eq!(client_events.len(), 2);
-    assert!(
-        client_events.contains(&&json!({"name": "client_event", "channel": "private-chat",
-        "event": "client-hi", "data": "{\"x\":1}", "socket_id": a.socket_id}))
-    );
-    assert!(client_events.contains(
-        &&json!({"name": "client_event", "channel": "presence-lobby",
-        "event": "client-wave", "data": "hey", "socket_id": a.socket_id, "user_id": "u1"})
-    ));
-    assert_eq!(started.len(), 8, "nothing else: {started:?}");
+    assert_arrivals(&started, &a.socket_id);
 
     // Leaving one shard changes nothing (but for cache-empty, which only a was on); leaving
     // the last one is reported after the hold.
@@ -95,34 +74,64 @@ fn occupied_vacated_and_members_are_decided_once_per_node() {
     let b_left = Instant::now();
     b.close();
     let ended = receiver.collect(Duration::from_secs(4));
-    assert_eq!(
-        channels(&named(&ended, "channel_vacated")),
-        ["cache-empty", "presence-lobby", "private-chat", "room"]
-    );
-    assert_eq!(
-        named(&ended, "member_removed")
-            .iter()
-            .map(|(e, _)| e.clone())
-            .collect::<Vec<_>>(),
-        [json!({"name": "member_removed", "channel": "presence-lobby", "user_id": "u1"})]
-    );
-    assert_eq!(ended.len(), 5, "{ended:?}");
-    for (event, at) in &ended {
-        let left = if event["channel"] == "cache-empty" {
+    assert_departures(&ended, |channel| {
+        if channel == "cache-empty" {
             a_left
         } else {
             b_left
-        };
-        let held = at.duration_since(left);
+        }
+    });
+    assert_eq!(
+        gateway.metric("gateway_webhook_events_total{outcome=\"sent\"}"),
+        13.0
+    );
+}
+
+fn assert_arrivals(started: &[(Value, Instant)], socket_id: &str) {
+    assert_eq!(
+        channels(&named(started, "channel_occupied")),
+        ["cache-empty", "presence-lobby", "private-chat", "room"]
+    );
+    assert_eq!(
+        bodies(started, "member_added"),
+        [json!({"name": "member_added", "channel": "presence-lobby", "user_id": "u1"})]
+    );
+    assert_eq!(
+        bodies(started, "cache_miss"),
+        [json!({"name": "cache_miss", "channel": "cache-empty"})]
+    );
+    let client_events = bodies(started, "client_event");
+    assert_eq!(client_events.len(), 2);
+    assert!(
+        client_events.contains(&json!({"name": "client_event", "channel": "private-chat",
+        "event": "client-hi", "data": "{\"x\":1}", "socket_id": socket_id}))
+    );
+    assert!(
+        client_events.contains(&json!({"name": "client_event", "channel": "presence-lobby",
+        "event": "client-wave", "data": "hey", "socket_id": socket_id, "user_id": "u1"}))
+    );
+    assert_eq!(started.len(), 8, "nothing else: {started:?}");
+}
+
+/// Vacated channels and the removed member, each reported about 3 s after its last subscriber
+/// left (`left` says when that was, by channel).
+fn assert_departures(ended: &[(Value, Instant)], left: impl Fn(&str) -> Instant) {
+    assert_eq!(
+        channels(&named(ended, "channel_vacated")),
+        ["cache-empty", "presence-lobby", "private-chat", "room"]
+    );
+    assert_eq!(
+        bodies(ended, "member_removed"),
+        [json!({"name": "member_removed", "channel": "presence-lobby", "user_id": "u1"})]
+    );
+    assert_eq!(ended.len(), 5, "{ended:?}");
+    for (event, at) in ended {
+        let held = at.duration_since(left(event["channel"].as_str().unwrap()));
         assert!(
             held >= Duration::from_millis(2900) && held < Duration::from_secs(5),
             "{event} after {held:?}"
         );
     }
-    assert_eq!(
-        gateway.metric("gateway_webhook_events_total{outcome=\"sent\"}"),
-        13.0
-    );
 }
 
 #[test]

@@ -301,7 +301,7 @@ impl Node {
         );
     }
 
-    fn channel_auth(&self, client: &Client, channel: &str, data: Option<&str>) -> String {
+    pub fn channel_auth(&self, client: &Client, channel: &str, data: Option<&str>) -> String {
         let app = &self.config.apps[0];
         let to_sign = signature::channel_auth_message(&client.socket_id, channel, data);
         format!("{}:{}", app.key, signature::sign(&app.secret, &to_sign))

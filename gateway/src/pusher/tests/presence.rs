@@ -152,3 +152,40 @@ fn watchers_hear_when_a_user_comes_online_and_goes_offline_node_wide() {
     let offline = watcher.internal();
     assert_eq!(offline[0].1["events"][0]["name"], "offline");
 }
+
+#[test]
+fn a_member_keeps_the_info_it_arrived_with_and_a_repeated_subscribe_changes_nothing() {
+    let mut node = Node::new(2, config());
+    let first = node.connect(0);
+    let channel_data = |n: u32| json!({"user_id": "u", "user_info": {"n": n}}).to_string();
+    let subscribe = |node: &mut Node, client: &Client, data: String| {
+        let auth = node.channel_auth(client, ROOM, Some(&data));
+        let data = json!({"channel": ROOM, "auth": auth, "channel_data": data});
+        node.say(client, &json!({"event": "pusher:subscribe", "data": data}));
+        node.settle();
+        client.internal().remove(0).1
+    };
+    subscribe(&mut node, &first, channel_data(1));
+    let second = node.connect(1);
+    let answer = subscribe(&mut node, &second, channel_data(2));
+    assert_eq!(answer["presence"]["hash"]["u"], json!({"n": 1}));
+    let again = subscribe(&mut node, &second, channel_data(2));
+    assert_eq!(again["presence"]["count"], 1);
+    assert!(member_events(&first).is_empty());
+}
+
+#[test]
+fn a_client_event_on_a_presence_channel_names_its_sender() {
+    let mut node = Node::new(2, config());
+    let (sender, _) = join(&mut node, 0, "s");
+    let (other, _) = join(&mut node, 1, "o");
+    sender.take();
+    let wave = json!({"event": "client-wave", "channel": ROOM, "data": {"hi": true}});
+    node.say(&sender, &wave);
+    node.settle();
+    let received = other.take();
+    let expected =
+        json!({"event": "client-wave", "channel": ROOM, "data": {"hi": true}, "user_id": "s"});
+    assert_eq!(received, [expected]);
+    assert!(sender.take().is_empty());
+}
