@@ -204,9 +204,29 @@ pub struct Config {
     /// Seconds of silence after which the server closes a connection with 4201.
     #[arg(long, env = "GATEWAY_INACTIVITY_TIMEOUT", default_value_t = 300)]
     pub inactivity_timeout: u64,
-    /// Largest WebSocket frame or message a client may send (bigger closes with 1009).
-    #[arg(long, env = "GATEWAY_MAX_MESSAGE_BYTES", default_value_t = 64 * 1024)]
+    /// Largest WebSocket frame or message a client may send (bigger closes with 1009): room
+    /// for a client event with Pusher's 10 KB of data, and what one connection holds at most of
+    /// a message that has not arrived whole.
+    #[arg(long, env = "GATEWAY_MAX_MESSAGE_BYTES", default_value_t = 15 * 1024)]
     pub max_message_bytes: usize,
+    /// Bytes the whole node holds for client input not complete yet (WebSocket messages cut by
+    /// a read, HTTP request bodies being read); past it new ones are refused (close 1013, 503).
+    #[arg(long, env = "GATEWAY_INPUT_BUDGET_BYTES", default_value_t = 64 * 1024 * 1024)]
+    pub input_budget_bytes: usize,
+    /// Channels one connection may subscribe to (more are refused with a subscription_error).
+    #[arg(
+        long,
+        env = "GATEWAY_MAX_SUBSCRIPTIONS_PER_CONNECTION",
+        default_value_t = 100
+    )]
+    pub max_subscriptions_per_connection: usize,
+    /// Presence channels one connection may be a member of (more are refused likewise).
+    #[arg(
+        long,
+        env = "GATEWAY_MAX_PRESENCE_PER_CONNECTION",
+        default_value_t = 10
+    )]
+    pub max_presence_per_connection: usize,
     /// Bytes queued to one connection before it is closed as a slow consumer (4100).
     #[arg(long, env = "GATEWAY_OUTBOUND_QUEUE_BYTES", default_value_t = 1024 * 1024)]
     pub outbound_queue_bytes: usize,
@@ -545,6 +565,15 @@ impl Config {
             ("activity_timeout", self.activity_timeout as usize),
             ("inactivity_timeout", self.inactivity_timeout as usize),
             ("max_message_bytes", self.max_message_bytes),
+            ("input_budget_bytes", self.input_budget_bytes),
+            (
+                "max_subscriptions_per_connection",
+                self.max_subscriptions_per_connection,
+            ),
+            (
+                "max_presence_per_connection",
+                self.max_presence_per_connection,
+            ),
             ("outbound_queue_bytes", self.outbound_queue_bytes),
             ("inbox_capacity", self.inbox_capacity),
             ("head_timeout", self.head_timeout as usize),

@@ -6,6 +6,7 @@
 //! thread of its own.
 
 pub mod admin;
+pub mod budget;
 pub mod bus;
 pub mod channels;
 pub mod cluster;

@@ -10,6 +10,7 @@ use crossbeam_channel::Sender;
 use futures_channel::oneshot;
 
 use crate::admin::stats::{self, ShardStats};
+use crate::budget::InputBudget;
 use crate::bus::{InboxSender, ShardCounts, ShardMessage};
 use crate::cluster::ClusterLink;
 use crate::config::Config;
@@ -45,6 +46,8 @@ pub struct Node {
     pub max_connections: usize,
     /// Sockets open now, for `max_sockets`.
     pub open_sockets: AtomicUsize,
+    /// Bytes held for client input not complete yet, across shards.
+    pub input_budget: InputBudget,
     pub shards: Vec<ShardLink>,
     pub tls: Option<NodeTls>,
     /// The queue to the webhook sender thread, when some app has a webhook URL.
@@ -67,6 +70,7 @@ impl Node {
         cluster: Option<ClusterLink>,
     ) -> Node {
         Node {
+            input_budget: InputBudget::new(config.input_budget_bytes),
             config: Arc::new(config),
             id: fastrand::u32(1..),
             started: Instant::now(),

@@ -236,6 +236,24 @@ fn render_sessions(out: &mut String, node: &Node) {
         "gateway_open_sockets {}",
         node.open_sockets.load(Relaxed)
     );
+    header(
+        out,
+        "gateway_input_held_bytes",
+        "gauge",
+        "Bytes held for client input not complete yet: WebSocket messages cut by a read, request bodies arriving.",
+    );
+    let _ = writeln!(out, "gateway_input_held_bytes {}", node.input_budget.used());
+    header(
+        out,
+        "gateway_input_budget_bytes",
+        "gauge",
+        "The most the node holds for incomplete input (input_budget_bytes).",
+    );
+    let _ = writeln!(
+        out,
+        "gateway_input_budget_bytes {}",
+        node.input_budget.limit()
+    );
     per_shard(
         out,
         node,

@@ -84,6 +84,10 @@ labelled! {
         UnsupportedEvent => "unsupported_event",
         Unavailable => "unavailable",
         ResponseTimeout => "response_timeout",
+        MessageTimeout => "message_timeout",
+        BodyTimeout => "body_timeout",
+        InputBudget => "input_budget",
+        TooManySubscriptions => "subscriptions_per_connection",
     }
 }
 

@@ -31,5 +31,9 @@ pub const WS_PROTOCOL_ERROR: u16 = 1002;
 pub const WS_UNSUPPORTED_DATA: u16 = 1003;
 /// WebSocket: text that is not UTF-8.
 pub const WS_INVALID_PAYLOAD: u16 = 1007;
+/// WebSocket: a message broke a policy (here: it did not arrive whole in time).
+pub const WS_POLICY_VIOLATION: u16 = 1008;
 /// WebSocket: message too big.
 pub const WS_MESSAGE_TOO_BIG: u16 = 1009;
+/// WebSocket: the server is overloaded; come back later (here: the node's input budget is spent).
+pub const WS_TRY_AGAIN_LATER: u16 = 1013;

@@ -5,6 +5,7 @@
 //! closes) and through [`Transmit`]s the shard carries out (other shards' inboxes, the cluster
 //! bridge, webhooks). It owns no socket, task or timer, and reads no clock: `now` is an input.
 
+use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -21,6 +22,7 @@ use crate::cluster::BridgeMessage;
 use crate::config::Config;
 use crate::protocol::channel::server_to_user;
 use crate::protocol::{codes, message, ChannelKind, SocketId};
+use crate::pusher::requests::{self, Refusal};
 use crate::webhooks::{Job, WebhookEvent, WebhookKind};
 use crate::ws::frame::text_frame;
 
@@ -29,6 +31,9 @@ pub const DRAIN_TICKS_PER_SECOND: u32 = 10;
 
 /// A session as the core reaches it: the runtime's connection, or a test's recording.
 pub trait Handle: Clone {
+    /// The core's state of this session, kept in the handle's own allocation so that a session
+    /// costs the core one table entry and no allocation of its own.
+    fn state(&self) -> &SessionState;
     /// Queues a frame. When the queue would pass `limit` bytes the handle may first hand the
     /// kernel what it takes now; `Ok` says how many bytes that wrote, `Err` that the frame did
     /// not fit even so.
@@ -39,6 +44,8 @@ pub trait Handle: Clone {
     fn is_closing(&self) -> bool;
     /// The core's second (see [`Core::second`]) of the last bytes the client sent.
     fn last_active(&self) -> u32;
+    /// The core's second at which the client's message in flight began, while one is.
+    fn incomplete_since(&self) -> Option<u32>;
 }
 
 /// A session's outbound queue is full.
@@ -68,13 +75,23 @@ pub struct Place {
     pub clustered: bool,
 }
 
-/// What the core keeps per session.
-struct Session<H> {
-    handle: H,
+/// What the core keeps per session, inside its handle (see `Handle::state`).
+#[derive(Debug)]
+pub struct SessionState {
     app: usize,
-    subscriptions: Vec<Box<str>>,
+    subscriptions: RefCell<Vec<Box<str>>>,
     /// Client events in the current second: (second, count).
-    client_events: (u32, u32),
+    client_events: Cell<(u32, u32)>,
+}
+
+impl SessionState {
+    pub fn new(app: usize) -> SessionState {
+        SessionState {
+            app,
+            subscriptions: RefCell::new(Vec::new()),
+            client_events: Cell::new((0, 0)),
+        }
+    }
 }
 
 /// Closes spread over the drain window, in the order sessions were open when it started.
@@ -97,7 +114,7 @@ pub struct Core<H> {
     pub(super) registry: Registry<H>,
     /// Node-wide subscriber counts of the channels this shard owns (see `counts`).
     pub(super) counts: OwnedCounts,
-    sessions: HashMap<u64, Session<H>>,
+    sessions: HashMap<u64, H>,
     next_id: u64,
     /// Fanout latency in microseconds, from publish to queued on this shard's subscribers.
     latency: Histogram<u64>,
@@ -174,32 +191,27 @@ impl<H: Handle> Core<H> {
     }
 
     /// A session starts: it is told its socket id.
-    pub fn open(&mut self, id: u64, app: usize, handle: H) {
-        self.stats.connect(app);
+    pub fn open(&mut self, id: u64, handle: H) {
+        self.stats.connect(handle.state().app);
         let established = message::connection_established(
             &self.socket_id(id).to_string(),
             self.config.activity_timeout,
         );
         self.send(&handle, text_frame(&established));
-        let session = Session {
-            handle,
-            app,
-            subscriptions: Vec::new(),
-            client_events: (0, 0),
-        };
-        self.sessions.insert(id, session);
+        self.sessions.insert(id, handle);
     }
 
     /// A session ended: it leaves its channels and its sign-in.
     pub fn close(&mut self, id: u64, reason: Disconnect) {
-        let Some(session) = self.sessions.remove(&id) else {
+        let Some(handle) = self.sessions.remove(&id) else {
             return;
         };
-        for channel in &session.subscriptions {
-            self.remove_subscriber(session.app, id, channel);
+        let app = handle.state().app;
+        for channel in handle.state().subscriptions.take() {
+            self.remove_subscriber(app, id, &channel);
         }
-        self.sign_out(session.app, id);
-        self.stats.disconnect(session.app, reason);
+        self.sign_out(app, id);
+        self.stats.disconnect(app, reason);
     }
 
     /// Queues a frame to a session, closing it as a slow consumer when it cannot take it.
@@ -219,29 +231,40 @@ impl<H: Handle> Core<H> {
 
     /// Queues a frame to a session by its number, if it is still open.
     pub(super) fn send_to_session(&self, id: u64, frame: Bytes) {
-        if let Some(session) = self.sessions.get(&id) {
-            self.send(&session.handle, frame);
+        if let Some(handle) = self.sessions.get(&id) {
+            self.send(handle, frame);
         }
     }
 
     pub(super) fn app_of(&self, id: u64) -> Option<usize> {
-        self.sessions.get(&id).map(|s| s.app)
+        self.sessions.get(&id).map(|h| h.state().app)
     }
 
     pub(super) fn is_subscribed(&self, id: u64, channel: &str) -> bool {
-        self.sessions
-            .get(&id)
-            .is_some_and(|s| s.subscriptions.iter().any(|c| &**c == channel))
+        self.sessions.get(&id).is_some_and(|h| {
+            let subscriptions = h.state().subscriptions.borrow();
+            subscriptions.iter().any(|c| &**c == channel)
+        })
+    }
+
+    /// Whether the session may hold one more channel (see `requests::within_caps`).
+    pub(super) fn within_caps(&self, id: u64, channel: &str) -> Result<(), Refusal> {
+        let Some(handle) = self.sessions.get(&id) else {
+            return Ok(());
+        };
+        let held = handle.state().subscriptions.borrow();
+        requests::within_caps(&self.config, &held, channel)
     }
 
     /// Counts a client event; false when it is over `per_second`.
-    pub(super) fn allow_client_event(&mut self, id: u64, now: u32, per_second: u32) -> bool {
-        let Some(session) = self.sessions.get_mut(&id) else {
+    pub(super) fn allow_client_event(&self, id: u64, now: u32, per_second: u32) -> bool {
+        let Some(handle) = self.sessions.get(&id) else {
             return false;
         };
-        let (second, count) = session.client_events;
+        let events = &handle.state().client_events;
+        let (second, count) = events.get();
         let count = if second == now { count + 1 } else { 1 };
-        session.client_events = (now, count);
+        events.set((now, count));
         count <= per_second
     }
 
@@ -255,14 +278,18 @@ impl<H: Handle> Core<H> {
 
     /// Adds a session to a channel's subscribers; false if it already was one.
     pub(super) fn add_subscriber(&mut self, id: u64, channel: &str) -> bool {
-        let Some(session) = self.sessions.get_mut(&id) else {
+        let Some(handle) = self.sessions.get(&id) else {
             return false;
         };
-        let (app, handle) = (session.app, session.handle.clone());
-        if !self.registry.subscribe(app, channel, id, handle) {
+        let app = handle.state().app;
+        if !self.registry.subscribe(app, channel, id, handle.clone()) {
             return false;
         }
-        session.subscriptions.push(channel.into());
+        handle
+            .state()
+            .subscriptions
+            .borrow_mut()
+            .push(channel.into());
         self.subscribers_changed(app, channel);
         if self.registry.count(app, channel) == 1 {
             self.interest(app, channel, true);
@@ -272,11 +299,12 @@ impl<H: Handle> Core<H> {
 
     /// A session unsubscribes from a channel.
     pub(super) fn unsubscribe(&mut self, id: u64, channel: &str) {
-        let Some(session) = self.sessions.get_mut(&id) else {
+        let Some(handle) = self.sessions.get(&id) else {
             return;
         };
-        session.subscriptions.retain(|c| **c != *channel);
-        let app = session.app;
+        let state = handle.state();
+        state.subscriptions.borrow_mut().retain(|c| **c != *channel);
+        let app = state.app;
         self.remove_subscriber(app, id, channel);
     }
 
@@ -411,8 +439,8 @@ impl<H: Handle> Core<H> {
     pub(super) fn send_to(&self, ids: impl IntoIterator<Item = u64>, frame: &Bytes) -> u64 {
         let mut delivered = 0;
         for id in ids {
-            if let Some(session) = self.sessions.get(&id) {
-                if !session.handle.is_closing() && self.send(&session.handle, frame.clone()) {
+            if let Some(handle) = self.sessions.get(&id) {
+                if !handle.is_closing() && self.send(handle, frame.clone()) {
                     delivered += 1;
                 }
             }
@@ -441,10 +469,8 @@ impl<H: Handle> Core<H> {
     /// Closes every session on this shard signed in as the user, with 4009.
     pub fn terminate_user(&self, app: usize, user_id: &str) {
         for id in self.registry.users(app).sockets_of(user_id) {
-            if let Some(session) = self.sessions.get(id) {
-                session
-                    .handle
-                    .close(codes::UNAUTHORIZED, Disconnect::Terminated);
+            if let Some(handle) = self.sessions.get(id) {
+                handle.close(codes::UNAUTHORIZED, Disconnect::Terminated);
             }
         }
     }
@@ -491,19 +517,24 @@ impl<H: Handle> Core<H> {
         }
     }
 
-    /// Once a second: closes sessions that have been silent too long, and sends the
-    /// subscription counts that changed (so a burst of subscriptions makes one event, not one
-    /// each).
+    /// Once a second: closes sessions that have been silent too long or have been sending one
+    /// message for longer than a request head may take (`head_timeout`: a trickle of bytes does
+    /// not keep a half message alive), and sends the subscription counts that changed (so a
+    /// burst of subscriptions makes one event, not one each).
     pub fn tick(&mut self, now: Instant) {
         self.flush_subscription_counts(now);
         let second = self.second(now);
-        let limit = self.config.inactivity_timeout;
-        for session in self.sessions.values() {
-            let silent = second.saturating_sub(session.handle.last_active());
-            if u64::from(silent) > limit {
-                session
-                    .handle
-                    .close(codes::PONG_NOT_RECEIVED, Disconnect::ActivityTimeout);
+        let (silence, message_time) = (self.config.inactivity_timeout, self.config.head_timeout);
+        for handle in self.sessions.values() {
+            let silent = second.saturating_sub(handle.last_active());
+            let sending = handle
+                .incomplete_since()
+                .map(|since| second.saturating_sub(since));
+            if u64::from(silent) > silence {
+                handle.close(codes::PONG_NOT_RECEIVED, Disconnect::ActivityTimeout);
+            } else if sending.is_some_and(|sending| u64::from(sending) > message_time) {
+                self.stats.reject(Rejection::MessageTimeout);
+                handle.close(codes::WS_POLICY_VIOLATION, Disconnect::ProtocolError);
             }
         }
     }
@@ -532,8 +563,8 @@ impl<H: Handle> Core<H> {
         let ticks = (elapsed.as_nanos() / tick.as_nanos()) as usize + 1;
         let due = drain.per_tick.saturating_mul(ticks).min(drain.order.len());
         for id in &drain.order[drain.asked..due] {
-            if let Some(session) = self.sessions.get(id) {
-                session.handle.close(codes::GOING_AWAY, Disconnect::Drain);
+            if let Some(handle) = self.sessions.get(id) {
+                handle.close(codes::GOING_AWAY, Disconnect::Drain);
             }
         }
         drain.asked = due;

@@ -10,4 +10,6 @@ mod session;
 #[cfg(test)]
 mod tests;
 
-pub use self::core::{Core, Handle, Place, Publish, QueueFull, Transmit, DRAIN_TICKS_PER_SECOND};
+pub use self::core::{
+    Core, Handle, Place, Publish, QueueFull, SessionState, Transmit, DRAIN_TICKS_PER_SECOND,
+};

@@ -195,6 +195,33 @@ fn member_rejection(error: &MemberError, otherwise: Rejection) -> Rejection {
     }
 }
 
+/// Checks a subscription against what one connection may hold (`held`: its channels now), so
+/// that one connection cannot pin an unbounded share of the shard. A repeated subscription
+/// holds nothing new and passes.
+pub fn within_caps(config: &Config, held: &[Box<str>], name: &str) -> Result<(), Refusal> {
+    if held.iter().any(|channel| **channel == *name) {
+        return Ok(());
+    }
+    let refuse = |reason: String| {
+        let answer = subscription_error("LimitReached", 403);
+        Err(refused(Rejection::TooManySubscriptions, answer, reason))
+    };
+    let most = config.max_subscriptions_per_connection;
+    if held.len() >= most {
+        return refuse(format!(
+            "a connection may subscribe to at most {most} channels"
+        ));
+    }
+    let is_presence = |channel: &str| ChannelKind::of(channel).is_presence();
+    let most = config.max_presence_per_connection;
+    if is_presence(name) && held.iter().filter(|c| is_presence(c)).count() >= most {
+        return refuse(format!(
+            "a connection may join at most {most} presence channels"
+        ));
+    }
+    Ok(())
+}
+
 /// A presence channel that cannot take the member: refused as Pusher does.
 pub fn presence_full(name: &str, why: &dyn std::fmt::Display) -> Refusal {
     refused(
@@ -473,5 +500,27 @@ mod tests {
         assert_eq!(refusal(client_event(&app, "private-room", false)), refused);
         app.client_events = false;
         assert_eq!(refusal(client_event(&app, "private-room", true)), refused);
+    }
+
+    #[test]
+    fn a_connection_holds_a_bounded_number_of_channels() {
+        let config = Config {
+            max_subscriptions_per_connection: 3,
+            max_presence_per_connection: 1,
+            ..Config::default()
+        };
+        let held: Vec<Box<str>> = vec!["a".into(), "presence-x".into()];
+        assert_eq!(within_caps(&config, &held, "b"), Ok(()));
+        assert_eq!(
+            within_caps(&config, &held, "presence-x"),
+            Ok(()),
+            "held already"
+        );
+        let refused = within_caps(&config, &held, "presence-y");
+        assert_eq!(refusal(refused).0, Rejection::TooManySubscriptions);
+        let three: Vec<Box<str>> = vec!["a".into(), "b".into(), "c".into()];
+        let (rejection, answer) = refusal(within_caps(&config, &three, "d"));
+        assert_eq!(rejection, Rejection::TooManySubscriptions);
+        assert_eq!(answer, subscription_error("LimitReached", 403));
     }
 }

@@ -85,6 +85,9 @@ impl<H: Handle> Core<H> {
         credentials: (Option<&str>, Option<&str>),
         now: Instant,
     ) {
+        if let Err(refusal) = self.within_caps(id, name) {
+            return self.refuse(id, name, &refusal);
+        }
         let socket_id = self.socket_id(id).to_string();
         let signed_in = self.signed_in_member((app, id));
         let settings = &self.config.apps[app];

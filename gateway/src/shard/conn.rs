@@ -12,24 +12,18 @@ use bytes::{Buf, Bytes};
 use monoio::net::TcpStream;
 
 use crate::admin::stats::Disconnect;
-use crate::pusher::{Handle, QueueFull};
+use crate::budget::InputBudget;
+use crate::pusher::{Handle, QueueFull, SessionState};
 use crate::shard::io as socket;
 use crate::shard::transport::{self, TlsSession};
 use crate::shard::OpenSocket;
 use crate::tls::records::RecordError;
-use crate::ws::Assembler;
+use crate::ws::incoming::Incoming;
 
 /// Most frames handed to one sendmsg.
 const MAX_IOVECS: usize = 64;
 /// Ciphertext gathered before one send on a TLS connection.
 const TLS_BATCH_BYTES: usize = 64 * 1024;
-
-/// Bytes of a frame that straddles two reads, and a fragmented message in progress. Exists only
-/// while one of them does.
-pub struct Reader {
-    pub carry: Vec<u8>,
-    pub assembler: Assembler,
-}
 
 /// What a flush achieved.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,7 +38,8 @@ pub enum Flush {
 /// subscribed to; the queue holds handles to shared frames and is empty when idle.
 pub struct Conn {
     pub id: u64,
-    pub app: usize,
+    /// What the Pusher core keeps of this session.
+    pusher: SessionState,
     /// The socket, owned here so that it closes only once nothing can write to it: every
     /// writer (the session task, fanout through the registry) holds this `Conn`.
     stream: TcpStream,
@@ -62,8 +57,12 @@ pub struct Conn {
     close: Cell<Option<(u16, Disconnect)>>,
     /// Shard clock second of the last frame received.
     last_seen: Cell<u32>,
-    /// Taken while frames are handled, put back when something stays incomplete.
-    pub reader: Cell<Option<Box<Reader>>>,
+    /// Input a read left incomplete (see `ws::incoming`); taken while frames are handled.
+    reader: Cell<Option<Box<Incoming>>>,
+    /// Bytes of the node's input budget that `reader` holds.
+    reader_bytes: Cell<usize>,
+    /// Shard clock second at which the input in `reader` began.
+    reader_since: Cell<u32>,
 }
 
 impl Conn {
@@ -77,7 +76,7 @@ impl Conn {
     ) -> Conn {
         Conn {
             id,
-            app,
+            pusher: SessionState::new(app),
             stream,
             _open: open,
             tls,
@@ -88,6 +87,8 @@ impl Conn {
             close: Cell::new(None),
             last_seen: Cell::new(now),
             reader: Cell::new(None),
+            reader_bytes: Cell::new(0),
+            reader_since: Cell::new(now),
         }
     }
 
@@ -152,6 +153,36 @@ impl Conn {
         if let Some(waker) = self.waker.take() {
             waker.wake();
         }
+    }
+
+    /// Takes the input earlier reads left incomplete, to carry on with it.
+    pub fn take_input(&self) -> Option<Box<Incoming>> {
+        self.reader.take()
+    }
+
+    /// Keeps the input a read left incomplete, holding its bytes against the node's budget;
+    /// `restarted` says a message completed since, so what is kept began now. False, keeping
+    /// nothing, when the budget cannot take it.
+    pub fn keep_input(
+        &self,
+        input: Option<Box<Incoming>>,
+        now: u32,
+        restarted: bool,
+        budget: &InputBudget,
+    ) -> bool {
+        let held = input.as_ref().map_or(0, |input| input.held());
+        let reserved = self.reader_bytes.get();
+        if !budget.resize(reserved, held) {
+            budget.release(reserved);
+            self.reader_bytes.set(0);
+            return false;
+        }
+        if reserved == 0 || restarted {
+            self.reader_since.set(now);
+        }
+        self.reader_bytes.set(held);
+        self.reader.set(input);
+        true
     }
 
     pub fn touch(&self, now: u32) {
@@ -255,6 +286,10 @@ impl Conn {
 }
 
 impl Handle for Rc<Conn> {
+    fn state(&self) -> &SessionState {
+        &self.pusher
+    }
+
     fn send(&self, frame: Bytes, limit: usize) -> Result<usize, QueueFull> {
         if self.enqueue(frame.clone(), limit) {
             return Ok(0);
@@ -279,6 +314,16 @@ impl Handle for Rc<Conn> {
 
     fn last_active(&self) -> u32 {
         self.last_seen.get()
+    }
+
+    fn incomplete_since(&self) -> Option<u32> {
+        (self.reader_bytes.get() > 0).then(|| self.reader_since.get())
+    }
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        self._open.0.input_budget.release(self.reader_bytes.get());
     }
 }
 

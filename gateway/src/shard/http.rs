@@ -230,7 +230,8 @@ async fn read_request(
     }
 }
 
-/// Reads the body the head announces. On failure returns the response to close with.
+/// Reads the body the head announces, holding it against the node's input budget while it
+/// arrives. On failure returns the response to close with.
 async fn read_body(
     shard: &Shard,
     stream: &TcpStream,
@@ -246,6 +247,16 @@ async fn read_body(
         let response = Response::text(413, format!("request body larger than {limit} bytes"));
         return Err(BodyFailure::Refused(response));
     }
+    let missing = length.saturating_sub(pending.len());
+    let budget = &shard.node.input_budget;
+    if !budget.reserve(missing) {
+        shard.reject(Rejection::InputBudget);
+        let response = Response::text(503, "too many requests are arriving at once; try again")
+            .with_header("Retry-After", "1");
+        return Err(BodyFailure::Refused(response));
+    }
+    // Exactly what the body needs: growing by doubling would hold up to twice it.
+    pending.reserve_exact(missing);
     let fill = async {
         while pending.len() < length {
             let want = (length - pending.len()).min(64 * 1024);
@@ -259,11 +270,13 @@ async fn read_body(
         }
         Ok(pending.drain(..length).collect())
     };
-    match monoio::time::timeout(timeout, fill).await {
+    let read = monoio::time::timeout(timeout, fill).await;
+    budget.release(missing);
+    match read {
         Ok(read) => read,
         Err(_) => {
-            shard.reject(Rejection::HeadTimeout);
-            let response = Response::text(400, "request body incomplete");
+            shard.reject(Rejection::BodyTimeout);
+            let response = Response::text(408, "request body not complete in time");
             Err(BodyFailure::Refused(response))
         }
     }

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use monoio::net::TcpStream;
 
-use super::conn::{Conn, Flush, Reader};
+use super::conn::{Conn, Flush};
 use super::http::{count_slow_reader, respond};
 use super::transport::{self, TlsSession, Transport};
 use super::{io, OpenSocket, Shard};
@@ -20,7 +20,7 @@ use crate::protocol::codes;
 use crate::protocol::message;
 use crate::pusher::requests::{self, Occupancy};
 use crate::ws::frame::{close_frame, pong_frame, text_frame};
-use crate::ws::{accept_upgrade, Assembler, FrameHead, Message, WsError};
+use crate::ws::{accept_upgrade, incoming, Message, WsError};
 
 /// How long a closing session may take to write what is queued, its close frame last.
 const CLOSE_LINGER: Duration = Duration::from_secs(2);
@@ -91,9 +91,10 @@ pub async fn upgrade(
     let (id, _) = shard.core.borrow_mut().next_socket_id();
     let tls = transport.is_tls();
     let conn = Rc::new(Conn::new(id, app, stream, open, tls, shard.now()));
-    shard.apply(|core| core.open(id, app, conn.clone()));
+    shard.apply(|core| core.open(id, conn.clone()));
     if !leftover.is_empty() {
-        handle_bytes(&shard, &conn, leftover);
+        let mut leftover = leftover;
+        consume(&shard, &conn, &mut leftover);
     }
     monoio::spawn(run(shard, transport, conn));
 }
@@ -299,72 +300,25 @@ fn consume_plain(shard: &Shard, conn: &Rc<Conn>, plain: &[u8]) {
     consume(shard, conn, &mut scratch[..plain.len()]);
 }
 
-/// Handles the bytes of one read, with whatever an earlier read left incomplete.
+/// Handles the bytes of one read, with whatever earlier reads left incomplete, and keeps what
+/// this one leaves incomplete within the node's input budget.
 fn consume(shard: &Shard, conn: &Rc<Conn>, bytes: &mut [u8]) {
-    match conn.reader.take() {
-        None => {
-            let mut assembler = Assembler::default();
-            let used = process(shard, conn, bytes, &mut assembler);
-            if used < bytes.len() || !assembler.is_idle() {
-                conn.reader.set(Some(Box::new(Reader {
-                    carry: bytes[used..].to_vec(),
-                    assembler,
-                })));
-            }
-        }
-        Some(mut reader) => {
-            reader.carry.extend_from_slice(bytes);
-            conn.reader.set(Some(reader));
-            read_carried(shard, conn);
-        }
-    }
-}
-
-/// Handles bytes that arrived with the request head.
-fn handle_bytes(shard: &Shard, conn: &Rc<Conn>, bytes: Vec<u8>) {
-    conn.reader.set(Some(Box::new(Reader {
-        carry: bytes,
-        assembler: Assembler::default(),
-    })));
-    read_carried(shard, conn);
-}
-
-/// Handles the whole frames among the bytes carried over from earlier reads, and lets the
-/// reader go once nothing is in flight: an idle connection keeps no buffer.
-fn read_carried(shard: &Shard, conn: &Rc<Conn>) {
-    let Some(mut reader) = conn.reader.take() else {
-        return;
-    };
-    let Reader { carry, assembler } = &mut *reader;
-    let used = process(shard, conn, carry, assembler);
-    carry.drain(..used);
-    if !carry.is_empty() || !assembler.is_idle() {
-        conn.reader.set(Some(reader));
-    }
-}
-
-/// Decodes and handles the whole frames at the start of `buf`; returns the bytes used.
-fn process(shard: &Shard, conn: &Rc<Conn>, buf: &mut [u8], assembler: &mut Assembler) -> usize {
+    let mut input = conn.take_input();
     let max = shard.node.config.max_message_bytes;
-    let mut used = 0;
-    while used < buf.len() && conn.close_requested().is_none() {
-        let head = match FrameHead::decode(&mut buf[used..], max) {
-            Ok(Some(head)) => head,
-            Ok(None) => break,
-            Err(error) => {
-                protocol_error(shard, conn, &error);
-                break;
-            }
-        };
-        let payload = &buf[used + head.header_len..used + head.frame_len()];
-        used += head.frame_len();
-        match assembler.push(head, payload, max) {
-            Ok(Some(message)) => handle_frame(shard, conn, message),
-            Ok(None) => {}
-            Err(error) => protocol_error(shard, conn, &error),
-        }
+    let mut completed = false;
+    let fed = incoming::feed(&mut input, bytes, max, &mut |message| {
+        completed = true;
+        handle_frame(shard, conn, message);
+        conn.close_requested().is_none()
+    });
+    if let Err(error) = fed {
+        protocol_error(shard, conn, &error);
+        input = None;
     }
-    used
+    if !conn.keep_input(input, shard.now(), completed, &shard.node.input_budget) {
+        shard.reject(Rejection::InputBudget);
+        conn.request_close(codes::WS_TRY_AGAIN_LATER, Disconnect::ProtocolError);
+    }
 }
 
 fn protocol_error(shard: &Shard, conn: &Rc<Conn>, error: &WsError) {

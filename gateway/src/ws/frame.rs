@@ -54,7 +54,7 @@ impl OpCode {
         }
     }
 
-    fn is_control(self) -> bool {
+    pub fn is_control(self) -> bool {
         matches!(self, OpCode::Close | OpCode::Ping | OpCode::Pong)
     }
 }
@@ -84,8 +84,35 @@ impl FrameHead {
     /// Decodes the frame at the start of `buf`. `Ok(None)` means more bytes are needed. When the
     /// whole frame is there its payload is unmasked in place.
     pub fn decode(buf: &mut [u8], max_frame: usize) -> Result<Option<FrameHead>, WsError> {
-        if buf.len() < 2 {
+        let Ok(head) = FrameHead::parse(buf, max_frame)? else {
             return Ok(None);
+        };
+        if buf.len() < head.frame_len() {
+            return Ok(None);
+        }
+        let header_len = head.header_len;
+        let mut mask = [0u8; 4];
+        mask.copy_from_slice(&buf[header_len - 4..header_len]);
+        for (i, byte) in buf[header_len..head.frame_len()].iter_mut().enumerate() {
+            *byte ^= mask[i & 3];
+        }
+        Ok(Some(head))
+    }
+
+    /// How many bytes the frame at the start of `buf` needs before it can be decoded: its whole
+    /// length once its header says it, or as far as the header goes until then.
+    pub fn wanted(buf: &[u8], max_frame: usize) -> Result<usize, WsError> {
+        Ok(match FrameHead::parse(buf, max_frame)? {
+            Ok(head) => head.frame_len(),
+            Err(header) => header,
+        })
+    }
+
+    /// Reads the header at the start of `buf`, checking everything it says (the payload's length
+    /// is known before the mask has arrived); `Ok(Err(n))` when `n` bytes would take it further.
+    pub fn parse(buf: &[u8], max_frame: usize) -> Result<Result<FrameHead, usize>, WsError> {
+        if buf.len() < 2 {
+            return Ok(Err(2));
         }
         let (b0, b1) = (buf[0], buf[1]);
         if b0 & 0x70 != 0 {
@@ -106,7 +133,7 @@ impl FrameHead {
         };
         let header_len = 2 + len_bytes + 4;
         if buf.len() < 2 + len_bytes {
-            return Ok(None);
+            return Ok(Err(header_len));
         }
         let payload_len = match short_len {
             Some(n) => n,
@@ -126,21 +153,12 @@ impl FrameHead {
         if payload_len > max_frame {
             return Err(WsError::TooBig(max_frame));
         }
-        let head = FrameHead {
+        Ok(Ok(FrameHead {
             fin,
             opcode,
             header_len,
             payload_len,
-        };
-        if buf.len() < head.frame_len() {
-            return Ok(None);
-        }
-        let mut mask = [0u8; 4];
-        mask.copy_from_slice(&buf[header_len - 4..header_len]);
-        for (i, byte) in buf[header_len..head.frame_len()].iter_mut().enumerate() {
-            *byte ^= mask[i & 3];
-        }
-        Ok(Some(head))
+        }))
     }
 }
 
@@ -155,7 +173,8 @@ pub enum Message<'a> {
     Close(Option<u16>),
 }
 
-/// Joins fragments into messages. Holds bytes only while a fragmented message is in flight.
+/// Joins fragments into messages. Holds bytes only while a fragmented message is in flight, or
+/// a data frame's payload arrives over several reads (see `incoming`).
 #[derive(Debug, Default)]
 pub struct Assembler {
     /// The first frame's kind (`true` for text) and the bytes so far.
@@ -163,12 +182,22 @@ pub struct Assembler {
 }
 
 impl Assembler {
-    /// Whether no fragmented message is in flight.
+    /// Whether no message is in flight.
     pub fn is_idle(&self) -> bool {
         self.partial.is_none()
     }
 
-    /// Feeds one decoded frame; returns a message when one is complete.
+    /// Bytes of the message in flight so far.
+    pub fn buffered(&self) -> usize {
+        self.partial.as_ref().map_or(0, |(_, data)| data.len())
+    }
+
+    /// Bytes of memory held for the message in flight.
+    pub fn held(&self) -> usize {
+        self.partial.as_ref().map_or(0, |(_, data)| data.capacity())
+    }
+
+    /// Feeds one whole decoded frame; returns a message when one is complete.
     pub fn push<'a>(
         &mut self,
         head: FrameHead,
@@ -176,48 +205,94 @@ impl Assembler {
         max_message: usize,
     ) -> Result<Option<Message<'a>>, WsError> {
         match head.opcode {
-            OpCode::Ping => Ok(Some(Message::Ping(payload))),
-            OpCode::Pong => Ok(Some(Message::Pong)),
-            OpCode::Close => close_message(payload).map(Some),
-            OpCode::Continue => {
-                let Some((is_text, mut data)) = self.partial.take() else {
-                    return Err(WsError::Protocol("continuation without a first frame"));
-                };
-                if data.len() + payload.len() > max_message {
-                    return Err(WsError::TooBig(max_message));
-                }
-                data.extend_from_slice(payload);
-                if !head.fin {
-                    self.partial = Some((is_text, data));
-                    return Ok(None);
-                }
-                if !is_text {
-                    return Ok(Some(Message::Binary));
-                }
-                String::from_utf8(data)
-                    .map(|text| Some(Message::Text(Cow::Owned(text))))
-                    .map_err(|_| WsError::InvalidUtf8)
-            }
-            OpCode::Text | OpCode::Binary => {
+            OpCode::Ping | OpCode::Pong | OpCode::Close => control_message(head.opcode, payload),
+            OpCode::Text | OpCode::Binary if head.fin => {
                 if self.partial.is_some() {
-                    return Err(WsError::Protocol(
-                        "new message before the last one finished",
-                    ));
+                    return Err(NEW_BEFORE_END);
                 }
-                let is_text = head.opcode == OpCode::Text;
-                if !head.fin {
-                    self.partial = Some((is_text, payload.to_vec()));
-                    return Ok(None);
-                }
-                if !is_text {
-                    return Ok(Some(Message::Binary));
-                }
-                std::str::from_utf8(payload)
-                    .map(|text| Some(Message::Text(Cow::Borrowed(text))))
-                    .map_err(|_| WsError::InvalidUtf8)
+                data_message(head.opcode == OpCode::Text, Cow::Borrowed(payload))
+            }
+            _ => {
+                self.start_frame(&head, max_message)?;
+                self.extend(payload);
+                self.end_frame(head.fin)
             }
         }
     }
+
+    /// A data frame starts whose payload will come through `extend`: checks it may come now and
+    /// that the message stays within `max_message`, and makes room for it.
+    pub fn start_frame(&mut self, head: &FrameHead, max_message: usize) -> Result<(), WsError> {
+        let data = match (head.opcode, &mut self.partial) {
+            (OpCode::Continue, Some((_, data))) => data,
+            (OpCode::Continue, None) => {
+                return Err(WsError::Protocol("continuation without a first frame"))
+            }
+            (OpCode::Text | OpCode::Binary, None) => {
+                let is_text = head.opcode == OpCode::Text;
+                &mut self.partial.insert((is_text, Vec::new())).1
+            }
+            (OpCode::Text | OpCode::Binary, Some(_)) => return Err(NEW_BEFORE_END),
+            _ => {
+                return Err(WsError::Protocol(
+                    "a control frame is not part of a message",
+                ))
+            }
+        };
+        let needed = data.len() + head.payload_len;
+        if needed > max_message {
+            return Err(WsError::TooBig(max_message));
+        }
+        if needed > data.capacity() {
+            // Doubling, as a Vec does, so that many small fragments cost few copies; but never
+            // past the largest message.
+            let target = needed.max(data.capacity() * 2).min(max_message);
+            data.reserve_exact(target - data.len());
+        }
+        Ok(())
+    }
+
+    /// Part of the payload of the data frame started last.
+    pub fn extend(&mut self, piece: &[u8]) {
+        if let Some((_, data)) = &mut self.partial {
+            data.extend_from_slice(piece);
+        }
+    }
+
+    /// The data frame started last is complete; returns the message when it was the last one.
+    pub fn end_frame(&mut self, fin: bool) -> Result<Option<Message<'static>>, WsError> {
+        if !fin {
+            return Ok(None);
+        }
+        let Some((is_text, data)) = self.partial.take() else {
+            return Ok(None);
+        };
+        data_message(is_text, Cow::Owned(data))
+    }
+}
+
+const NEW_BEFORE_END: WsError = WsError::Protocol("new message before the last one finished");
+
+/// A whole data message: text checked for UTF-8, binary refused later by the session.
+fn data_message(is_text: bool, data: Cow<'_, [u8]>) -> Result<Option<Message<'_>>, WsError> {
+    if !is_text {
+        return Ok(Some(Message::Binary));
+    }
+    let text = match data {
+        Cow::Borrowed(bytes) => std::str::from_utf8(bytes).ok().map(Cow::Borrowed),
+        Cow::Owned(bytes) => String::from_utf8(bytes).ok().map(Cow::Owned),
+    };
+    text.map(|text| Some(Message::Text(text)))
+        .ok_or(WsError::InvalidUtf8)
+}
+
+/// A control frame's message. Control frames may come between a message's fragments.
+pub fn control_message(opcode: OpCode, payload: &[u8]) -> Result<Option<Message<'_>>, WsError> {
+    Ok(Some(match opcode {
+        OpCode::Ping => Message::Ping(payload),
+        OpCode::Pong => Message::Pong,
+        _ => close_message(payload)?,
+    }))
 }
 
 fn close_message(payload: &[u8]) -> Result<Message<'_>, WsError> {

@@ -2,6 +2,7 @@
 
 pub mod frame;
 pub mod handshake;
+pub mod incoming;
 
 pub use frame::{Assembler, FrameHead, Message, WsError};
 pub use handshake::{accept_upgrade, UpgradeError};

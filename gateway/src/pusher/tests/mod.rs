@@ -6,6 +6,7 @@
 mod counts;
 mod delivery;
 mod lifecycle;
+mod limits;
 mod presence;
 
 use std::cell::{Cell, RefCell};
@@ -17,7 +18,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use serde_json::Value;
 
-use super::core::{Core, Handle, Place, Publish, QueueFull, Transmit};
+use super::core::{Core, Handle, Place, Publish, QueueFull, SessionState, Transmit};
 use crate::admin::stats::{Disconnect, ShardStats};
 use crate::bus::{Broadcast, ShardMessage};
 use crate::cluster::BridgeMessage;
@@ -27,21 +28,41 @@ use crate::webhooks::WebhookEvent;
 use crate::ws::frame::{text_frame, text_payload};
 
 /// What a test session received, and whether it was asked to close.
-#[derive(Default)]
 pub struct Recorder {
+    state: SessionState,
     frames: RefCell<Vec<Bytes>>,
     close: Cell<Option<(u16, Disconnect)>>,
     last_active: Cell<u32>,
+    /// When the client's message in flight began.
+    incomplete_since: Cell<Option<u32>>,
     /// A client that reads nothing: its queue only grows.
     stalled: Cell<bool>,
     queued: Cell<usize>,
 }
 
 /// A session as the core sees it in these tests.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Recording(Rc<Recorder>);
 
+impl Recording {
+    fn new(app: usize, now: u32) -> Recording {
+        Recording(Rc::new(Recorder {
+            state: SessionState::new(app),
+            frames: RefCell::default(),
+            close: Cell::default(),
+            last_active: Cell::new(now),
+            incomplete_since: Cell::default(),
+            stalled: Cell::default(),
+            queued: Cell::default(),
+        }))
+    }
+}
+
 impl Handle for Recording {
+    fn state(&self) -> &SessionState {
+        &self.0.state
+    }
+
     fn send(&self, frame: Bytes, limit: usize) -> Result<usize, QueueFull> {
         let recorder = &self.0;
         if recorder.stalled.get() {
@@ -67,6 +88,10 @@ impl Handle for Recording {
 
     fn last_active(&self) -> u32 {
         self.0.last_active.get()
+    }
+
+    fn incomplete_since(&self) -> Option<u32> {
+        self.0.incomplete_since.get()
     }
 }
 
@@ -128,6 +153,11 @@ impl Client {
     /// Makes the client stop reading: what is sent to it stays queued.
     pub fn stall(&self) {
         self.session.0.stalled.set(true);
+    }
+
+    /// The client began a message at this second of the core's clock and has not finished it.
+    pub fn sending_since(&self, second: u32) {
+        self.session.0.incomplete_since.set(Some(second));
     }
 
     /// The client sent something at this second of the core's clock.
@@ -233,12 +263,8 @@ impl Node {
 
     pub fn connect_app(&mut self, shard: usize, app: usize) -> Client {
         let (id, socket_id) = self.cores[shard].next_socket_id();
-        let session = Recording::default();
-        session
-            .0
-            .last_active
-            .set(self.cores[shard].second(self.now));
-        self.apply(shard, |core| core.open(id, app, session.clone()));
+        let session = Recording::new(app, self.cores[shard].second(self.now));
+        self.apply(shard, |core| core.open(id, session.clone()));
         let client = Client {
             shard,
             id,
