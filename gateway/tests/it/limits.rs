@@ -5,101 +5,15 @@ use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
+use crate::common::raw::{masked, raw_websocket, read_close_code};
 use crate::common::{self, Ended, Gateway};
 use serde_json::json;
 use tungstenite::Message;
 
-/// A subscriber on a public channel that must keep receiving while the test misbehaves.
-fn bystander(gateway: &Gateway) -> common::Client {
-    let mut client = gateway.client();
-    assert_eq!(
-        client.subscribe("bystanders")["event"],
-        "pusher_internal:subscription_succeeded"
-    );
-    client
-}
-
-fn assert_still_served(gateway: &Gateway, bystander: &mut common::Client) {
-    gateway.publish("bystanders", "still-here", "yes");
-    let event = bystander.next_event();
-    assert_eq!(event["event"], "still-here");
-}
-
-/// Opens a raw WebSocket (handshake done by hand) to send frames tungstenite would refuse to.
-fn raw_websocket(gateway: &Gateway) -> TcpStream {
-    let mut stream = TcpStream::connect(("127.0.0.1", gateway.port)).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
-    write!(
-        stream,
-        "GET /app/app-key?protocol=7 HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-    )
-    .unwrap();
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        stream.read_exact(&mut byte).unwrap();
-        head.push(byte[0]);
-    }
-    assert!(head.starts_with(b"HTTP/1.1 101"));
-    stream
-}
-
-/// Reads server frames until a close frame; returns its code.
-fn read_close_code(stream: &mut TcpStream) -> Option<u16> {
-    let mut all = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        let n = stream.read(&mut buf).unwrap_or(0);
-        if n == 0 {
-            break;
-        }
-        all.extend_from_slice(&buf[..n]);
-    }
-    let mut at = 0;
-    while at + 2 <= all.len() {
-        let opcode = all[at] & 0x0f;
-        let (len, header) = match all[at + 1] & 0x7f {
-            126 => (u16::from_be_bytes([all[at + 2], all[at + 3]]) as usize, 4),
-            127 => return None,
-            n => (n as usize, 2),
-        };
-        if opcode == 0x8 && len >= 2 {
-            return Some(u16::from_be_bytes([all[at + header], all[at + header + 1]]));
-        }
-        at += header + len;
-    }
-    None
-}
-
-fn masked(first: u8, payload: &[u8]) -> Vec<u8> {
-    let mut frame = vec![first];
-    match payload.len() {
-        n if n < 126 => frame.push(0x80 | n as u8),
-        n if n < 65536 => {
-            frame.push(0x80 | 126);
-            frame.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        n => {
-            frame.push(0x80 | 127);
-            frame.extend_from_slice(&(n as u64).to_be_bytes());
-        }
-    }
-    frame.extend_from_slice(&[1, 2, 3, 4]);
-    frame.extend(
-        payload
-            .iter()
-            .enumerate()
-            .map(|(i, b)| b ^ [1, 2, 3, 4][i % 4]),
-    );
-    frame
-}
-
 #[test]
 fn websocket_frame_violations_close_with_their_codes() {
     let gateway = Gateway::start(&["--shards", "2", "--max-message-bytes", "1024"]);
-    let mut watcher = bystander(&gateway);
+    let mut watcher = gateway.bystander();
     let cases: [(Vec<u8>, u16, &str); 5] = [
         (masked(0x81, &[b'a'; 2000]), 1009, "frame_too_big"),
         (masked(0x82, b"bin"), 1003, "binary_frame"),
@@ -127,13 +41,13 @@ fn websocket_frame_violations_close_with_their_codes() {
         Some(1009),
         "a message over the limit in fragments"
     );
-    assert_still_served(&gateway, &mut watcher);
+    gateway.assert_still_serves(&mut watcher);
 }
 
 #[test]
 fn pusher_level_refusals() {
     let gateway = Gateway::start(&[]);
-    let mut watcher = bystander(&gateway);
+    let mut watcher = gateway.bystander();
     for (url, code, reason) in [
         (gateway.url("wrong-key"), 4001, "unknown_app"),
         (
@@ -206,13 +120,13 @@ fn pusher_level_refusals() {
         "pusher_internal:subscription_succeeded",
         "the connection survives"
     );
-    assert_still_served(&gateway, &mut watcher);
+    gateway.assert_still_serves(&mut watcher);
 }
 
 #[test]
 fn upgrade_and_request_head_limits() {
     let gateway = Gateway::start(&["--head-timeout", "1"]);
-    let mut watcher = bystander(&gateway);
+    let mut watcher = gateway.bystander();
     let upgrade = |headers: &str| {
         common::raw_http(
             gateway.port,
@@ -271,7 +185,7 @@ fn upgrade_and_request_head_limits() {
         gateway.wait_metric("gateway_rejected_total{reason=\"head_timeout\"}", 1.0),
         1.0
     );
-    assert_still_served(&gateway, &mut watcher);
+    gateway.assert_still_serves(&mut watcher);
 }
 
 #[test]
@@ -326,7 +240,7 @@ fn client_events_over_the_rate_get_4301() {
 #[test]
 fn a_subscriber_that_falls_behind_is_closed_with_4100() {
     let gateway = Gateway::start(&["--shards", "2", "--outbound-queue-bytes", "65536"]);
-    let mut watcher = bystander(&gateway);
+    let mut watcher = gateway.bystander();
     let mut laggard = gateway.client();
     assert_eq!(
         laggard.subscribe("firehose")["event"],
@@ -365,7 +279,7 @@ fn a_subscriber_that_falls_behind_is_closed_with_4100() {
     laggard.set_timeout(Duration::from_secs(10));
     assert_eq!(laggard.wait_close(), Ended::Closed(Some(4100)));
     assert!(received > 0);
-    assert_still_served(&gateway, &mut watcher);
+    gateway.assert_still_serves(&mut watcher);
 }
 
 #[test]
@@ -374,7 +288,7 @@ fn a_full_node_still_answers_api_requests() {
     let gateway = Gateway::start_with_fd_limit(200, &["--shards", "2"]);
     let sessions = gateway.metric("gateway_max_connections") as usize;
     assert_eq!(sessions, 88);
-    let mut watcher = bystander(&gateway);
+    let mut watcher = gateway.bystander();
     let _others: Vec<_> = (1..sessions).map(|_| gateway.client()).collect();
 
     let (mut refused, _) = tungstenite::connect(gateway.url(common::KEY)).expect("upgrade");
@@ -458,7 +372,7 @@ fn rss_bytes(pid: u32) -> u64 {
 fn a_subscriber_that_stops_reading_pins_bounded_memory_and_gets_its_4100() {
     // The defaults: 1 MiB outbound queue, 32 KiB asked of the kernel for the send buffer.
     let gateway = Gateway::start(&["--shards", "2"]);
-    let mut watcher = bystander(&gateway);
+    let mut watcher = gateway.bystander();
     watcher.subscribe("firehose");
     let mut laggard = raw_websocket(&gateway);
     laggard
@@ -508,13 +422,13 @@ fn a_subscriber_that_stops_reading_pins_bounded_memory_and_gets_its_4100() {
     // scenario (the gateway holds the close for up to 2 s while the client does not read).
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(read_close_code(&mut laggard), Some(4100));
-    assert_still_served(&gateway, &mut watcher);
+    gateway.assert_still_serves(&mut watcher);
 }
 
 #[test]
 fn a_client_that_asks_and_never_reads_is_closed_and_counted() {
     let gateway = Gateway::start(&["--shards", "2", "--head-timeout", "1"]);
-    let mut watcher = bystander(&gateway);
+    let mut watcher = gateway.bystander();
     let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
     // A small window, so that the answers soon wait at the gateway.
     socket.set_recv_buffer_size(4096).unwrap();
@@ -544,5 +458,5 @@ fn a_client_that_asks_and_never_reads_is_closed_and_counted() {
         }
     };
     assert!(ended, "the gateway closed the connection");
-    assert_still_served(&gateway, &mut watcher);
+    gateway.assert_still_serves(&mut watcher);
 }

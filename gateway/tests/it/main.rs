@@ -11,6 +11,7 @@ mod deploy;
 mod fanout;
 mod frames;
 mod http_api;
+mod input;
 mod lifecycle;
 mod limits;
 mod presence;

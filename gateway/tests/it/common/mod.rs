@@ -1,5 +1,6 @@
 //! Runs the real `gateway` binary for integration tests, and talks to it as clients do.
 
+pub mod raw;
 pub mod redis;
 pub mod script;
 pub mod webhooks;
@@ -234,6 +235,20 @@ impl Gateway {
     }
 
     /// Publishes an event through the HTTP API and expects 200.
+    /// A subscriber on a public channel that must keep receiving while a test misbehaves.
+    pub fn bystander(&self) -> Client {
+        let mut client = self.client();
+        let answer = client.subscribe("bystanders");
+        assert_eq!(answer["event"], "pusher_internal:subscription_succeeded");
+        client
+    }
+
+    /// Checks that a bystander still gets what is published.
+    pub fn assert_still_serves(&self, bystander: &mut Client) {
+        self.publish("bystanders", "still-here", "yes");
+        assert_eq!(bystander.next_event()["event"], "still-here");
+    }
+
     pub fn publish(&self, channel: &str, event: &str, data: &str) {
         let body = json!({"name": event, "channel": channel, "data": data}).to_string();
         let (status, answer) = self.api("POST", &format!("/apps/{APP_ID}/events"), &[], &body);
