@@ -2,6 +2,7 @@
 //! and node-wide state. Read-mostly; the few mutable parts are atomics.
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -196,12 +197,18 @@ pub struct CountAnswers {
 
 impl CountAnswers {
     /// Waits for every answer, adding each to `totals` as it comes (so a caller that stops
-    /// waiting keeps what arrived); false when a shard dropped the question.
-    pub async fn add_to(self, prefix: &str, totals: &mut BTreeMap<String, u64>) -> bool {
+    /// waiting keeps what arrived); false when a shard dropped the question. `pause` is awaited
+    /// between slices of the work (see `add_counts`).
+    pub async fn add_to<F: Future<Output = ()>>(
+        self,
+        prefix: &str,
+        totals: &mut BTreeMap<String, u64>,
+        mut pause: impl FnMut() -> F,
+    ) -> bool {
         let mut answered = true;
         for receiver in self.pending {
             match receiver.await {
-                Ok(counts) => add_counts(totals, counts, prefix),
+                Ok(counts) => add_counts(totals, counts, prefix, &mut pause).await,
                 Err(_) => answered = false,
             }
         }
@@ -209,11 +216,25 @@ impl CountAnswers {
     }
 }
 
-/// Adds one shard's counts of the channels whose names start with `prefix` to `totals`.
-pub fn add_counts(totals: &mut BTreeMap<String, u64>, counts: ShardCounts, prefix: &str) {
-    for (name, count) in counts {
-        if name.starts_with(prefix) {
-            *totals.entry(name.into_string()).or_insert(0) += count;
+/// Channels added to a total between two pauses: about a millisecond of work.
+pub const COUNTS_PER_SLICE: usize = 2048;
+
+/// Adds one shard's counts of the channels whose names start with `prefix` to `totals`,
+/// awaiting `pause` after every `COUNTS_PER_SLICE`, so that a runtime that also serves clients
+/// (a shard) can let them run between slices of a large answer.
+pub async fn add_counts<F: Future<Output = ()>>(
+    totals: &mut BTreeMap<String, u64>,
+    counts: impl IntoIterator<Item = (impl Into<String> + AsRef<str>, u64)>,
+    prefix: &str,
+    mut pause: impl FnMut() -> F,
+) {
+    let matching = counts
+        .into_iter()
+        .filter(|(name, _)| name.as_ref().starts_with(prefix));
+    for (added, (name, count)) in matching.enumerate() {
+        *totals.entry(name.into()).or_insert(0) += count;
+        if added % COUNTS_PER_SLICE == COUNTS_PER_SLICE - 1 {
+            pause().await;
         }
     }
 }

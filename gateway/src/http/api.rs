@@ -411,21 +411,60 @@ pub fn channels_response(
     states: &BTreeMap<String, ChannelState>,
     params: &Params,
 ) -> Result<String, ApiError> {
-    let prefix = prefix_filter(params);
-    let info = InfoFields::parse(params)?;
-    if info.user_count && !prefix.starts_with("presence-") {
-        return Err(ApiError::bad_request(
-            "user_count needs filter_by_prefix=presence-",
-        ));
+    let mut body = ChannelsBody::new(params)?;
+    for (name, state) in states {
+        body.push(name, state);
     }
-    let mut channels = Map::new();
-    for (name, state) in states.range(prefix.to_owned()..) {
-        if !name.starts_with(prefix) {
-            break;
+    Ok(body.finish())
+}
+
+/// The body of `GET /apps/{id}/channels`, written channel by channel (in name order), so that
+/// a long one can be written in slices.
+#[derive(Debug)]
+pub struct ChannelsBody {
+    info: InfoFields,
+    prefix: String,
+    out: String,
+    empty: bool,
+}
+
+impl ChannelsBody {
+    /// Checks the query's fields; a listing of user counts must be of presence channels.
+    pub fn new(params: &Params) -> Result<ChannelsBody, ApiError> {
+        let prefix = prefix_filter(params);
+        let info = InfoFields::parse(params)?;
+        if info.user_count && !prefix.starts_with("presence-") {
+            return Err(ApiError::bad_request(
+                "user_count needs filter_by_prefix=presence-",
+            ));
         }
-        channels.insert(name.clone(), attributes(info, name, state));
+        Ok(ChannelsBody {
+            info,
+            prefix: prefix.to_owned(),
+            out: String::from("{\"channels\":{"),
+            empty: true,
+        })
     }
-    Ok(json!({"channels": channels}).to_string())
+
+    /// Adds a channel, unless its name is outside the prefix.
+    pub fn push(&mut self, name: &str, state: &ChannelState) {
+        if !name.starts_with(&self.prefix) {
+            return;
+        }
+        if !self.empty {
+            self.out.push(',');
+        }
+        self.empty = false;
+        self.out.push_str(&Value::from(name).to_string());
+        self.out.push(':');
+        self.out
+            .push_str(&attributes(self.info, name, state).to_string());
+    }
+
+    pub fn finish(mut self) -> String {
+        self.out.push_str("}}");
+        self.out
+    }
 }
 
 /// `GET /apps/{id}/channels/{name}`.

@@ -233,9 +233,7 @@ impl Shard {
             // Without an answer (the bridge's inbox was full, or it is stuck) the node's own
             // counts stand.
             if let Ok(Ok(counts)) = monoio::time::timeout(CLUSTER_QUERY_TIMEOUT, receiver).await {
-                for (name, count) in counts {
-                    *totals.entry(name).or_insert(0) += count;
-                }
+                add_counts(&mut totals, counts, "", pause).await;
             }
         }
         Ok(totals)
@@ -257,8 +255,9 @@ impl Shard {
         }
         let mut totals = BTreeMap::new();
         let local = self.core.borrow().local_counts(app, channels);
-        add_counts(&mut totals, local, prefix);
-        match monoio::time::timeout(QUERY_TIMEOUT, answers.add_to(prefix, &mut totals)).await {
+        add_counts(&mut totals, local, prefix, pause).await;
+        let adding = answers.add_to(prefix, &mut totals, pause);
+        match monoio::time::timeout(QUERY_TIMEOUT, adding).await {
             Ok(true) => {}
             _ => return Err(ApiError::unavailable("a shard did not answer in time")),
         }
@@ -288,6 +287,13 @@ impl Shard {
     pub fn socket_id(&self, id: u64) -> SocketId {
         self.core.borrow().socket_id(id)
     }
+}
+
+/// Lets the shard serve its clients between slices of a long job (an HTTP API answer over many
+/// channels). A timer, not a yield to the run queue: measured with 200,000 channels listed, a
+/// yield left bystanders' deliveries waiting up to 426 ms, a 1 ms timer at most 26 ms.
+pub async fn pause() {
+    monoio::time::sleep(Duration::from_millis(1)).await
 }
 
 /// A shard's listeners: plaintext, TLS, either or both.

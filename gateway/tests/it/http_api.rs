@@ -89,6 +89,40 @@ fn batch_events_and_channel_queries() {
     assert_eq!(status, 400, "users of a non-presence channel");
 }
 
+/// A listing longer than a slice (`COUNTS_PER_SLICE`, 2,048) is built in several, with pauses
+/// between them: it must come out whole, in order, counted across shards.
+#[test]
+fn a_listing_of_thousands_of_channels_is_whole() {
+    let gateway = Gateway::start(&[
+        "--shards",
+        "2",
+        "--max-subscriptions-per-connection",
+        "5000",
+    ]);
+    let mut clients = [gateway.client(), gateway.client()];
+    for n in 0..5000 {
+        let channel = json!({ "channel": format!("c-{n:04}") });
+        for client in &mut clients {
+            client.send(json!({"event": "pusher:subscribe", "data": channel}));
+        }
+    }
+    for client in &mut clients {
+        // The pong comes after every subscription's answer.
+        client.send(json!({"event": "pusher:ping", "data": {}}));
+        while client.next_event()["event"] != "pusher:pong" {}
+    }
+    let info = [("info", "subscription_count")];
+    let (status, answer) = gateway.api("GET", "/apps/1/channels", &info, "");
+    assert_eq!(status, 200);
+    let answer: Value = serde_json::from_str(&answer).unwrap();
+    let channels = answer["channels"].as_object().unwrap();
+    assert_eq!(channels.len(), 5000);
+    for (n, (name, attributes)) in channels.iter().enumerate() {
+        assert_eq!(name, &format!("c-{n:04}"));
+        assert_eq!(attributes["subscription_count"], 2, "{name}");
+    }
+}
+
 #[test]
 fn refusals_have_their_status_and_are_counted() {
     let gateway = Gateway::start(&["--max-request-body-bytes", "4096"]);
