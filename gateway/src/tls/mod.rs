@@ -4,8 +4,8 @@
 
 mod certs;
 mod devcert;
-#[cfg(test)]
-mod peers;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod peers;
 pub mod records;
 mod secrets;
 pub mod session;

@@ -105,6 +105,7 @@ enum Version {
 
 /// One direction's record key and iv, the TLS 1.3 traffic secret they come from (for the next
 /// key update), and the next record's sequence number.
+#[cfg_attr(any(test, feature = "fuzzing"), derive(Clone))]
 struct Direction {
     algorithm: &'static Algorithm,
     /// The first `algorithm.key_len()` bytes are the key.
@@ -230,6 +231,7 @@ const MAX_WARNINGS_IN_A_ROW: u8 = 4;
 const MAX_EMPTY_IN_A_ROW: u8 = 32;
 
 /// Records since the last one with application data, by kind.
+#[cfg_attr(any(test, feature = "fuzzing"), derive(Clone))]
 #[derive(Default)]
 struct SinceData {
     key_updates: u8,
@@ -249,6 +251,7 @@ impl SinceData {
 
 /// A handshake message begun in one record, waiting for the rest from the next ones
 /// (RFC 8446 §5.1).
+#[cfg_attr(any(test, feature = "fuzzing"), derive(Clone))]
 struct SplitMessage {
     filled: usize,
     bytes: [u8; MAX_SPLIT_MESSAGE],
@@ -265,6 +268,7 @@ impl SplitMessage {
 }
 
 /// A connection's record protection after the handshake.
+#[cfg_attr(any(test, feature = "fuzzing"), derive(Clone))]
 pub struct RecordLayer {
     version: Version,
     rx: Direction,

@@ -48,7 +48,7 @@ struct Handshake {
 }
 
 /// Appends what rustls encodes, growing the buffer when it asks for more room.
-fn encode_into(
+pub(super) fn encode_into(
     out: &mut Vec<u8>,
     mut encode: impl FnMut(&mut [u8]) -> Result<usize, EncodeError>,
 ) -> Result<(), RecordError> {
@@ -346,7 +346,7 @@ fn queue_alert(conn: &mut UnbufferedServerConnection, rest: &mut [u8], outgoing:
     }
 }
 
-#[cfg(test)]
+#[cfg(any(test, feature = "fuzzing"))]
 impl TlsSession {
     /// The record layer, once the handshake has handed over to it.
     pub(crate) fn records(&mut self) -> Option<&mut RecordLayer> {
@@ -354,6 +354,23 @@ impl TlsSession {
             TlsState::Traffic(records) => Some(records),
             _ => None,
         }
+    }
+
+    /// A copy of a session past its handshake, so that a fuzz target starts every input from the
+    /// same connection for the price of one handshake. `None` during the handshake: rustls'
+    /// state cannot be copied.
+    pub fn copy_after_handshake(&self) -> Option<TlsSession> {
+        let state = match &self.state {
+            TlsState::Handshake(_) => return None,
+            TlsState::Traffic(records) => TlsState::Traffic(records.clone()),
+            TlsState::Ended => TlsState::Ended,
+        };
+        Some(TlsSession {
+            state,
+            incoming: self.incoming.clone(),
+            outgoing: self.outgoing.clone(),
+            peer_closed: self.peer_closed,
+        })
     }
 }
 
@@ -365,7 +382,7 @@ mod tests {
     use rustls::CipherSuite;
 
     use super::*;
-    use crate::tls::peers::{Peers, TLS12, TLS13};
+    use crate::tls::peers::{self, HandedOver, Peers, TLS12, TLS13};
 
     fn big_message() -> Vec<u8> {
         (0..40_000u32).map(|i| (i % 251) as u8).collect()
@@ -856,6 +873,48 @@ mod tests {
             peers.server.absorb(&mut more, &mut |_| {}).is_err(),
             "and it stays failed"
         );
+    }
+
+    /// Has `session` read `wire` in one go; returns the application data.
+    fn read_all(session: &mut TlsSession, mut wire: Vec<u8>) -> Vec<u8> {
+        let mut received = Vec::new();
+        let used = session
+            .absorb(&mut wire, &mut |plain| received.extend_from_slice(plain))
+            .expect("read");
+        assert_eq!(used, wire.len());
+        received
+    }
+
+    #[test]
+    fn a_copy_after_the_handshake_reads_on_its_own() {
+        assert!(Peers::start(TLS13[0])
+            .server
+            .copy_after_handshake()
+            .is_none());
+        for suite in TLS13.into_iter().chain(TLS12) {
+            let HandedOver {
+                mut server,
+                mut client,
+                client_keys: (sequence, keys),
+            } = peers::hand_over(suite);
+            let negotiated = client.negotiated_cipher_suite();
+            let mut encrypter = peers::encrypter(negotiated, keys);
+            let mut copy = server.copy_after_handshake().expect("past the handshake");
+            let hello = peers::seal(&mut *encrypter, sequence, 23, b"hello");
+            assert_eq!(read_all(&mut server, hello.clone()), b"hello", "{suite:?}");
+            assert_eq!(read_all(&mut copy, hello), b"hello", "{suite:?}: the copy");
+            if suite == TLS13[0] {
+                // The copy follows a key update the original never sees, and their keys part.
+                let update = peers::seal(&mut *encrypter, sequence + 1, 22, &[24, 0, 0, 1, 0]);
+                let (_, keys) = client.update_tx_secret().expect("next keys");
+                let mut encrypter = peers::encrypter(negotiated, keys);
+                let after = peers::seal(&mut *encrypter, 0, 23, b"after");
+                assert_eq!(read_all(&mut copy, [update, after].concat()), b"after");
+                let mut again = peers::seal(&mut *encrypter, 1, 23, b"again");
+                let refused = server.absorb(&mut again, &mut |_| panic!("not its key"));
+                assert!(matches!(refused, Err(RecordError::BadRecordMac)));
+            }
+        }
     }
 
     #[test]
