@@ -227,7 +227,8 @@ pub struct Config {
         default_value_t = 10
     )]
     pub max_presence_per_connection: usize,
-    /// Bytes queued to one connection before it is closed as a slow consumer (4100).
+    /// Bytes queued to one connection (each frame plus its 32-byte handle in the queue) before
+    /// it is closed as a slow consumer (4100).
     #[arg(long, env = "GATEWAY_OUTBOUND_QUEUE_BYTES", default_value_t = 1024 * 1024)]
     pub outbound_queue_bytes: usize,
     /// Kernel send buffer of each client socket (SO_SNDBUF; the kernel doubles it), so that a

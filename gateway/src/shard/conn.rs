@@ -24,6 +24,15 @@ use crate::ws::incoming::Incoming;
 const MAX_IOVECS: usize = 64;
 /// Ciphertext gathered before one send on a TLS connection.
 const TLS_BATCH_BYTES: usize = 64 * 1024;
+/// What a queued frame costs its connection besides the frame (shared with every other
+/// subscriber): its handle in the queue. Counted against `outbound_queue_bytes`, so that a queue
+/// of many small frames is bounded in memory too.
+const QUEUED_FRAME_COST: usize = std::mem::size_of::<Bytes>();
+
+/// A queued frame's share of `outbound_queue_bytes`.
+fn queue_cost(frame: &Bytes) -> usize {
+    frame.len() + QUEUED_FRAME_COST
+}
 
 /// What a flush achieved.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -95,7 +104,7 @@ impl Conn {
     /// Queues a frame. Returns false, queuing nothing, when the queue would grow past `limit`
     /// bytes: the caller closes the connection as a slow consumer.
     pub fn enqueue(&self, frame: Bytes, limit: usize) -> bool {
-        let queued = self.queued_bytes.get() + frame.len();
+        let queued = self.queued_bytes.get() + queue_cost(&frame);
         if queued > limit {
             return false;
         }
@@ -115,7 +124,7 @@ impl Conn {
             let mut outbound = self.outbound.borrow_mut();
             let keep = usize::from(self.front_started.get());
             outbound.truncate(keep);
-            self.queued_bytes.set(outbound.iter().map(Bytes::len).sum());
+            self.queued_bytes.set(outbound.iter().map(queue_cost).sum());
         }
         self.close.set(Some((code, reason)));
         self.wake();
@@ -219,6 +228,8 @@ impl Conn {
                 if front.len() <= left {
                     left -= front.len();
                     outbound.pop_front();
+                    self.queued_bytes
+                        .set(self.queued_bytes.get() - QUEUED_FRAME_COST);
                     self.front_started.set(false);
                 } else {
                     front.advance(left);
@@ -258,7 +269,8 @@ impl Conn {
                     let Some(frame) = outbound.pop_front() else {
                         break;
                     };
-                    self.queued_bytes.set(self.queued_bytes.get() - frame.len());
+                    self.queued_bytes
+                        .set(self.queued_bytes.get() - queue_cost(&frame));
                     sealed = sealer.seal(&frame, cipher);
                 }
             }
