@@ -169,17 +169,24 @@ impl Conn {
         self.reader.take()
     }
 
-    /// Keeps the input a read left incomplete, holding its bytes against the node's budget;
-    /// `restarted` says a message completed since, so what is kept began now. False, keeping
-    /// nothing, when the budget cannot take it.
-    pub fn keep_input(
+    /// Keeps the input a read left incomplete, until `hold_input` accounts for it.
+    pub fn keep_input(&self, input: Option<Box<Incoming>>) {
+        self.reader.set(input);
+    }
+
+    /// Holds the kept input, plus `extra` bytes kept elsewhere for this client (a TLS record
+    /// cut by a read), against the node's budget. `restarted` says a message completed since,
+    /// so what is kept began now. False, dropping the kept input, when the budget cannot take
+    /// it.
+    pub fn hold_input(
         &self,
-        input: Option<Box<Incoming>>,
+        extra: usize,
         now: u32,
         restarted: bool,
         budget: &InputBudget,
     ) -> bool {
-        let held = input.as_ref().map_or(0, |input| input.held());
+        let input = self.reader.take();
+        let held = input.as_ref().map_or(0, |input| input.held()) + extra;
         let reserved = self.reader_bytes.get();
         if !budget.resize(reserved, held) {
             budget.release(reserved);

@@ -290,6 +290,8 @@ fn read_tls(shard: &Shard, conn: &Rc<Conn>, tls: &mut TlsSession) -> bool {
     if !cipher.is_empty() {
         tls.keep_incoming(&cipher);
     }
+    // A record cut by the read is input not complete yet, bounded and timed like a message.
+    hold_input(shard, conn, tls.incoming_held(), false);
     true
 }
 
@@ -315,7 +317,14 @@ fn consume(shard: &Shard, conn: &Rc<Conn>, bytes: &mut [u8]) {
         protocol_error(shard, conn, &error);
         input = None;
     }
-    if !conn.keep_input(input, shard.now(), completed, &shard.node.input_budget) {
+    conn.keep_input(input);
+    hold_input(shard, conn, 0, completed);
+}
+
+/// Holds what the connection keeps of its client's input against the node's budget, or closes
+/// it with 1013 when the budget is spent.
+fn hold_input(shard: &Shard, conn: &Rc<Conn>, extra: usize, restarted: bool) {
+    if !conn.hold_input(extra, shard.now(), restarted, &shard.node.input_budget) {
         shard.reject(Rejection::InputBudget);
         conn.request_close(codes::WS_TRY_AGAIN_LATER, Disconnect::ProtocolError);
     }

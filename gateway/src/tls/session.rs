@@ -241,6 +241,11 @@ impl TlsSession {
         std::mem::take(&mut self.incoming)
     }
 
+    /// Bytes of memory held for an incomplete record.
+    pub fn incoming_held(&self) -> usize {
+        self.incoming.capacity()
+    }
+
     /// Keeps the bytes of an incomplete record until more arrive.
     pub fn keep_incoming(&mut self, partial: &[u8]) {
         self.incoming = partial.to_vec();

@@ -583,6 +583,45 @@ fn certificate_files_replaced_on_disk_are_picked_up_without_a_signal() {
     );
 }
 
+/// A TLS record trickled in is input not complete yet, like a WebSocket message: it must
+/// arrive whole within `head_timeout` of its first byte, whatever trickles in meanwhile.
+#[test]
+fn a_record_trickled_in_closes_with_1008_once_head_timeout_has_passed() {
+    let certs = certificates("trickle");
+    let tls = start(&certs, &["--head-timeout", "1", "--shards", "1"]);
+    let config = client_config(&certs.join("ca.pem"));
+    let stream = tls_connect(&config, tls.tls_port).unwrap();
+    let mut socket = wss_client(stream, tls.tls_port, "watch");
+    // The header of an application-data record of 100 bytes, then a byte every 200 ms.
+    let mut raw = socket.get_ref().sock.try_clone().unwrap();
+    raw.write_all(&[23, 3, 3, 0, 100, 0]).unwrap();
+    let started = Instant::now();
+    let trickle = std::thread::spawn(move || {
+        for _ in 0..30 {
+            std::thread::sleep(Duration::from_millis(200));
+            if raw.write_all(&[0]).is_err() {
+                return;
+            }
+        }
+    });
+    let close = loop {
+        match socket.read() {
+            Ok(Message::Close(frame)) => break frame.map(|f| u16::from(f.code)),
+            Ok(_) => {}
+            Err(error) => panic!("no close frame: {error}"),
+        }
+    };
+    assert_eq!(close, Some(1008));
+    let took = started.elapsed();
+    assert!(
+        took > Duration::from_secs(1) && took < Duration::from_secs(5),
+        "{took:?}"
+    );
+    trickle.join().unwrap();
+    let timed_out = "gateway_rejected_total{reason=\"message_timeout\"}";
+    assert_eq!(tls.gateway.metric(timed_out), 1.0);
+}
+
 #[test]
 fn bad_input_on_the_tls_port_is_closed_and_counted() {
     let certs = certificates("bad");
