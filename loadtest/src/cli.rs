@@ -32,6 +32,9 @@ pub enum Command {
     /// Open TLS connections back to back, each closed right after its handshake: full or
     /// resumed handshakes per second, and per second of the server's CPU time.
     Handshakes(HandshakesArgs),
+    /// Clients that hold input unfinished or occupy many channels: what each costs the server,
+    /// and whether and when it answers them.
+    Hostile(HostileArgs),
     /// Runs one share of a run for the process that started it (stdin/stdout JSON lines).
     #[command(hide = true)]
     Worker,
@@ -190,6 +193,74 @@ pub struct HandshakesArgs {
     /// TLS version to offer.
     #[arg(long, value_enum, default_value_t = TlsVersion::Any)]
     pub tls_version: TlsVersion,
+}
+
+#[derive(Debug, Args)]
+pub struct HostileArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// What the clients do.
+    #[arg(long, value_enum)]
+    pub mode: HostileMode,
+    /// Connections that each hold one unfinished message or request body.
+    #[arg(long, default_value_t = 100, value_name = "N")]
+    pub connections: u64,
+    /// New connections per second.
+    #[arg(long, default_value_t = 1000.0, value_name = "R")]
+    pub rate: f64,
+    /// Seconds to hold the unfinished input once every connection has sent it.
+    #[arg(long, default_value_t = 10.0, value_name = "SECONDS")]
+    pub hold: f64,
+    /// Payload of the unfinished WebSocket message (partial-message, trickle).
+    #[arg(long, default_value_t = 15_000, value_name = "BYTES")]
+    pub message_bytes: u64,
+    /// Time between two bytes of a trickled message.
+    #[arg(long, default_value_t = 1000, value_name = "MS")]
+    pub interval_ms: u64,
+    /// Content-Length of the unfinished request body (partial-body).
+    #[arg(long, default_value_t = 262_144, value_name = "BYTES")]
+    pub body_bytes: u64,
+    /// Public channels to occupy (many-channels).
+    #[arg(long, default_value_t = 1000, value_name = "C")]
+    pub channels: u64,
+    /// Channels each occupying connection subscribes to (many-channels).
+    #[arg(long, default_value_t = 100, value_name = "N")]
+    pub per_connection: u64,
+    /// Connections subscribed to one channel that receive the published events (many-channels).
+    #[arg(long, default_value_t = 4, value_name = "N")]
+    pub bystanders: u64,
+    /// Events published per second to the bystanders' channel (many-channels).
+    #[arg(long, default_value_t = 100.0, value_name = "R")]
+    pub publish_rate: f64,
+    /// Channel list queries, one after the other (many-channels).
+    #[arg(long, default_value_t = 10, value_name = "N")]
+    pub queries: u64,
+    /// HTTP API base URL [default: the host and port of --url, over http for ws:// and https
+    /// for wss://].
+    #[arg(long, value_name = "URL")]
+    pub api_url: Option<String>,
+    #[arg(long, default_value = "1")]
+    pub app_id: String,
+    /// App key the API requests are signed with.
+    #[arg(long, default_value = "app-key")]
+    pub key: String,
+    /// App secret the API requests are signed with.
+    #[arg(long, default_value = "app-secret")]
+    pub secret: String,
+}
+
+/// What the clients of a `hostile` run do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum HostileMode {
+    /// Send all of one WebSocket message but its last byte, and hold.
+    PartialMessage,
+    /// Send one WebSocket message a byte at a time, never its last.
+    Trickle,
+    /// Send an API request with all of its body but the last byte, and hold.
+    PartialBody,
+    /// Occupy many channels, then list them while bystanders receive events.
+    ManyChannels,
 }
 
 /// The TLS versions a client offers.

@@ -4,6 +4,7 @@ mod cause;
 mod cli;
 mod handshakes;
 mod histogram;
+mod hostile;
 mod http;
 mod link;
 mod metrics;
@@ -66,6 +67,7 @@ fn main() -> ExitCode {
         Command::Fanout(args) => Plan::fanout(args, open_file_limit),
         Command::Churn(args) => Plan::churn(args, open_file_limit),
         Command::Handshakes(args) => Plan::handshakes(args, open_file_limit),
+        Command::Hostile(args) => Plan::hostile(args, open_file_limit),
     };
     let plan = match plan {
         Ok(plan) => plan,

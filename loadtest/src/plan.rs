@@ -3,9 +3,14 @@
 
 use std::net::IpAddr;
 use std::path::PathBuf;
+use std::rc::Rc;
 use std::time::Duration;
 
-use crate::cli::{ChurnArgs, CommonArgs, ConnectArgs, FanoutArgs, HandshakesArgs, TlsVersion};
+use crate::cli::{
+    ChurnArgs, CommonArgs, ConnectArgs, FanoutArgs, HandshakesArgs, HostileArgs, HostileMode,
+    TlsVersion,
+};
+use crate::hostile::{AFTER_CLOSE_WAIT, DRAIN_WAIT, MIN_QUIET, QUIET_MARGIN};
 use crate::http::HttpEndpoint;
 use crate::link::{WorkerSpec, WorkerTask};
 use crate::pusher::{EndpointError, TargetSettings};
@@ -23,6 +28,12 @@ pub const MAX_PUBLISHERS: usize = 64;
 pub const MAX_RUN_SECONDS: f64 = 4.0 * 3600.0;
 /// Keeps every event's data under the protocol's 10 KiB limit, stamp included.
 pub const MAX_PAYLOAD_BYTES: usize = 9 * 1024;
+/// Channels a `hostile` run occupies at most: listing them all stays well under the 16 MiB a
+/// response may have here.
+pub const MAX_HOSTILE_CHANNELS: u64 = 200_000;
+/// Size of an unfinished message or body: room for a JSON envelope, up to what no server takes.
+pub const MIN_UNFINISHED_BYTES: u64 = 64;
+pub const MAX_UNFINISHED_BYTES: u64 = 16 << 20;
 /// Descriptors a process needs besides its connections: stdio, pipes, the event loop, the
 /// HTTP API and metrics connections.
 pub const RESERVED_DESCRIPTORS: u64 = 64;
@@ -112,11 +123,66 @@ pub struct HandshakesPlan {
     pub tls_version: TlsVersion,
 }
 
+/// Where and as whom HTTP API requests go.
+pub struct ApiTarget {
+    pub endpoint: Rc<HttpEndpoint>,
+    pub credentials: Rc<ApiCredentials>,
+}
+
+pub struct HostilePlan {
+    pub common: Common,
+    /// New connections per second.
+    pub rate: f64,
+    pub work: HostileWork,
+}
+
+pub enum HostileWork {
+    Unfinished(UnfinishedPlan),
+    ManyChannels(ManyChannelsPlan),
+}
+
+/// `partial-message`, `trickle`, `partial-body`.
+pub struct UnfinishedPlan {
+    pub connections: u64,
+    pub hold: Duration,
+    pub input: UnfinishedInput,
+}
+
+pub enum UnfinishedInput {
+    /// A text frame of `bytes` of payload; all but its last byte at once, or with `trickle` its
+    /// first byte and then one more every interval.
+    Message {
+        bytes: u64,
+        trickle: Option<Duration>,
+    },
+    /// `POST /apps/{id}/events` with a body of `bytes`, all but its last byte sent.
+    Body { bytes: u64, api: ApiTarget },
+}
+
+pub struct ManyChannelsPlan {
+    pub channels: u64,
+    pub per_connection: u64,
+    /// Channel `n` is `{prefix}-{n}`; the bystanders' is `{prefix}-bystanders`.
+    pub prefix: String,
+    pub bystanders: u64,
+    pub publish_rate: f64,
+    pub queries: u64,
+    pub api: ApiTarget,
+}
+
+impl ManyChannelsPlan {
+    /// Connections needed to occupy every channel.
+    pub fn occupiers(&self) -> u64 {
+        self.channels.div_ceil(self.per_connection)
+    }
+}
+
 pub enum Plan {
     Connect(ConnectPlan),
     Fanout(FanoutPlan),
     Churn(ChurnPlan),
     Handshakes(HandshakesPlan),
+    Hostile(HostilePlan),
 }
 
 fn out_of_range(flag: &'static str, requirement: String, value: impl ToString) -> PlanError {
@@ -232,11 +298,26 @@ fn gauge(
     })
 }
 
+/// `prefix` and a random run id, so that earlier runs and cache channels cannot interfere.
+fn run_prefix(prefix: &str) -> String {
+    format!("{prefix}-{:08x}", fastrand::u32(..))
+}
+
 fn channel_names(prefix: &str, count: u64) -> Vec<String> {
-    let run = fastrand::u32(..);
+    let prefix = run_prefix(prefix);
     (0..count)
-        .map(|channel| format!("{prefix}-{run:08x}-{channel}"))
+        .map(|channel| format!("{prefix}-{channel}"))
         .collect()
+}
+
+/// The API base URL given, or the one derived from the WebSocket URL, on loopback unless allowed.
+fn api_url(given: Option<&str>, common: &Common, allow_remote: bool) -> Result<Url, PlanError> {
+    let url = match given {
+        Some(text) => Url::parse(text, Expect::Http)?,
+        None => common.url.api_base(),
+    };
+    url.require_loopback(allow_remote)?;
+    Ok(url)
 }
 
 fn per_process(total: u64, workers: u32) -> u64 {
@@ -301,11 +382,7 @@ impl Plan {
                 + CLOSE_WAIT.as_secs_f64()
                 + OVERHEAD_SECONDS,
         )?;
-        let api_url = match &args.api_url {
-            Some(text) => Url::parse(text, Expect::Http)?,
-            None => common.url.api_base(),
-        };
-        api_url.require_loopback(allow_remote)?;
+        let api_url = api_url(args.api_url.as_deref(), &common, allow_remote)?;
         let api = HttpEndpoint::new(
             &api_url,
             common.target.ca.as_deref(),
@@ -385,12 +462,117 @@ impl Plan {
         }))
     }
 
+    pub fn hostile(args: HostileArgs, open_file_limit: u64) -> Result<Plan, PlanError> {
+        let allow_remote = args.common.allow_remote;
+        let connections = match args.mode {
+            HostileMode::ManyChannels => {
+                let channels = count_in("channels", args.channels, 1, MAX_HOSTILE_CHANNELS)?;
+                let per_connection = count_in("per-connection", args.per_connection, 1, 10_000)?;
+                let bystanders = count_in("bystanders", args.bystanders, 1, 1000)?;
+                // The publisher and the query connection.
+                channels.div_ceil(per_connection) + bystanders + 2
+            }
+            _ => count_in("connections", args.connections, 1, MAX_CONNECTIONS)?,
+        };
+        let common = common(args.common, connections, open_file_limit)?;
+        if common.workers != 1 {
+            return Err(out_of_range(
+                "workers",
+                "1: hostile runs in one process".into(),
+                common.workers,
+            ));
+        }
+        let rate = positive("rate", args.rate, MAX_CONNECT_RATE)?;
+        let timeout = common.step_timeout.as_secs_f64();
+        let ramp_seconds = connections as f64 / rate + 2.0 * timeout;
+        let api = |common: &Common| -> Result<ApiTarget, PlanError> {
+            let url = api_url(args.api_url.as_deref(), common, allow_remote)?;
+            Ok(ApiTarget {
+                endpoint: Rc::new(HttpEndpoint::new(
+                    &url,
+                    common.target.ca.as_deref(),
+                    common.target.insecure,
+                )?),
+                credentials: Rc::new(ApiCredentials {
+                    app_id: args.app_id.clone(),
+                    key: args.key.clone(),
+                    secret: args.secret.clone(),
+                }),
+            })
+        };
+        let unfinished_bytes =
+            |flag, bytes| count_in(flag, bytes, MIN_UNFINISHED_BYTES, MAX_UNFINISHED_BYTES);
+        let input = match args.mode {
+            HostileMode::PartialMessage => UnfinishedInput::Message {
+                bytes: unfinished_bytes("message-bytes", args.message_bytes)?,
+                trickle: None,
+            },
+            HostileMode::Trickle => UnfinishedInput::Message {
+                bytes: unfinished_bytes("message-bytes", args.message_bytes)?,
+                trickle: Some(Duration::from_millis(count_in(
+                    "interval-ms",
+                    args.interval_ms,
+                    1,
+                    60_000,
+                )?)),
+            },
+            HostileMode::PartialBody => UnfinishedInput::Body {
+                bytes: unfinished_bytes("body-bytes", args.body_bytes)?,
+                api: api(&common)?,
+            },
+            HostileMode::ManyChannels => {
+                let plan = ManyChannelsPlan {
+                    channels: args.channels,
+                    per_connection: args.per_connection,
+                    prefix: run_prefix("hostile"),
+                    bystanders: args.bystanders,
+                    publish_rate: positive("publish-rate", args.publish_rate, MAX_PUBLISH_RATE)?,
+                    queries: count_in("queries", args.queries, 1, 10_000)?,
+                    api: api(&common)?,
+                };
+                // The probe and each query take at most a timeout; the quiet period is sized
+                // on the probe.
+                let query_seconds = plan.queries as f64 * timeout;
+                ensure_fits(
+                    &common,
+                    ramp_seconds
+                        + timeout
+                        + MIN_QUIET.as_secs_f64()
+                        + (1.0 + QUIET_MARGIN) * query_seconds
+                        + DRAIN_WAIT.as_secs_f64()
+                        + CLOSE_WAIT.as_secs_f64()
+                        + OVERHEAD_SECONDS,
+                )?;
+                return Ok(Plan::Hostile(HostilePlan {
+                    common,
+                    rate,
+                    work: HostileWork::ManyChannels(plan),
+                }));
+            }
+        };
+        let hold = non_negative("hold", args.hold, MAX_RUN_SECONDS)?;
+        ensure_fits(
+            &common,
+            ramp_seconds + hold + AFTER_CLOSE_WAIT.as_secs_f64() + OVERHEAD_SECONDS,
+        )?;
+        Ok(Plan::Hostile(HostilePlan {
+            common,
+            rate,
+            work: HostileWork::Unfinished(UnfinishedPlan {
+                connections,
+                hold: Duration::from_secs_f64(hold),
+                input,
+            }),
+        }))
+    }
+
     pub fn common(&self) -> &Common {
         match self {
             Plan::Connect(plan) => &plan.common,
             Plan::Fanout(plan) => &plan.common,
             Plan::Churn(plan) => &plan.common,
             Plan::Handshakes(plan) => &plan.common,
+            Plan::Hostile(plan) => &plan.common,
         }
     }
 }
@@ -447,6 +629,7 @@ mod tests {
             crate::cli::Command::Fanout(args) => Plan::fanout(args, 20_000),
             crate::cli::Command::Churn(args) => Plan::churn(args, 20_000),
             crate::cli::Command::Handshakes(args) => Plan::handshakes(args, 20_000),
+            crate::cli::Command::Hostile(args) => Plan::hostile(args, 20_000),
             crate::cli::Command::Worker => panic!("not a plan"),
         }
     }
@@ -542,6 +725,48 @@ mod tests {
         assert_eq!(plan.tls_version, TlsVersion::Tls13);
         assert_eq!(plan.concurrency, 4);
         assert_eq!(plan.duration, Duration::from_secs(2));
+    }
+
+    #[test]
+    fn hostile_runs_are_bounded_and_aimed_at_loopback() {
+        let Ok(Plan::Hostile(plan)) =
+            parse("loadtest hostile --mode many-channels --channels 1001 --per-connection 100")
+        else {
+            panic!("plan expected");
+        };
+        let HostileWork::ManyChannels(channels) = &plan.work else {
+            panic!("a many-channels plan");
+        };
+        assert_eq!(channels.occupiers(), 11);
+        assert!(matches!(
+            parse("loadtest hostile --mode many-channels --channels 200001"),
+            Err(PlanError::OutOfRange {
+                flag: "channels",
+                ..
+            })
+        ));
+        assert!(matches!(
+            parse("loadtest hostile --mode partial-message --message-bytes 10"),
+            Err(PlanError::OutOfRange {
+                flag: "message-bytes",
+                ..
+            })
+        ));
+        assert!(matches!(
+            parse("loadtest hostile --mode trickle --workers 2"),
+            Err(PlanError::OutOfRange {
+                flag: "workers",
+                ..
+            })
+        ));
+        assert!(matches!(
+            parse("loadtest hostile --mode partial-body --api-url http://192.0.2.1:6001"),
+            Err(PlanError::Url(UrlError::NotLoopback(_)))
+        ));
+        assert!(matches!(
+            parse("loadtest hostile --mode partial-message --hold 700 --max-duration 600"),
+            Err(PlanError::TooLong { .. })
+        ));
     }
 
     #[test]

@@ -182,6 +182,7 @@ async fn send_event(
         &plan.credentials,
         "POST",
         path,
+        &[],
         &body,
         unix_micros() / 1_000_000,
     );

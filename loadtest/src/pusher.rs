@@ -105,15 +105,23 @@ impl<'a> ServerEvent<'a> {
             .and_then(|raw| serde_json::from_str::<Cow<'a, str>>(raw.get()).ok())
     }
 
-    /// The `code` of a `pusher:error`, or the `status` of a `pusher:subscription_error`, whether
-    /// `data` holds the object itself or a string of it.
-    fn numbered_field(&self, field: &str) -> Option<u16> {
+    /// `data` as a JSON value, whether it holds the object itself or a string of it.
+    fn data_object(&self) -> Option<serde_json::Value> {
         let raw = self.data?;
-        let object: serde_json::Value = match self.data_string() {
-            Some(text) => serde_json::from_str(&text).ok()?,
-            None => serde_json::from_str(raw.get()).ok()?,
-        };
-        object.get(field)?.as_u64()?.try_into().ok()
+        match self.data_string() {
+            Some(text) => serde_json::from_str(&text).ok(),
+            None => serde_json::from_str(raw.get()).ok(),
+        }
+    }
+
+    /// The `code` of a `pusher:error`, or the `status` of a `pusher:subscription_error`.
+    fn numbered_field(&self, field: &str) -> Option<u16> {
+        self.data_object()?.get(field)?.as_u64()?.try_into().ok()
+    }
+
+    /// A string field of `data`, such as the `type` of a `pusher:subscription_error`.
+    pub fn text_field(&self, field: &str) -> Option<String> {
+        Some(self.data_object()?.get(field)?.as_str()?.to_string())
     }
 }
 
@@ -285,15 +293,20 @@ impl PusherSocket {
         Ok(true)
     }
 
+    /// Asks to subscribe to a public channel, without waiting for the answer.
+    pub async fn send_subscribe(&mut self, channel: &str) -> Result<(), FailureCause> {
+        let request =
+            serde_json::json!({"event": "pusher:subscribe", "data": {"channel": channel}});
+        self.send_text(request.to_string()).await
+    }
+
     /// Subscribes to a public channel and waits for `pusher_internal:subscription_succeeded`.
     pub async fn subscribe(
         &mut self,
         channel: &str,
         step_timeout: Duration,
     ) -> Result<(), FailureCause> {
-        let request =
-            serde_json::json!({"event": "pusher:subscribe", "data": {"channel": channel}});
-        self.send_text(request.to_string()).await?;
+        self.send_subscribe(channel).await?;
         let awaited = async {
             loop {
                 let text = self.next_text().await?;
@@ -321,6 +334,12 @@ impl PusherSocket {
         timeout(step_timeout, awaited)
             .await
             .map_err(|_| FailureCause::Timeout)?
+    }
+
+    /// The connection under the WebSocket, for a client that writes its own bytes from here on.
+    /// Only what the server sent after the frames read so far is left to read on it.
+    pub fn into_stream(self) -> ClientStream {
+        self.stream.into_inner()
     }
 
     /// Sends a normal close and waits up to `wait` for the server's close frame, so that the
@@ -377,5 +396,7 @@ mod tests {
         let string = r#"{"event":"pusher:subscription_error","channel":"x","data":"{\"type\":\"AuthError\",\"status\":401}"}"#;
         let event = ServerEvent::parse(string).expect("parses");
         assert_eq!(event.numbered_field("status"), Some(401));
+        assert_eq!(event.text_field("type").as_deref(), Some("AuthError"));
+        assert_eq!(event.text_field("status"), None);
     }
 }

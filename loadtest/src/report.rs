@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::cli::TlsVersion;
 use crate::histogram::LatencySummary;
+use crate::hostile::HostileReport;
 use crate::tally::{AffectedSubscriber, CauseCounts};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -26,6 +27,8 @@ pub struct Report {
     pub churn: Option<ChurnReport>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub handshakes: Option<HandshakesReport>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostile: Option<HostileReport>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub server_memory: Option<ServerMemory>,
 }
@@ -168,7 +171,7 @@ pub fn round3(value: f64) -> f64 {
     (value * 1000.0).round() / 1000.0
 }
 
-fn causes(counts: &CauseCounts) -> String {
+pub fn causes(counts: &CauseCounts) -> String {
     if counts.is_empty() {
         return "none".into();
     }
@@ -179,7 +182,7 @@ fn causes(counts: &CauseCounts) -> String {
         .join(", ")
 }
 
-fn latency_header(text: &mut String) {
+pub fn latency_header(text: &mut String) {
     let _ = writeln!(
         text,
         "  {:<24}{:>10}{:>10}{:>10}{:>10}{:>10}{:>10}",
@@ -187,7 +190,7 @@ fn latency_header(text: &mut String) {
     );
 }
 
-fn latency_row(text: &mut String, name: &str, summary: &LatencySummary) {
+pub fn latency_row(text: &mut String, name: &str, summary: &LatencySummary) {
     let _ = writeln!(
         text,
         "    {:<22}{:>10.3}{:>10.3}{:>10.3}{:>10.3}{:>10.3}{:>10}",
@@ -195,7 +198,7 @@ fn latency_row(text: &mut String, name: &str, summary: &LatencySummary) {
     );
 }
 
-fn row(text: &mut String, name: &str, value: impl std::fmt::Display) {
+pub fn row(text: &mut String, name: &str, value: impl std::fmt::Display) {
     let _ = writeln!(text, "  {name:<24}{value}");
 }
 
@@ -394,6 +397,9 @@ impl Report {
             latency_row(&mut text, "cycle", &churn.cycle_latency_ms);
             latency_row(&mut text, "tcp connect", &churn.connect_latency_ms);
             latency_row(&mut text, "handshake", &churn.handshake_latency_ms);
+        }
+        if let Some(hostile) = &self.hostile {
+            hostile.render(&mut text);
         }
         if let Some(memory) = &self.server_memory {
             let per_connection = memory.bytes_per_connection.map_or(String::new(), |bytes| {

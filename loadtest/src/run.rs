@@ -8,6 +8,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::task::spawn_local;
 
 use crate::handshakes::run_handshakes;
+use crate::hostile::run_hostile;
 use crate::link::{
     ChannelPublished, FromWorker, LinkError, Progress, ToWorker, WorkerPool, WorkerTask,
 };
@@ -202,6 +203,7 @@ pub fn base_report(
         fanout: None,
         churn: None,
         handshakes: None,
+        hostile: None,
         server_memory: None,
     }
 }
@@ -247,6 +249,7 @@ pub async fn run(plan: Plan) -> Result<Report, RunError> {
             Plan::Fanout(plan) => run_fanout(plan).await,
             Plan::Churn(plan) => run_churn(plan).await,
             Plan::Handshakes(plan) => run_handshakes(plan).await,
+            Plan::Hostile(plan) => run_hostile(plan).await,
         }
     };
     tokio::time::timeout(max_duration, running)

@@ -1,9 +1,9 @@
 //! Signing of Pusher HTTP API requests, implemented here rather than borrowed from a server so
 //! that the tool works against any Pusher-compatible server.
 //!
-//! Every request carries `auth_key`, `auth_timestamp`, `auth_version=1.0`, `body_md5` and
-//! `auth_signature = hex(HMAC-SHA256(secret, "METHOD\nPATH\nQUERY"))`, where QUERY is every other
-//! parameter with lower-cased keys, sorted, joined `k=v&...` without escaping.
+//! Every request carries `auth_key`, `auth_timestamp`, `auth_version=1.0`, `body_md5` when it has
+//! a body, and `auth_signature = hex(HMAC-SHA256(secret, "METHOD\nPATH\nQUERY"))`, where QUERY
+//! is every other parameter with lower-cased keys, sorted, joined `k=v&...` without escaping.
 
 use md5::{Digest, Md5};
 use ring::hmac;
@@ -38,22 +38,27 @@ pub fn string_to_sign(method: &str, path: &str, params: &[(&str, &str)]) -> Stri
     format!("{method}\n{path}\n{}", query.join("&"))
 }
 
-/// The query string of a signed request, `auth_signature` included.
+/// The query string of a signed request: `extra` (sent and signed as given, so they must need
+/// no escaping), the auth parameters and `auth_signature`.
 pub fn signed_query(
     credentials: &ApiCredentials,
     method: &str,
     path: &str,
+    extra: &[(&str, &str)],
     body: &[u8],
     unix_seconds: u64,
 ) -> String {
     let timestamp = unix_seconds.to_string();
     let body_md5 = body_md5_hex(body);
-    let params = [
+    let mut params = extra.to_vec();
+    params.extend([
         ("auth_key", credentials.key.as_str()),
         ("auth_timestamp", timestamp.as_str()),
         ("auth_version", "1.0"),
-        ("body_md5", body_md5.as_str()),
-    ];
+    ]);
+    if !body.is_empty() {
+        params.push(("body_md5", body_md5.as_str()));
+    }
     let signature = hmac_sha256_hex(&credentials.secret, &string_to_sign(method, path, &params));
     let query: Vec<String> = params
         .iter()
@@ -105,7 +110,14 @@ mod tests {
             secret: SECRET.into(),
         };
         let body = br#"{"name":"e","channel":"c","data":"{}"}"#;
-        let query = signed_query(&credentials, "POST", "/apps/3/events", body, 1353088179);
+        let query = signed_query(
+            &credentials,
+            "POST",
+            "/apps/3/events",
+            &[],
+            body,
+            1353088179,
+        );
         let params: Vec<(&str, &str)> = query
             .split('&')
             .filter_map(|pair| pair.split_once('='))
@@ -119,5 +131,39 @@ mod tests {
         assert_eq!(signature, expected);
         assert!(query.contains(&format!("body_md5={}", body_md5_hex(body))));
         assert_eq!(body_md5_hex(b""), "d41d8cd98f00b204e9800998ecf8427e");
+    }
+
+    #[test]
+    fn queries_without_a_body_sign_their_parameters_and_no_md5() {
+        let credentials = ApiCredentials {
+            app_id: "3".into(),
+            key: KEY.into(),
+            secret: SECRET.into(),
+        };
+        let extra = [("info", "subscription_count")];
+        let query = signed_query(
+            &credentials,
+            "GET",
+            "/apps/3/channels",
+            &extra,
+            b"",
+            1353088179,
+        );
+        assert!(
+            query.starts_with("info=subscription_count&auth_key="),
+            "{query}"
+        );
+        assert!(!query.contains("body_md5"), "{query}");
+        let params = [
+            ("info", "subscription_count"),
+            ("auth_key", KEY),
+            ("auth_timestamp", "1353088179"),
+            ("auth_version", "1.0"),
+        ];
+        let expected = hmac_sha256_hex(SECRET, &string_to_sign("GET", "/apps/3/channels", &params));
+        assert!(
+            query.ends_with(&format!("&auth_signature={expected}")),
+            "{query}"
+        );
     }
 }

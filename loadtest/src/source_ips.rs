@@ -65,6 +65,16 @@ pub fn parse_source_ips(spec: &str) -> Result<Vec<IpAddr>, SourceIpError> {
     Ok(addresses)
 }
 
+/// The source address of connection `index`: the addresses are taken in turn, none when empty.
+pub fn nth_source(addresses: &[IpAddr], index: u64) -> Option<IpAddr> {
+    if addresses.is_empty() {
+        return None;
+    }
+    addresses
+        .get((index % addresses.len() as u64) as usize)
+        .copied()
+}
+
 fn parse_address(text: &str) -> Result<IpAddr, SourceIpError> {
     let text = text.trim();
     text.parse()
@@ -104,6 +114,14 @@ mod tests {
             addresses,
             vec![ip("127.0.0.2"), ip("127.0.0.5"), ip("127.0.0.6"), ip("::1")]
         );
+    }
+
+    #[test]
+    fn connections_take_the_addresses_in_turn() {
+        let addresses = [ip("127.0.0.2"), ip("127.0.0.3")];
+        assert_eq!(nth_source(&addresses, 0), Some(ip("127.0.0.2")));
+        assert_eq!(nth_source(&addresses, 3), Some(ip("127.0.0.3")));
+        assert_eq!(nth_source(&[], 3), None);
     }
 
     #[test]

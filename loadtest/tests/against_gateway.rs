@@ -167,12 +167,15 @@ fn describe(output: &Output, report: &Value) -> String {
     )
 }
 
-/// Maps whose keys are failure causes rather than fixed names.
-const CAUSE_MAPS: [&str; 4] = [
+/// Maps whose keys are failure causes, statuses or types rather than fixed names.
+const CAUSE_MAPS: [&str; 7] = [
     "failures",
     "drops",
     "subscribe_failures",
     "publish_failures",
+    "endings",
+    "refused",
+    "query_statuses",
 ];
 
 fn collect_keys(value: &Value, keys: &mut BTreeSet<String>) {
@@ -180,8 +183,12 @@ fn collect_keys(value: &Value, keys: &mut BTreeSet<String>) {
         Value::Object(object) => {
             for (key, child) in object {
                 keys.insert(key.clone());
-                if !CAUSE_MAPS.contains(&key.as_str()) {
-                    collect_keys(child, keys);
+                match child {
+                    // Their keys are not names, but what their values hold may be.
+                    Value::Object(entries) if CAUSE_MAPS.contains(&key.as_str()) => {
+                        entries.values().for_each(|entry| collect_keys(entry, keys))
+                    }
+                    _ => collect_keys(child, keys),
                 }
             }
         }
@@ -441,6 +448,100 @@ fn churn_returns_the_gauge_to_its_baseline() {
     assert_eq!(churn["success_rate"], 1.0, "{context}");
     assert_eq!(churn["gauge"]["baseline"], 0, "{context}");
     assert_eq!(churn["gauge"]["returned_to_baseline"], true, "{context}");
+}
+
+#[test]
+fn hostile_clients_are_answered_and_measured() {
+    // Unfinished input is answered after a second rather than ten.
+    let gateway = Gateway::start_with(&["--head-timeout", "1"]);
+    let url = gateway.ws_url();
+    let pid = gateway.pid();
+    let runs: [(&str, &[&str], &str); 4] = [
+        ("partial-message", &["--server-pid", &pid], "close_1008"),
+        // Over the gateway's 15,360-byte messages: refused on its header.
+        (
+            "partial-message",
+            &["--message-bytes", "65536"],
+            "close_1009",
+        ),
+        ("trickle", &["--interval-ms", "200"], "close_1008"),
+        ("partial-body", &["--body-bytes", "20000"], "http_408"),
+    ];
+    for (mode, extra, ending) in runs {
+        let mut args = vec![
+            "hostile",
+            "--mode",
+            mode,
+            "--url",
+            &url,
+            "--connections",
+            "20",
+            "--hold",
+            "3",
+        ];
+        args.extend(extra);
+        let (output, report) = loadtest(&args);
+        let context = describe(&output, &report);
+        assert_eq!(output.status.code(), Some(0), "{context}");
+        assert_eq!(report["command"], "hostile", "{context}");
+        let hostile = &report["hostile"];
+        assert_eq!(hostile["mode"], mode, "{context}");
+        assert_eq!(hostile["opened"], 20, "{context}");
+        assert_eq!(hostile["failures"], serde_json::json!({}), "{context}");
+        assert_eq!(hostile["closed_by_server"], 20, "{context}");
+        assert_eq!(hostile["held"], 0, "{context}");
+        assert_eq!(hostile["endings"][ending]["count"], 20, "{context}");
+        let after = hostile["endings"][ending]["after_ms"]["max"]
+            .as_f64()
+            .expect("a time");
+        if ending == "close_1009" {
+            assert!(after < 1000.0, "{context}");
+        } else {
+            assert!((900.0..3000.0).contains(&after), "{context}");
+        }
+    }
+
+    let (output, report) = loadtest(&[
+        "hostile",
+        "--mode",
+        "many-channels",
+        "--url",
+        &url,
+        // Ten connections of 101 channels each, over the gateway's 100 a connection.
+        "--channels",
+        "1010",
+        "--per-connection",
+        "101",
+        "--publish-rate",
+        "200",
+        "--queries",
+        "3",
+    ]);
+    let context = describe(&output, &report);
+    assert_eq!(output.status.code(), Some(0), "{context}");
+    let channels = &report["hostile"];
+    assert_eq!(channels["mode"], "many-channels", "{context}");
+    assert_eq!(channels["connected"], 10, "{context}");
+    assert_eq!(channels["subscribed"], 1000, "{context}");
+    assert_eq!(
+        channels["refused"],
+        serde_json::json!({"LimitReached": 10}),
+        "{context}"
+    );
+    assert_eq!(
+        channels["query_statuses"],
+        serde_json::json!({"http_200": 3}),
+        "{context}"
+    );
+    assert_eq!(channels["query_latency_ms"]["count"], 3, "{context}");
+    // The occupied channels and the bystanders' own.
+    assert_eq!(channels["channels_listed"], 1001, "{context}");
+    assert_eq!(channels["bystanders_subscribed"], 4, "{context}");
+    assert!(channels["deliveries"].as_u64() > Some(0), "{context}");
+    assert_eq!(
+        channels["deliveries"], channels["expected_deliveries"],
+        "{context}"
+    );
 }
 
 #[test]

@@ -19,6 +19,7 @@ use crate::histogram::LatencyHistogram;
 use crate::link::{FromWorker, Progress, WorkerLink, WorkerSpec, WorkerTask};
 use crate::pacing::Pacer;
 use crate::pusher::{Endpoint, EndpointError, Opened, PusherSocket, ServerEvent};
+use crate::source_ips::nth_source;
 use crate::tally::{count_cause, CauseCounts, WorkerTally};
 
 /// How often a worker tells the coordinator its counters.
@@ -102,21 +103,13 @@ pub struct WorkerContext {
 }
 
 impl WorkerContext {
-    /// Connection `index` (global numbering) binds to the next source address in turn.
-    fn source_for(&self, index: u64) -> Option<IpAddr> {
-        if self.source_ips.is_empty() {
-            return None;
-        }
-        let position = (index % self.source_ips.len() as u64) as usize;
-        self.source_ips.get(position).copied()
-    }
-
-    /// Opens connection `index`. Boxed because the opening future is large and over before the
-    /// connection idles, while a task is sized by its largest state for as long as it lives.
+    /// Opens connection `index` (global numbering) from the next source address in turn. Boxed
+    /// because the opening future is large and over before the connection idles, while a task
+    /// is sized by its largest state for as long as it lives.
     async fn open(&self, index: u64) -> Result<Opened, FailureCause> {
         Box::pin(PusherSocket::open(
             &self.endpoint,
-            self.source_for(index),
+            nth_source(&self.source_ips, index),
             self.step_timeout,
         ))
         .await
@@ -255,7 +248,7 @@ impl Ramp {
 /// The stop signal and the silence timer are created once rather than per frame: under fanout
 /// every connection takes thousands of frames, and re-registering both each time showed up as
 /// a large share of the client's time.
-async fn serve_until_stopped(
+pub async fn serve_until_stopped(
     socket: &mut PusherSocket,
     activity_timeout: Duration,
     stop: &mut watch::Receiver<bool>,
