@@ -14,6 +14,7 @@ pub mod config;
 pub mod http;
 pub mod node;
 pub mod protocol;
+pub mod proxy;
 pub mod pusher;
 pub mod server;
 pub mod shard;
