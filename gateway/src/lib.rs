@@ -12,6 +12,7 @@ pub mod channels;
 pub mod cluster;
 pub mod config;
 pub mod http;
+pub mod limits;
 pub mod node;
 pub mod protocol;
 pub mod proxy;
