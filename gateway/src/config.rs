@@ -14,6 +14,7 @@ use clap::{Arg, ArgMatches, Command, CommandFactory, FromArgMatches, Parser};
 use serde::Deserialize;
 use serde_json::Value;
 
+use crate::proxy::Networks;
 use crate::webhooks::WebhookKind;
 
 /// The development app's secret; its use is warned about loudly.
@@ -49,6 +50,9 @@ pub struct App {
     /// Whether subscribers get `pusher_internal:subscription_count` events.
     #[serde(default)]
     pub subscription_count_events: bool,
+    /// HTTP API requests per second, node-wide; the global `api_request_rate` when absent.
+    #[serde(default)]
+    pub api_request_rate: Option<u32>,
 }
 
 fn yes() -> bool {
@@ -86,6 +90,7 @@ impl App {
             webhook_url: None,
             webhook_events: None,
             subscription_count_events: false,
+            api_request_rate: None,
         }
     }
 
@@ -162,6 +167,25 @@ impl std::fmt::Display for Port {
             Port::Fixed(port) => write!(f, "{port}"),
             Port::Any => f.write_str("any"),
         }
+    }
+}
+
+/// Which listeners expect a PROXY protocol header before anything else.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ProxyProtocol {
+    Off,
+    Plain,
+    Tls,
+    Both,
+}
+
+impl ProxyProtocol {
+    /// Whether the TLS listener (`tls`) or the plaintext one expects the header.
+    pub fn on(self, tls: bool) -> bool {
+        matches!(
+            (self, tls),
+            (ProxyProtocol::Both, _) | (ProxyProtocol::Plain, false) | (ProxyProtocol::Tls, true)
+        )
     }
 }
 
@@ -275,6 +299,29 @@ pub struct Config {
     /// Seconds a client has to finish the TLS handshake.
     #[arg(long, env = "GATEWAY_TLS_HANDSHAKE_TIMEOUT", default_value_t = 10)]
     pub tls_handshake_timeout: u64,
+    /// TLS handshakes each shard starts per second, one second's worth at once; past it new TLS
+    /// connections are closed before their handshake. 0 means no limit.
+    #[arg(long, env = "GATEWAY_TLS_HANDSHAKE_RATE", default_value_t = 0)]
+    pub tls_handshake_rate: u32,
+    /// Listeners that expect a PROXY protocol header (v1 or v2) before anything else: off,
+    /// plain, tls or both.
+    #[arg(long, env = "GATEWAY_PROXY_PROTOCOL", value_enum, default_value_t = ProxyProtocol::Off)]
+    pub proxy_protocol: ProxyProtocol,
+    /// Source networks allowed to send a PROXY header (`10.0.0.0/8,2001:db8::/32`); a
+    /// connection from elsewhere to a listener that expects one is closed.
+    #[arg(long, env = "GATEWAY_PROXY_TRUSTED")]
+    pub proxy_trusted: Option<Networks>,
+    /// Connections one client address (IPv6: its /64) may hold at once, node-wide; 0 means no
+    /// limit.
+    #[arg(long, env = "GATEWAY_MAX_CONNECTIONS_PER_IP", default_value_t = 0)]
+    pub max_connections_per_ip: u32,
+    /// New connections one client address (IPv6: its /64) may open per second, node-wide; 0
+    /// means no limit.
+    #[arg(long, env = "GATEWAY_CONNECTION_RATE_PER_IP", default_value_t = 0)]
+    pub connection_rate_per_ip: u32,
+    /// HTTP API requests per second of each app, node-wide (more answer 429); 0 means no limit.
+    #[arg(long, env = "GATEWAY_API_REQUEST_RATE", default_value_t = 0)]
+    pub api_request_rate: u32,
     /// Redis to cluster through (`redis://host:port/`); none or empty means a single node.
     #[arg(long, env = "GATEWAY_REDIS_URL")]
     pub redis_url: Option<String>,
@@ -419,6 +466,8 @@ impl File {
                 let value = match value {
                     Value::String(s) => s,
                     v @ (Value::Number(_) | Value::Bool(_)) => v.to_string(),
+                    // A list (`proxy_trusted`) is the comma-separated value a flag takes.
+                    Value::Array(items) => list(&key, items)?,
                     other => return Err(invalid(&key, &other.to_string(), "expected a scalar")),
                 };
                 let named = |arg: &Arg| arg.get_id() == key.as_str();
@@ -427,6 +476,19 @@ impl File {
             .collect::<Result<_, _>>()?;
         Ok((flags, file.apps))
     }
+}
+
+/// A list of strings from the file as one comma-separated value.
+fn list(key: &str, items: Vec<Value>) -> Result<String, ConfigError> {
+    let strings = items.into_iter().map(|item| match item {
+        Value::String(s) if !s.contains(',') => Ok(s),
+        other => Err(invalid(
+            key,
+            &other.to_string(),
+            "expected a list of strings",
+        )),
+    });
+    Ok(strings.collect::<Result<Vec<_>, _>>()?.join(","))
 }
 
 /// Parses flags as the program's arguments; the environment is not read here but passed in
@@ -558,7 +620,47 @@ impl Config {
             check_redis_url(url)?;
         }
         check_redis_prefix(&self.redis_prefix)?;
+        self.check_proxy()?;
         self.check_apps()
+    }
+
+    fn check_proxy(&self) -> Result<(), ConfigError> {
+        let protocol = self.proxy_protocol;
+        let trusted = self.proxy_trusted.as_ref().is_some_and(|n| !n.0.is_empty());
+        if protocol != ProxyProtocol::Off && !trusted {
+            return Err(invalid(
+                "proxy_trusted",
+                "",
+                "proxy_protocol is on: name the networks of the load balancers that send it",
+            ));
+        }
+        let missing = [(false, self.port), (true, self.tls_port)]
+            .into_iter()
+            .find(|&(tls, port)| {
+                protocol.on(tls) && protocol != ProxyProtocol::Both && port == Port::Off
+            });
+        if missing.is_some() {
+            let value = format!("{protocol:?}").to_lowercase();
+            return Err(invalid("proxy_protocol", &value, "that listener is off"));
+        }
+        let rate = self.connection_rate_per_ip;
+        if rate > crate::limits::MAX_RATE_PER_IP {
+            let most = format!("at most {}", crate::limits::MAX_RATE_PER_IP);
+            return Err(invalid("connection_rate_per_ip", &rate.to_string(), most));
+        }
+        Ok(())
+    }
+
+    /// Whether the client at `ip` may send a PROXY header.
+    pub fn trusts_proxy(&self, ip: IpAddr) -> bool {
+        self.proxy_trusted
+            .as_ref()
+            .is_some_and(|trusted| trusted.contains(ip))
+    }
+
+    /// HTTP API requests per second of the app; 0 for no limit.
+    pub fn api_request_rate(&self, app: &App) -> u32 {
+        app.api_request_rate.unwrap_or(self.api_request_rate)
     }
 
     fn check_limits(&self) -> Result<(), ConfigError> {
@@ -1088,6 +1190,79 @@ mod tests {
             let error = Config::load(&args(&["--redis-prefix", bad]), []).unwrap_err();
             assert!(error.to_string().contains("redis_prefix"), "{bad}: {error}");
         }
+    }
+
+    #[test]
+    fn proxy_protocol_needs_trusted_networks_and_its_listener() {
+        let config = Config::load(&[], []).unwrap();
+        assert_eq!(
+            (config.proxy_protocol, &config.proxy_trusted),
+            (ProxyProtocol::Off, &None)
+        );
+        assert!(!config.trusts_proxy("127.0.0.1".parse().unwrap()));
+        let config = Config::load(
+            &args(&["--proxy-protocol", "plain"]),
+            env(&[("GATEWAY_PROXY_TRUSTED", "10.0.0.0/8, ::1")]),
+        )
+        .unwrap();
+        assert!(config.proxy_protocol.on(false) && !config.proxy_protocol.on(true));
+        assert!(config.trusts_proxy("10.2.3.4".parse().unwrap()));
+        assert!(config.trusts_proxy("::1".parse().unwrap()));
+        assert!(!config.trusts_proxy("11.2.3.4".parse().unwrap()));
+
+        let error = Config::load(&args(&["--proxy-protocol", "both"]), []).unwrap_err();
+        assert!(error.to_string().contains("proxy_trusted"), "{error}");
+        let error = Config::load(
+            &args(&["--proxy-protocol", "tls", "--proxy-trusted", "10.0.0.1"]),
+            [],
+        )
+        .unwrap_err();
+        assert!(error.to_string().contains("listener is off"), "{error}");
+        let error = Config::load(&args(&["--proxy-trusted", "10.0.0.0/40"]), []).unwrap_err();
+        assert!(error.to_string().contains("proxy_trusted"), "{error}");
+        let error = Config::load(&args(&["--proxy-protocol", "sometimes"]), []).unwrap_err();
+        assert!(error.to_string().contains("proxy_protocol"), "{error}");
+    }
+
+    #[test]
+    fn lists_and_per_client_limits_from_the_file() {
+        let dir = std::env::temp_dir().join(format!("gateway-limits-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("gateway.json");
+        std::fs::write(
+            &path,
+            r#"{"proxy_protocol": "both", "proxy_trusted": ["10.0.0.0/8", "2001:db8::/32"],
+                "max_connections_per_ip": 100, "connection_rate_per_ip": 20,
+                "tls_handshake_rate": 500, "api_request_rate": 50,
+                "apps": [{"id": "1", "key": "k", "secret": "s", "api_request_rate": 5},
+                         {"id": "2", "key": "k2", "secret": "s2"}]}"#,
+        )
+        .unwrap();
+        let file = args(&["--config", path.to_str().unwrap()]);
+        let config = Config::load(&file, []).unwrap();
+        assert!(config.trusts_proxy("2001:db8::7".parse().unwrap()));
+        assert_eq!(
+            (
+                config.max_connections_per_ip,
+                config.connection_rate_per_ip,
+                config.tls_handshake_rate
+            ),
+            (100, 20, 500)
+        );
+        let rates: Vec<u32> = config
+            .apps
+            .iter()
+            .map(|a| config.api_request_rate(a))
+            .collect();
+        assert_eq!(rates, [5, 50]);
+
+        std::fs::write(&path, r#"{"proxy_trusted": ["10.0.0.0/8", 7]}"#).unwrap();
+        let error = Config::load(&file, []).unwrap_err();
+        assert!(error.to_string().contains("proxy_trusted"), "{error}");
+        std::fs::write(&path, r#"{"connection_rate_per_ip": 70000}"#).unwrap();
+        let error = Config::load(&file, []).unwrap_err();
+        assert!(error.to_string().contains("at most 65534"), "{error}");
+        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]
