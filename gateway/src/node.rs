@@ -15,6 +15,7 @@ use crate::budget::InputBudget;
 use crate::bus::{InboxSender, ShardCounts, ShardMessage};
 use crate::cluster::ClusterLink;
 use crate::config::Config;
+use crate::limits::{AppRates, IpLimits};
 use crate::tls::CertStore;
 
 /// TLS for the node: the configuration every handshake uses, and the certificate behind it.
@@ -56,6 +57,10 @@ pub struct Node {
     pub webhook_stats: WebhookStats,
     /// The Redis bridge, when clustering is on.
     pub cluster: Option<ClusterLink>,
+    /// Connections per client address, when a per-address limit is on.
+    pub ip_limits: Option<IpLimits>,
+    /// HTTP API requests per second of each app.
+    pub api_rates: AppRates,
     draining: AtomicBool,
     ready: AtomicBool,
 }
@@ -70,6 +75,9 @@ impl Node {
         webhooks: Option<Sender<Job>>,
         cluster: Option<ClusterLink>,
     ) -> Node {
+        let ip_limits = IpLimits::new(config.max_connections_per_ip, config.connection_rate_per_ip);
+        let api_rates = config.apps.iter().map(|app| config.api_request_rate(app));
+        let api_rates = AppRates::new(api_rates.collect());
         Node {
             input_budget: InputBudget::new(config.input_budget_bytes),
             config: Arc::new(config),
@@ -83,6 +91,8 @@ impl Node {
             webhooks,
             webhook_stats: WebhookStats::default(),
             cluster,
+            ip_limits,
+            api_rates,
             draining: AtomicBool::new(false),
             ready: AtomicBool::new(false),
         }
@@ -93,6 +103,11 @@ impl Node {
     pub fn max_sockets(&self) -> usize {
         self.max_connections
             .saturating_add(crate::server::API_RESERVE)
+    }
+
+    /// Seconds since start: the clock of the per-second limits.
+    pub fn second(&self) -> u64 {
+        self.started.elapsed().as_secs()
     }
 
     /// Open WebSocket sessions across all shards.

@@ -88,6 +88,13 @@ labelled! {
         BodyTimeout => "body_timeout",
         InputBudget => "input_budget",
         TooManySubscriptions => "subscriptions_per_connection",
+        ProxyUntrusted => "proxy_untrusted",
+        ProxyBadHeader => "proxy_bad_header",
+        ProxyTimeout => "proxy_timeout",
+        IpConnections => "ip_connections",
+        IpConnectionRate => "ip_connection_rate",
+        TlsHandshakeRate => "tls_handshake_rate",
+        ApiRate => "api_rate",
     }
 }
 

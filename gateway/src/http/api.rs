@@ -61,6 +61,15 @@ impl ApiError {
         ApiError::new(404, Rejection::NotFound, message)
     }
 
+    /// Pusher's status for an app over its request rate.
+    pub fn rate_limited() -> ApiError {
+        ApiError::new(
+            429,
+            Rejection::ApiRate,
+            "too many requests for this app; try again in a second",
+        )
+    }
+
     pub fn too_large(message: impl Into<String>) -> ApiError {
         ApiError::new(413, Rejection::BodyTooLarge, message)
     }

@@ -59,16 +59,18 @@ pub async fn refuse_over_capacity(
     }
 }
 
-/// Serves one accepted connection until it closes.
+/// Serves one accepted connection until it closes. `pending` holds its first bytes when a PROXY
+/// header came before them.
 pub async fn serve(
     shard: Rc<Shard>,
     stream: TcpStream,
     mut transport: Transport,
     open: OpenSocket,
+    mut pending: Vec<u8>,
 ) {
-    let mut pending = Vec::new();
     if transport.is_tls() {
-        match Box::pin(handshake(&shard, &stream, &mut transport)).await {
+        let first = std::mem::take(&mut pending);
+        match Box::pin(handshake(&shard, &stream, &mut transport, first)).await {
             Some(early) => pending = early,
             None => return,
         }
@@ -155,10 +157,11 @@ async fn handshake(
     shard: &Shard,
     stream: &TcpStream,
     transport: &mut Transport,
+    first: Vec<u8>,
 ) -> Option<Vec<u8>> {
     let limit = Duration::from_secs(shard.node.config.tls_handshake_timeout);
     let stats = shard.stats();
-    let failure = match monoio::time::timeout(limit, transport.handshake(stream)).await {
+    let failure = match monoio::time::timeout(limit, transport.handshake(stream, first)).await {
         Ok(Ok(early)) => {
             stats::add(&stats.tls_handshakes, 1);
             return Some(early);
@@ -394,6 +397,10 @@ async fn api_call(
         .app_id()
         .ok_or_else(|| ApiError::not_found("not an API route"))?;
     let request = authenticate(shard, app_id, head, body)?;
+    // Counted once signed, so that nobody without the secret can spend an app's rate.
+    if !shard.node.api_rates.admit(request.app, shard.node.second()) {
+        return Err(ApiError::rate_limited());
+    }
     match route {
         Route::Events { .. } => publish_event(&request).await,
         Route::BatchEvents { .. } => publish_batch(&request).await,

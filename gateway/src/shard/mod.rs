@@ -2,6 +2,7 @@
 //! SO_REUSEPORT listener. Every connection it accepts lives and dies here; other shards reach it
 //! only through its inbox.
 
+mod admit;
 mod conn;
 mod http;
 pub(crate) mod io;
@@ -23,12 +24,12 @@ use crate::admin::stats::{self, Rejection, ShardStats};
 use crate::bus::{Inbox, InboxFull, ShardMessage};
 use crate::cluster::{wire, BridgeMessage, QUERY_DEADLINE};
 use crate::http::api::ApiError;
+use crate::limits::{HandshakeBudget, IpClaim};
 use crate::node::{add_counts, Node};
 use crate::protocol::SocketId;
 use crate::pusher::{Core, Place, Publish, Transmit, DRAIN_TICKS_PER_SECOND};
 
 pub use conn::Conn;
-use transport::{TlsSession, Transport};
 
 /// Bytes read from a socket at once; also the largest frame that needs no extra buffer.
 const SCRATCH_BYTES: usize = 64 * 1024;
@@ -57,6 +58,8 @@ pub struct Shard {
     /// Messages for the Redis bridge that must not be lost (which channels this shard holds,
     /// roster changes) and that its full inbox refused, in order. Sent again before any newer one.
     cluster_backlog: RefCell<VecDeque<BridgeMessage>>,
+    /// TLS handshakes this shard may start, when `tls_handshake_rate` is set.
+    handshakes: RefCell<Option<HandshakeBudget>>,
 }
 
 /// Which channels a counts query covers.
@@ -79,6 +82,7 @@ impl Shard {
         };
         let stats = node.shards[index].stats.clone();
         let core = Core::new(node.config.clone(), stats, place, started);
+        let handshakes = HandshakeBudget::new(node.config.tls_handshake_rate);
         Shard {
             index,
             node,
@@ -89,6 +93,7 @@ impl Shard {
             started,
             drain_waiters: RefCell::new(Vec::new()),
             cluster_backlog: RefCell::new(VecDeque::new()),
+            handshakes: RefCell::new(handshakes),
         }
     }
 
@@ -361,14 +366,18 @@ async fn inbox_loop(shard: Rc<Shard>) {
     }
 }
 
-/// Decrements the node's open-socket count when a connection ends, however it ends.
-pub struct OpenSocket(Arc<Node>);
+/// Decrements the node's open-socket count, and its client address's count, when a connection
+/// ends, however it ends: the node, and the connection as its client address's limit counts it.
+pub struct OpenSocket(Arc<Node>, Option<IpClaim>);
 
 impl Drop for OpenSocket {
     fn drop(&mut self) {
         self.0
             .open_sockets
             .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        if let (Some(claim), Some(limits)) = (self.1.take(), &self.0.ip_limits) {
+            limits.release(claim);
+        }
     }
 }
 
@@ -377,13 +386,14 @@ async fn accept_loop(
     listener: Rc<monoio::net::TcpListener>,
     tls: Option<Arc<rustls::ServerConfig>>,
 ) {
+    let proxied = shard.node.config.proxy_protocol.on(tls.is_some());
     loop {
         let accepted = monoio::select! {
             accepted = listener.accept() => accepted,
             _ = shard.drain_started() => return,
         };
-        let stream = match accepted {
-            Ok((stream, _)) => stream,
+        let (stream, peer) = match accepted {
+            Ok(accepted) => accepted,
             Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
                 // The connection stays in the backlog; try again once something has closed.
                 shard.reject(Rejection::FileLimit);
@@ -399,7 +409,7 @@ async fn accept_loop(
         let open = node
             .open_sockets
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let guard = OpenSocket(node.clone());
+        let guard = OpenSocket(node.clone(), None);
         if open >= node.max_sockets() {
             shard.reject(Rejection::OverCapacity);
             let refusal = http::refuse_over_capacity(shard.clone(), stream, tls.is_some(), guard);
@@ -413,17 +423,21 @@ async fn accept_loop(
                 tracing::debug!(shard = shard.index, %error, "cannot cap the send buffer");
             }
         }
-        let transport = match &tls {
-            None => Transport::Plain,
-            Some(config) => match TlsSession::new(config.clone()) {
-                Ok(session) => Transport::Tls(Box::new(session)),
-                Err(error) => {
-                    tracing::warn!(shard = shard.index, %error, "cannot start a TLS session");
-                    continue;
-                }
-            },
-        };
-        monoio::spawn(http::serve(shard.clone(), stream, transport, guard));
+        if !proxied {
+            admit::start(&shard, stream, peer.ip(), tls.as_ref(), guard, Vec::new());
+        } else if node.config.trusts_proxy(peer.ip()) {
+            monoio::spawn(admit::proxied(
+                shard.clone(),
+                stream,
+                peer,
+                tls.clone(),
+                guard,
+            ));
+        } else {
+            // Closed unread: its PROXY header would be a lie anyone could tell.
+            tracing::debug!(shard = shard.index, %peer, "PROXY header from an untrusted source");
+            shard.reject(Rejection::ProxyUntrusted);
+        }
     }
 }
 

@@ -44,22 +44,30 @@ impl Transport {
         matches!(self, Transport::Tls(_))
     }
 
-    /// Completes the TLS handshake; nothing to do on a plain connection. Returns application
-    /// data that arrived with the handshake's last flight (a client may send its request
-    /// together with its Finished message).
-    pub async fn handshake(&mut self, stream: &TcpStream) -> Result<Vec<u8>, HandshakeFailure> {
+    /// Completes the TLS handshake; nothing to do on a plain connection. `first` holds bytes
+    /// already read (after a PROXY header). Returns application data that arrived with the
+    /// handshake's last flight (a client may send its request together with its Finished message).
+    pub async fn handshake(
+        &mut self,
+        stream: &TcpStream,
+        first: Vec<u8>,
+    ) -> Result<Vec<u8>, HandshakeFailure> {
         let mut early = Vec::new();
         let Transport::Tls(tls) = self else {
             return Ok(early);
         };
         let fd = stream.as_raw_fd();
-        let mut buf = Vec::new();
+        let mut buf = first;
+        // What was read already goes in before anything else is waited for.
+        let mut unread = !buf.is_empty();
         while tls.is_handshaking() {
-            let n = socket::recv_into(stream, fd, &mut buf, MAX_RECORD)
-                .await
-                .map_err(|_| HandshakeFailure::Closed)?;
-            if n == 0 {
-                return Err(HandshakeFailure::Closed);
+            if !std::mem::take(&mut unread) {
+                let n = socket::recv_into(stream, fd, &mut buf, MAX_RECORD)
+                    .await
+                    .map_err(|_| HandshakeFailure::Closed)?;
+                if n == 0 {
+                    return Err(HandshakeFailure::Closed);
+                }
             }
             if looks_like_http(&buf) {
                 return Err(HandshakeFailure::PlainHttp);
