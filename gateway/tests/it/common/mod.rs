@@ -3,6 +3,7 @@
 pub mod raw;
 pub mod redis;
 pub mod script;
+pub mod tls;
 pub mod webhooks;
 
 use std::io::{BufRead, BufReader, Read, Write};
