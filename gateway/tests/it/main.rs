@@ -4,6 +4,7 @@
 mod common;
 
 mod apps;
+mod client_limits;
 mod cluster;
 mod cluster_bench;
 mod cluster_presence;
@@ -15,6 +16,7 @@ mod input;
 mod lifecycle;
 mod limits;
 mod presence;
+mod proxy;
 mod pusher_js;
 mod python_sdk;
 mod tls;

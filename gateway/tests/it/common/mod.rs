@@ -1,5 +1,7 @@
 //! Runs the real `gateway` binary for integration tests, and talks to it as clients do.
 
+pub mod haproxy;
+pub mod net;
 pub mod raw;
 pub mod redis;
 pub mod script;
