@@ -42,6 +42,7 @@ pub fn start(
         }
         return;
     }
+    tune(shard, &stream);
     let transport = match tls {
         None => Transport::Plain,
         Some(config) => match TlsSession::new(config.clone()) {
@@ -53,6 +54,17 @@ pub fn start(
         },
     };
     monoio::spawn(http::serve(shard.clone(), stream, transport, open, pending));
+}
+
+/// Socket options of an admitted connection; a refused one is spared the calls.
+fn tune(shard: &Shard, stream: &TcpStream) {
+    let _ = stream.set_nodelay(true);
+    let send_buffer = shard.node.config.send_buffer_bytes;
+    if send_buffer > 0 {
+        if let Err(error) = io::set_send_buffer(stream.as_raw_fd(), send_buffer) {
+            tracing::debug!(shard = shard.index, %error, "cannot cap the send buffer");
+        }
+    }
 }
 
 /// Counts the connection against its client's address, then against the shard's handshake

@@ -416,13 +416,6 @@ async fn accept_loop(
             monoio::spawn(refusal);
             continue;
         }
-        let _ = stream.set_nodelay(true);
-        let send_buffer = node.config.send_buffer_bytes;
-        if send_buffer > 0 {
-            if let Err(error) = io::set_send_buffer(stream.as_raw_fd(), send_buffer) {
-                tracing::debug!(shard = shard.index, %error, "cannot cap the send buffer");
-            }
-        }
         if !proxied {
             admit::start(&shard, stream, peer.ip(), tls.as_ref(), guard, Vec::new());
         } else if node.config.trusts_proxy(peer.ip()) {
