@@ -301,7 +301,7 @@ pub struct Config {
     pub tls_handshake_timeout: u64,
     /// TLS handshakes each shard starts per second, one second's worth at once; past it new TLS
     /// connections are closed before their handshake. 0 means no limit.
-    #[arg(long, env = "GATEWAY_TLS_HANDSHAKE_RATE", default_value_t = 0)]
+    #[arg(long, env = "GATEWAY_TLS_HANDSHAKE_RATE", default_value_t = 1000)]
     pub tls_handshake_rate: u32,
     /// Listeners that expect a PROXY protocol header (v1 or v2) before anything else: off,
     /// plain, tls or both.
