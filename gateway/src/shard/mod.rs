@@ -26,7 +26,6 @@ use crate::cluster::{wire, BridgeMessage, QUERY_DEADLINE};
 use crate::http::api::ApiError;
 use crate::limits::{HandshakeBudget, IpClaim};
 use crate::node::{add_counts, Node};
-use crate::protocol::SocketId;
 use crate::pusher::{Core, Place, Publish, Transmit, DRAIN_TICKS_PER_SECOND};
 
 pub use conn::Conn;
@@ -286,11 +285,6 @@ impl Shard {
 
     fn reject(&self, reason: Rejection) {
         self.stats().reject(reason);
-    }
-
-    /// A socket id of this shard, for logs and tests of the driver.
-    pub fn socket_id(&self, id: u64) -> SocketId {
-        self.core.borrow().socket_id(id)
     }
 }
 
