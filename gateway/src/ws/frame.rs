@@ -133,7 +133,9 @@ impl FrameHead {
         };
         let header_len = 2 + len_bytes + 4;
         if buf.len() < 2 + len_bytes {
-            return Ok(Err(header_len));
+            // The length is checked as soon as it is there, before the mask: however a read
+            // cuts the header, a bad one is refused when its last byte arrives.
+            return Ok(Err(2 + len_bytes));
         }
         let payload_len = match short_len {
             Some(n) => n,
@@ -209,6 +211,11 @@ impl Assembler {
             OpCode::Text | OpCode::Binary if head.fin => {
                 if self.partial.is_some() {
                     return Err(NEW_BEFORE_END);
+                }
+                // The frame limit leaves room for a control frame, so a limit below 125 bytes
+                // is the message's own.
+                if payload.len() > max_message {
+                    return Err(WsError::TooBig(max_message));
                 }
                 data_message(head.opcode == OpCode::Text, Cow::Borrowed(payload))
             }

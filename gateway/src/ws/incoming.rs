@@ -277,6 +277,32 @@ mod tests {
     }
 
     #[test]
+    fn a_bad_length_is_refused_when_it_has_arrived_however_the_header_is_cut() {
+        // Headers whose length is all there but whose mask is not yet.
+        let top_bit = [0x81, 0x80 | 127, 0x80, 0, 0, 0, 0, 0, 0, 1];
+        let too_big = [0x81, 0x80 | 126, 0xff, 0xff];
+        for split in [1, 3, usize::MAX] {
+            let refused = feed_split(&top_bit, split).unwrap_err();
+            let expected = WsError::Protocol("payload length has its top bit set");
+            assert_eq!(refused, expected, "split every {split}");
+            let refused = feed_split(&too_big, split).unwrap_err();
+            assert_eq!(refused, WsError::TooBig(MAX), "split every {split}");
+        }
+    }
+
+    #[test]
+    fn a_limit_below_a_control_frame_holds_for_a_whole_data_frame_too() {
+        let frame = masked(0x81, &[b'a'; 100]);
+        for split in [7, usize::MAX] {
+            let mut pending = None;
+            let refused = frame
+                .chunks(split)
+                .try_for_each(|piece| feed(&mut pending, &mut piece.to_vec(), 50, &mut |_| true));
+            assert_eq!(refused, Err(WsError::TooBig(50)), "split every {split}");
+        }
+    }
+
+    #[test]
     fn nothing_is_kept_after_a_whole_message_and_a_closing_connection_stops_reading() {
         let mut pending = None;
         let mut two = masked(0x81, b"one");
