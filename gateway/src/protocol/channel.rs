@@ -104,15 +104,16 @@ pub fn validate_name(name: &str) -> Result<(), ChannelNameError> {
     }
 }
 
-/// The user a `#server-to-user-{id}` channel reaches, if the name is one.
 /// The channel that reaches a signed-in user's sockets.
 pub fn server_to_user_channel(user_id: &str) -> String {
     format!("{SERVER_TO_USER_PREFIX}{user_id}")
 }
 
+/// The user a `#server-to-user-{id}` channel reaches, if the name is one. The id is counted in
+/// characters, as a signed-in user's is (`member`), so every user has its channel.
 pub fn server_to_user(name: &str) -> Option<&str> {
     name.strip_prefix(SERVER_TO_USER_PREFIX)
-        .filter(|id| !id.is_empty() && id.len() <= super::member::MAX_USER_ID_LEN)
+        .filter(|id| !id.is_empty() && id.chars().count() <= super::member::MAX_USER_ID_LEN)
 }
 
 /// Checks a channel name the HTTP API may publish to: a valid name, or a user's channel.
@@ -125,6 +126,7 @@ pub fn validate_publish_name(name: &str) -> Result<(), ChannelNameError> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::member::MAX_USER_ID_LEN;
     use super::*;
 
     #[test]
@@ -190,6 +192,14 @@ mod tests {
         assert_eq!(server_to_user("server-to-user-u1"), None);
         let long = format!("#server-to-user-{}", "u".repeat(129));
         assert_eq!(server_to_user(&long), None);
+        // Ids are counted in characters, as a user's own id is: any id a user may sign in with
+        // has its channel.
+        let wide = "é".repeat(MAX_USER_ID_LEN);
+        let channel = server_to_user_channel(&wide);
+        assert_eq!(server_to_user(&channel), Some(wide.as_str()));
+        assert_eq!(validate_publish_name(&channel), Ok(()));
+        let too_wide = server_to_user_channel(&"é".repeat(MAX_USER_ID_LEN + 1));
+        assert_eq!(server_to_user(&too_wide), None);
         assert_eq!(validate_publish_name("#server-to-user-a b"), Ok(()));
         assert_eq!(validate_publish_name("news"), Ok(()));
         assert_eq!(
