@@ -294,6 +294,15 @@ mod tests {
     }
 
     #[test]
+    fn a_roster_crosses_nodes_unchanged_even_with_a_number_longer_than_a_double() {
+        // The member's info as its app server wrote it, with more digits than a double holds:
+        // read, written for the other nodes and read there, it must be what this node read.
+        let text = r#"{"type":"roster","node":1,"changes":[{"app":"1","user":"u1","shard":0,"joined":true,"info":{"score":1.53333333333333000000000000003490916022004188117}}]}"#;
+        let read = Control::decode(text.as_bytes()).expect("a roster");
+        assert_eq!(Control::decode(read.encode().as_bytes()).ok(), Some(read));
+    }
+
+    #[test]
     fn names_keep_data_and_control_apart() {
         assert_eq!(data_channel("gw", "1", "news"), "gw:1:news");
         assert_eq!(control_channel("gw"), "gw#cluster");
