@@ -1,20 +1,25 @@
-//! A rustls client and the gateway's TLS session joined by byte buffers, for tests and the fuzz
-//! targets (`gateway/fuzz`).
+//! A rustls client and the gateway's TLS session joined by byte buffers, or rustls at both ends
+//! with the gateway's record layer taking over the server's, for tests and the fuzz targets
+//! (`gateway/fuzz`).
 
 use std::io::{ErrorKind, Read};
 use std::sync::Arc;
 
 use rustls::client::{ClientConnectionData, UnbufferedClientConnection};
-use rustls::crypto::cipher::{MessageEncrypter, OutboundChunks, OutboundPlainMessage};
+use rustls::crypto::cipher::{
+    MessageDecrypter, MessageEncrypter, OutboundChunks, OutboundPlainMessage,
+};
 use rustls::kernel::KernelConnection;
 use rustls::pki_types::{PrivateKeyDer, ServerName};
+use rustls::server::{ServerConnectionData, UnbufferedServerConnection};
 use rustls::unbuffered::{ConnectionState, UnbufferedStatus};
 use rustls::{
     CipherSuite, ClientConfig, ClientConnection, ConnectionTrafficSecrets, ContentType,
-    ProtocolVersion, RootCertStore, ServerConfig, SupportedCipherSuite,
+    ExtractedSecrets, ProtocolVersion, RootCertStore, ServerConfig, SupportedCipherSuite,
 };
 
 use super::records::{RecordError, RecordLayer};
+use super::secrets::{self, Caught};
 use super::session::{encode_into, TlsSession};
 
 const HOST: &str = "localhost";
@@ -244,6 +249,91 @@ pub fn hand_over(suite: CipherSuite) -> HandedOver {
     }
 }
 
+/// Runs one end's handshake over what it received as far as it goes, appending what it sends
+/// to `outgoing`; true once it is done and has read everything. A macro, as rustls'
+/// `process_tls_records` is not generic over the two ends.
+macro_rules! step {
+    ($end:expr, $incoming:expr, $outgoing:expr) => {
+        loop {
+            let left = $incoming.len();
+            let status = $end.process_tls_records(&mut $incoming);
+            let (discard, stopped) = answer(status, left, &mut $outgoing);
+            $incoming.drain(..discard);
+            if let Some(ready) = stopped {
+                break ready && !$end.is_handshaking();
+            }
+        }
+    };
+}
+
+/// Does what one end's state asks: how much of its input it is done with, and, when it waits
+/// for the other end, whether it has read all of `left` bytes and may send data.
+fn answer<Data>(
+    status: UnbufferedStatus<'_, '_, Data>,
+    left: usize,
+    outgoing: &mut Vec<u8>,
+) -> (usize, Option<bool>) {
+    let UnbufferedStatus { discard, state } = status;
+    let stopped = match state.expect("handshake") {
+        ConnectionState::EncodeTlsData(mut encoder) => {
+            encode_into(outgoing, |out| encoder.encode(out)).expect("encodes");
+            None
+        }
+        ConnectionState::TransmitTlsData(transmit) => {
+            transmit.done();
+            None
+        }
+        ConnectionState::BlockedHandshake => Some(false),
+        ConnectionState::WriteTraffic(_) => Some(discard == left),
+        state => panic!("handshake: {state:?}"),
+    };
+    (discard, stopped)
+}
+
+/// rustls at both ends of a connection after its handshake, each having handed its keys over,
+/// and the gateway's record layer taking over the server's end as after its own handshakes.
+/// rustls then holds each direction's keys twice (at the client and at the server), so that a
+/// test both seals and opens with rustls what the gateway opens and seals.
+pub struct BothEnds {
+    /// The gateway's session, with the keys of rustls' server.
+    pub gateway: TlsSession,
+    /// The keys rustls' client seals and opens with, and what makes its next ones.
+    pub client: (ExtractedSecrets, KernelConnection<ClientConnectionData>),
+    /// The same for rustls' server.
+    pub server: (ExtractedSecrets, KernelConnection<ServerConnectionData>),
+}
+
+/// Completes a handshake between rustls' client and rustls' server that offers only `suite`.
+pub fn both_ends(suite: CipherSuite) -> BothEnds {
+    let (server, client) = configs(suite, |_| {});
+    let mut server = UnbufferedServerConnection::new(server).expect("server");
+    let mut client = UnbufferedClientConnection::new(client, server_name()).expect("client");
+    let (mut to_client, mut to_server) = (Vec::new(), Vec::new());
+    // The traffic secrets, for the gateway's record layer to follow key updates.
+    secrets::clear_caught();
+    loop {
+        let client_ready = step!(client, to_client, to_server);
+        let server_ready = step!(server, to_server, to_client);
+        if client_ready && server_ready && to_client.is_empty() && to_server.is_empty() {
+            break;
+        }
+    }
+    let mut traffic = Caught::default();
+    secrets::take_caught(&mut traffic);
+    let (keys, kernel) = server
+        .dangerous_into_kernel_connection()
+        .expect("the server hands over");
+    let (suite, version) = (kernel.negotiated_cipher_suite(), kernel.protocol_version());
+    let records = RecordLayer::new(&keys, suite, version, &traffic).expect("record layer");
+    BothEnds {
+        gateway: TlsSession::after_handshake(records),
+        client: client
+            .dangerous_into_kernel_connection()
+            .expect("the client hands over"),
+        server: (keys, kernel),
+    }
+}
+
 /// Has the server read all of `wire`, and empties it.
 fn server_reads_all(server: &mut TlsSession, wire: &mut Vec<u8>) {
     let used = server
@@ -271,6 +361,27 @@ pub fn encrypter(
             let fixed = suite.aead_alg.key_block_shape().fixed_iv_len;
             let (fixed_iv, explicit) = iv.as_ref().split_at(fixed);
             suite.aead_alg.encrypter(key, fixed_iv, explicit)
+        }
+    }
+}
+
+/// rustls' record protection under `keys` of `suite`, opening.
+pub fn decrypter(
+    suite: SupportedCipherSuite,
+    keys: ConnectionTrafficSecrets,
+) -> Box<dyn MessageDecrypter> {
+    let (key, iv) = match keys {
+        ConnectionTrafficSecrets::Aes128Gcm { key, iv }
+        | ConnectionTrafficSecrets::Aes256Gcm { key, iv }
+        | ConnectionTrafficSecrets::Chacha20Poly1305 { key, iv } => (key, iv),
+        _ => panic!("keys of an unknown kind"),
+    };
+    match suite {
+        SupportedCipherSuite::Tls13(suite) => suite.aead_alg.decrypter(key, iv),
+        SupportedCipherSuite::Tls12(suite) => {
+            // Only the fixed part: the explicit nonce comes with each record.
+            let fixed = suite.aead_alg.key_block_shape().fixed_iv_len;
+            suite.aead_alg.decrypter(key, &iv.as_ref()[..fixed])
         }
     }
 }

@@ -294,7 +294,7 @@ impl RecordLayer {
     /// Takes over from rustls at the end of the handshake, given the suite and version it
     /// negotiated and, for TLS 1.3, the traffic secrets caught from its key log.
     pub fn new(
-        secrets: ExtractedSecrets,
+        secrets: &ExtractedSecrets,
         suite: SupportedCipherSuite,
         version: ProtocolVersion,
         traffic: &Caught,
@@ -324,8 +324,8 @@ impl RecordLayer {
         } = secrets;
         Ok(RecordLayer {
             version,
-            rx: Direction::from_rustls(&rx, rx_secret, rx_sequence)?,
-            tx: Direction::from_rustls(&tx, tx_secret, tx_sequence)?,
+            rx: Direction::from_rustls(rx, rx_secret, *rx_sequence)?,
+            tx: Direction::from_rustls(tx, tx_secret, *tx_sequence)?,
             tx_limit: common.confidentiality_limit.min(SEQUENCE_SOFT_LIMIT) - 1,
             since_data: SinceData::default(),
             key_update_requested: false,
@@ -772,6 +772,23 @@ impl Sealer<'_> {
 
     fn record(&mut self, typ: u8, payload: &[u8], out: &mut Vec<u8>) -> Result<(), RecordError> {
         self.layer.seal_checked(&mut self.key, typ, payload, out)
+    }
+}
+
+#[cfg(any(test, feature = "fuzzing"))]
+impl RecordLayer {
+    /// The other end of the connection, as this record layer would keep it: it opens what this
+    /// one seals and seals what this one opens, from the same sequence numbers on.
+    pub(crate) fn mirrored(&self) -> RecordLayer {
+        RecordLayer {
+            rx: self.tx.clone(),
+            tx: self.rx.clone(),
+            since_data: SinceData::default(),
+            key_update_requested: false,
+            renegotiation_refused: false,
+            split: None,
+            ..self.clone()
+        }
     }
 }
 

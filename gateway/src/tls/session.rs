@@ -174,7 +174,8 @@ impl TlsSession {
         let conn = handshake.conn;
         let (keys, kernel) = conn.dangerous_into_kernel_connection()?;
         let (suite, version) = (kernel.negotiated_cipher_suite(), kernel.protocol_version());
-        self.state = TlsState::Traffic(RecordLayer::new(keys, suite, version, &handshake.traffic)?);
+        self.state =
+            TlsState::Traffic(RecordLayer::new(&keys, suite, version, &handshake.traffic)?);
         Ok(())
     }
 
@@ -377,12 +378,33 @@ impl TlsSession {
             peer_closed: self.peer_closed,
         })
     }
+
+    /// A session whose handshake `records` took over from.
+    pub(crate) fn after_handshake(records: RecordLayer) -> TlsSession {
+        TlsSession {
+            state: TlsState::Traffic(records),
+            incoming: Vec::new(),
+            outgoing: Vec::new(),
+            peer_closed: false,
+        }
+    }
+
+    /// The client's end of a session past its handshake, kept by the gateway's record layer:
+    /// it opens what this session seals, and seals what this one opens, so that a fuzz target
+    /// has records sealed by the gateway to open both ways. `None` unless records flow.
+    pub fn mirrored(&self) -> Option<TlsSession> {
+        let TlsState::Traffic(records) = &self.state else {
+            return None;
+        };
+        Some(TlsSession::after_handshake(records.mirrored()))
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use std::io::{Read, Write};
 
+    use rustls::crypto::cipher::InboundOpaqueMessage;
     use rustls::pki_types::PrivateKeyDer;
     use rustls::CipherSuite;
 
@@ -878,6 +900,59 @@ mod tests {
             peers.server.absorb(&mut more, &mut |_| {}).is_err(),
             "and it stays failed"
         );
+    }
+
+    #[test]
+    fn rustls_and_the_mirror_open_what_the_session_seals_and_seal_what_it_opens() {
+        for suite in TLS13.into_iter().chain(TLS12) {
+            let peers::BothEnds {
+                mut gateway,
+                client: (client, kernel),
+                server: (server, _),
+            } = peers::both_ends(suite);
+            let negotiated = kernel.negotiated_cipher_suite();
+            let mut mirror = gateway.mirrored().expect("past the handshake");
+
+            let mut down = Vec::new();
+            let mut sealer = gateway.sealer().expect("sealer");
+            sealer.seal(b"down", &mut down).expect("sealed");
+            let (sequence, keys) = server.tx;
+            let sealed = peers::seal(
+                &mut *peers::encrypter(negotiated, keys),
+                sequence,
+                23,
+                b"down",
+            );
+            assert_eq!(down, sealed, "{suite:?}: sealed as rustls seals");
+            let (sequence, keys) = client.rx;
+            let mut record = down.clone();
+            let (header, body) = record.split_at_mut(5);
+            let version = u16::from_be_bytes([header[1], header[2]]).into();
+            let message = InboundOpaqueMessage::new(header[0].into(), version, body);
+            let mut decrypter = peers::decrypter(negotiated, keys);
+            let opened = decrypter
+                .decrypt(message, sequence)
+                .expect("rustls opens it");
+            assert_eq!(opened.payload, b"down", "{suite:?}");
+            assert_eq!(
+                read_all(&mut mirror, down),
+                b"down",
+                "{suite:?}: the mirror"
+            );
+
+            let mut up = Vec::new();
+            let mut sealer = mirror.sealer().expect("sealer");
+            sealer.seal(b"up", &mut up).expect("sealed");
+            let (sequence, keys) = client.tx;
+            let sealed = peers::seal(
+                &mut *peers::encrypter(negotiated, keys),
+                sequence,
+                23,
+                b"up",
+            );
+            assert_eq!(up, sealed, "{suite:?}: sealed as rustls' client seals");
+            assert_eq!(read_all(&mut gateway, up), b"up", "{suite:?}");
+        }
     }
 
     /// Has `session` read `wire` in one go; returns the application data.
