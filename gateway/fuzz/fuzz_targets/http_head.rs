@@ -1,5 +1,5 @@
 //! Request heads as a client sends them: parsing never panics, a head it accepts lies within
-//! the bytes given, and the body length it decides is one that a Content-Length said.
+//! the bytes given, and the body length it decides is the one every Content-Length says.
 #![no_main]
 
 use gateway::http::RequestHead;
@@ -19,11 +19,12 @@ fuzz_target!(|data: &[u8]| {
         if lengths.is_empty() {
             assert_eq!(head.content_length, 0);
         } else {
-            let said = head.content_length.to_string();
+            // Each says the same number, if not in the same digits ("5" and "05").
+            let said = |element: &str| element.trim_matches([' ', '\t']).parse::<usize>().ok();
             assert!(lengths
                 .iter()
                 .flat_map(|value| value.split(','))
-                .all(|element| element.trim_matches([' ', '\t']) == said));
+                .all(|element| said(element) == Some(head.content_length)));
         }
         assert!(head.header("transfer-encoding").is_none());
     }
