@@ -16,6 +16,8 @@ use ppp::{v1, v2, HeaderResult, PartialResult};
 pub const MAX_HEADER: usize = 536;
 /// Longest version 1 header, its CRLF included.
 const MAX_V1: usize = 107;
+/// The first bytes of a version 2 header.
+const V2_SIGNATURE: &[u8; 12] = b"\r\n\r\n\0\r\nQUIT\n";
 
 /// Where parsing stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,23 +49,42 @@ pub enum ProxyError {
 /// Parses the header at the start of `buf`, which holds what has arrived so far. The bytes after
 /// the header are the connection's own.
 pub fn parse(buf: &[u8]) -> Result<Parsed, ProxyError> {
-    // A v1 header is one line, parsed once its end has come: ppp's guesses about a partial line
-    // refuse some that would have completed (`... 56324 ` before the destination port).
     let start = &b"PROXY "[..buf.len().min(6)];
-    let ended = buf.iter().take(MAX_V1).any(|&b| b == b'\r' || b == b'\n');
-    if buf.starts_with(start) && !ended {
-        return match buf.len() >= MAX_V1 {
-            true => Err(ProxyError::TooLong),
-            false => Ok(Parsed::Incomplete),
-        };
+    if buf.starts_with(start) {
+        // A v1 header is one line ending in CR LF, parsed once its CR and the byte after it have
+        // come: ppp's guesses about a line in progress refuse some that would have completed
+        // (`... 56324 ` before the destination port), and take some lines that have ended for
+        // lines in progress (one that ends in `PROXY`). A line ended by LF alone is refused.
+        match buf
+            .iter()
+            .take(MAX_V1)
+            .position(|&b| b == b'\r' || b == b'\n')
+        {
+            Some(end) if buf[end] == b'\n' => {
+                return Err(ProxyError::V1(v1::ParseError::MissingNewLine.into()))
+            }
+            Some(end) if end + 1 < buf.len() => {}
+            _ if buf.len() >= MAX_V1 => return Err(ProxyError::TooLong),
+            _ => return Ok(Parsed::Incomplete),
+        }
+    } else if !buf.starts_with(&V2_SIGNATURE[..buf.len().min(12)]) {
+        // What begins neither header is refused at once, however it was cut: ppp takes some of
+        // it (`P\rP`) for the start of a v1 header and would wait for more.
+        return Err(ProxyError::V1(v1::ParseError::InvalidPrefix.into()));
     }
     let result = HeaderResult::parse(buf);
     if result.is_incomplete() {
-        // A v2 header says its length up front: one past the bound is refused before it is read.
-        if let HeaderResult::V2(Err(v2::ParseError::Partial(_, length))) = result {
-            if 16 + length > MAX_HEADER {
-                return Err(ProxyError::TooLong);
+        match result {
+            // The line has ended: no more bytes complete it.
+            HeaderResult::V1(Err(error)) => return Err(error.into()),
+            // A v2 header says its length up front: one past the bound is refused before it is
+            // read.
+            HeaderResult::V2(Err(v2::ParseError::Partial(_, length)))
+                if 16 + length > MAX_HEADER =>
+            {
+                return Err(ProxyError::TooLong)
             }
+            _ => {}
         }
         return match buf.len() >= MAX_HEADER {
             true => Err(ProxyError::TooLong),
@@ -210,8 +231,6 @@ impl std::fmt::Display for Networks {
 mod tests {
     use super::*;
 
-    const V2_SIGNATURE: &[u8; 12] = b"\r\n\r\n\0\r\nQUIT\n";
-
     fn header(len: usize, source: Option<&str>) -> Parsed {
         Parsed::Header {
             len,
@@ -351,6 +370,23 @@ mod tests {
             parse(&v2(0x21, 0x12, &block)),
             Err(ProxyError::Datagram)
         ));
+    }
+
+    #[test]
+    fn what_can_be_no_header_is_refused_at_once_however_it_is_cut() {
+        // ppp takes the first two for v1 headers in progress, and would wait for more, and the
+        // last, which a lone LF ends, for a header.
+        let cases: [(&[u8], usize); 3] = [
+            (b"P\rP\r\n4\n4", 2),
+            (b"PROXY UNKNOWN\rX PROXY", "PROXY UNKNOWN\rX".len()),
+            (b"PROXY UNKNOWN a\nb\r\n", "PROXY UNKNOWN a\n".len()),
+        ];
+        for (garbage, refused_from) in cases {
+            for end in refused_from..=garbage.len() {
+                let part = String::from_utf8_lossy(&garbage[..end]);
+                assert!(parse(&garbage[..end]).is_err(), "{part:?}");
+            }
+        }
     }
 
     #[test]
