@@ -53,6 +53,10 @@ pub struct App {
     /// HTTP API requests per second, node-wide; the global `api_request_rate` when absent.
     #[serde(default)]
     pub api_request_rate: Option<u32>,
+    /// Pusher's "authorized connections": a connection that has not signed in
+    /// (`pusher:signin`) within `signin_timeout` seconds is closed with 4009.
+    #[serde(default)]
+    pub authorized_connections: bool,
 }
 
 fn yes() -> bool {
@@ -91,6 +95,7 @@ impl App {
             webhook_events: None,
             subscription_count_events: false,
             api_request_rate: None,
+            authorized_connections: false,
         }
     }
 
@@ -275,6 +280,9 @@ pub struct Config {
     /// Largest HTTP request body (bigger answers 413).
     #[arg(long, env = "GATEWAY_MAX_REQUEST_BODY_BYTES", default_value_t = 256 * 1024)]
     pub max_request_body_bytes: usize,
+    /// Seconds a connection to an app with `authorized_connections` has to sign in.
+    #[arg(long, env = "GATEWAY_SIGNIN_TIMEOUT", default_value_t = 30)]
+    pub signin_timeout: u64,
     /// Client events one connection may send per second (more closes with 4301).
     #[arg(long, env = "GATEWAY_CLIENT_EVENT_RATE", default_value_t = 10)]
     pub client_event_rate: u32,
@@ -680,6 +688,7 @@ impl Config {
             ("outbound_queue_bytes", self.outbound_queue_bytes),
             ("inbox_capacity", self.inbox_capacity),
             ("head_timeout", self.head_timeout as usize),
+            ("signin_timeout", self.signin_timeout as usize),
             ("tls_handshake_timeout", self.tls_handshake_timeout as usize),
             ("max_event_data_bytes", self.max_event_data_bytes),
             ("max_request_body_bytes", self.max_request_body_bytes),

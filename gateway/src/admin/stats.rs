@@ -43,6 +43,7 @@ labelled! {
         Drain => "drain",
         Refused => "refused",
         Terminated => "terminated",
+        SigninTimeout => "signin_timeout",
     }
 }
 
@@ -81,6 +82,9 @@ labelled! {
         OriginNotAllowed => "origin_not_allowed",
         ClientEventRefused => "client_event_refused",
         ClientEventRate => "client_event_rate",
+        ClientEventNameTooLong => "client_event_name_too_long",
+        ClientEventTooLarge => "client_event_too_large",
+        SigninTimeout => "signin_timeout",
         UnsupportedEvent => "unsupported_event",
         Unavailable => "unavailable",
         ResponseTimeout => "response_timeout",

@@ -7,7 +7,7 @@ use serde_json::{json, Map, Value};
 
 use crate::admin::stats::Rejection;
 use crate::config::App;
-use crate::protocol::{channel, signature, ChannelKind};
+use crate::protocol::{channel, message, signature, ChannelKind};
 
 /// How far `auth_timestamp` may stray from the server's clock.
 pub const MAX_CLOCK_SKEW_SECS: u64 = 600;
@@ -15,8 +15,6 @@ pub const MAX_CLOCK_SKEW_SECS: u64 = 600;
 pub const MAX_CHANNELS_PER_PUBLISH: usize = 100;
 /// Events one batch may carry.
 pub const MAX_BATCH: usize = 10;
-/// Longest event name.
-pub const MAX_EVENT_NAME_LEN: usize = 200;
 
 /// An API request refused: its status, the reason it is counted under, and a message for the
 /// caller.
@@ -266,7 +264,7 @@ struct RawBatch {
 fn check_publish(raw: RawPublish, max_data: usize) -> Result<Publish, ApiError> {
     let bad = |message: &str| ApiError::bad_request(message);
     let name = raw.name.ok_or_else(|| bad("name is missing"))?;
-    if name.is_empty() || name.len() > MAX_EVENT_NAME_LEN {
+    if name.is_empty() || !message::event_name_fits(&name) {
         return Err(bad("name must be 1 to 200 characters"));
     }
     let data = match raw.data {

@@ -18,8 +18,9 @@ pub const OVER_CAPACITY: u16 = 4100;
 pub const GOING_AWAY: u16 = 4200;
 /// Silent for too long.
 pub const PONG_NOT_RECEIVED: u16 = 4201;
-/// Client events over the rate limit.
-pub const CLIENT_EVENT_RATE_LIMIT: u16 = 4301;
+/// A client event refused: over the rate limit (Pusher's use of it), or, as other Pusher
+/// servers also use it, too large or named too long.
+pub const CLIENT_EVENT_REJECTED: u16 = 4301;
 /// A sign-in's watchlist is longer than the gateway keeps.
 pub const WATCHLIST_TOO_LONG: u16 = 4302;
 

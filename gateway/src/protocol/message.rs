@@ -2,6 +2,15 @@
 
 use serde_json::{json, Value};
 
+/// Longest event name, in characters, a client event or a published one may have (Pusher's
+/// limit, which its server SDKs check too).
+pub const MAX_EVENT_NAME_CHARS: usize = 200;
+
+/// Whether an event name is within Pusher's limit.
+pub fn event_name_fits(name: &str) -> bool {
+    name.chars().count() <= MAX_EVENT_NAME_CHARS
+}
+
 /// A message a client sent, reduced to what the gateway acts on.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ClientMessage {
@@ -111,6 +120,13 @@ pub fn connection_established(socket_id: &str, activity_timeout: u64) -> String 
 /// `pusher:error`, whose data is an object (unlike every other server event).
 pub fn error(code: Option<u16>, message: &str) -> String {
     json!({"event": "pusher:error", "data": {"code": code, "message": message}}).to_string()
+}
+
+/// `pusher:error` about one channel: pusher-js hands it to that channel's `pusher:error`
+/// binding as well as to the connection's `error`.
+pub fn channel_error(channel: &str, code: u16, message: &str) -> String {
+    json!({"event": "pusher:error", "channel": channel, "data": {"code": code, "message": message}})
+        .to_string()
 }
 
 /// The answer to `pusher:ping`.

@@ -121,6 +121,9 @@ pub struct Core<H> {
     pong: Bytes,
     transmits: VecDeque<Transmit>,
     drain: Option<Drain>,
+    /// Sessions of apps with authorized connections, by the second they must have signed in
+    /// by, in the order they opened (so in deadline order).
+    awaiting_signin: VecDeque<(u32, u64)>,
 }
 
 impl<H: Handle> Core<H> {
@@ -148,6 +151,7 @@ impl<H: Handle> Core<H> {
             pong: text_frame(message::PONG),
             transmits: VecDeque::new(),
             drain: None,
+            awaiting_signin: VecDeque::new(),
         }
     }
 
@@ -191,8 +195,14 @@ impl<H: Handle> Core<H> {
     }
 
     /// A session starts: it is told its socket id.
-    pub fn open(&mut self, id: u64, handle: H) {
-        self.stats.connect(handle.state().app);
+    pub fn open(&mut self, id: u64, handle: H, now: Instant) {
+        let app = handle.state().app;
+        self.stats.connect(app);
+        if self.config.apps[app].authorized_connections {
+            let timeout = u32::try_from(self.config.signin_timeout).unwrap_or(u32::MAX);
+            let deadline = self.second(now).saturating_add(timeout);
+            self.awaiting_signin.push_back((deadline, id));
+        }
         let established = message::connection_established(
             &self.socket_id(id).to_string(),
             self.config.activity_timeout,
@@ -524,6 +534,7 @@ impl<H: Handle> Core<H> {
     pub fn tick(&mut self, now: Instant) {
         self.flush_subscription_counts(now);
         let second = self.second(now);
+        self.close_unauthorized(second);
         let (silence, message_time) = (self.config.inactivity_timeout, self.config.head_timeout);
         for handle in self.sessions.values() {
             let silent = second.saturating_sub(handle.last_active());
@@ -537,6 +548,35 @@ impl<H: Handle> Core<H> {
                 handle.close(codes::WS_POLICY_VIOLATION, Disconnect::ProtocolError);
             }
         }
+    }
+
+    /// Closes, with 4009, the sessions of apps with authorized connections that are not
+    /// authorized by their deadline. Pusher sends only the close code on protocol 7, and the
+    /// shard gives it Pusher's reason ("Connection not authorized within timeout").
+    fn close_unauthorized(&mut self, second: u32) {
+        while let Some(&(deadline, id)) = self.awaiting_signin.front() {
+            if deadline > second {
+                return;
+            }
+            self.awaiting_signin.pop_front();
+            let Some(handle) = self.sessions.get(&id) else {
+                continue;
+            };
+            if handle.is_closing() || self.is_authorized(id, handle) {
+                continue;
+            }
+            self.stats.reject(Rejection::SigninTimeout);
+            handle.close(codes::UNAUTHORIZED, Disconnect::SigninTimeout);
+        }
+    }
+
+    /// Whether a session is an authorized connection as Pusher defines it: signed in, or
+    /// subscribed to a channel that needs the app server's signature.
+    fn is_authorized(&self, id: u64, handle: &H) -> bool {
+        let state = handle.state();
+        self.registry.users(state.app).signed_in(id).is_some()
+            || (state.subscriptions.borrow().iter())
+                .any(|channel| ChannelKind::of(channel).needs_auth())
     }
 
     /// Starts closing every session with 4200, spread over `window` so that clients do not all

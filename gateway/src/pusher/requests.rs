@@ -6,7 +6,7 @@
 use crate::admin::stats::Rejection;
 use crate::config::{App, Config};
 use crate::protocol::member::{self, Member, MemberError, User};
-use crate::protocol::{channel, codes, signature, ChannelKind};
+use crate::protocol::{channel, codes, message, signature, ChannelKind};
 
 /// A request refused: what it is counted as, how the client is told, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,6 +24,9 @@ pub enum Answer {
     SubscriptionError { kind: &'static str, status: u16 },
     /// `pusher:error`, with this code or none.
     Error(Option<u16>),
+    /// `pusher:error` with this code, naming the channel (pusher-js hands it to the channel's
+    /// `pusher:error` binding as well as to the connection's `error`).
+    ChannelError(u16),
 }
 
 /// A new session refused: `pusher:error` with `code`, then a close frame with it.
@@ -247,23 +250,58 @@ pub fn signin(app: &App, socket_id: &str, auth: &str, user_data: &str) -> Result
     })
 }
 
+/// A client event as its sender sent it.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientEvent<'a> {
+    pub event: &'a str,
+    pub channel: &'a str,
+    /// Bytes of its data: the string, or the JSON value as text.
+    pub data_len: usize,
+}
+
 /// Checks a client event: the app allows them, on private and presence channels only, from a
-/// subscriber of the channel. (The rate is the connection's own, counted by its session.)
-pub fn client_event(app: &App, name: &str, subscribed: bool) -> Result<(), Refusal> {
+/// subscriber of the channel, within what the HTTP API allows an event (a name of at most 200
+/// characters, at most `max_data` bytes of data). (The rate is the connection's own, counted by
+/// its session.)
+pub fn client_event(
+    app: &App,
+    event: ClientEvent<'_>,
+    max_data: usize,
+    subscribed: bool,
+) -> Result<(), Refusal> {
     let reason = if !app.client_events {
         "client events are not enabled for this app"
-    } else if !ChannelKind::of(name).allows_client_events() {
+    } else if !ChannelKind::of(event.channel).allows_client_events() {
         "client events are only accepted on private and presence channels"
     } else if !subscribed {
         "client events need a subscription to the channel"
     } else {
-        return Ok(());
+        return within_event_limits(event, max_data);
     };
     Err(refused(
         Rejection::ClientEventRefused,
         Answer::Error(None),
         reason,
     ))
+}
+
+/// Pusher's limits of an event, which the HTTP API applies too: refused with `pusher:error`
+/// 4301 naming the channel, as other Pusher servers answer them.
+fn within_event_limits(event: ClientEvent<'_>, max_data: usize) -> Result<(), Refusal> {
+    let answer = Answer::ChannelError(codes::CLIENT_EVENT_REJECTED);
+    if !message::event_name_fits(event.event) {
+        let most = message::MAX_EVENT_NAME_CHARS;
+        let reason = format!("Event name is too long: at most {most} characters are allowed");
+        return Err(refused(Rejection::ClientEventNameTooLong, answer, reason));
+    }
+    if event.data_len > max_data {
+        let reason = format!(
+            "Event data is too large: {} bytes; at most {max_data} are allowed",
+            event.data_len
+        );
+        return Err(refused(Rejection::ClientEventTooLarge, answer, reason));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -490,16 +528,45 @@ mod tests {
         );
     }
 
+    fn event<'a>(channel: &'a str, name: &'a str, data_len: usize) -> ClientEvent<'a> {
+        ClientEvent {
+            event: name,
+            channel,
+            data_len,
+        }
+    }
+
     #[test]
     fn client_events_need_the_app_a_private_channel_and_a_subscription() {
         let mut app = app();
-        assert_eq!(client_event(&app, "private-room", true), Ok(()));
-        assert_eq!(client_event(&app, "presence-room", true), Ok(()));
+        let on = |channel| event(channel, "client-x", 2);
+        assert_eq!(client_event(&app, on("private-room"), 10, true), Ok(()));
+        assert_eq!(client_event(&app, on("presence-room"), 10, true), Ok(()));
         let refused = (Rejection::ClientEventRefused, Answer::Error(None));
-        assert_eq!(refusal(client_event(&app, "news", true)), refused);
-        assert_eq!(refusal(client_event(&app, "private-room", false)), refused);
+        assert_eq!(refusal(client_event(&app, on("news"), 10, true)), refused);
+        let unsubscribed = client_event(&app, on("private-room"), 10, false);
+        assert_eq!(refusal(unsubscribed), refused);
         app.client_events = false;
-        assert_eq!(refusal(client_event(&app, "private-room", true)), refused);
+        assert_eq!(
+            refusal(client_event(&app, on("private-room"), 10, true)),
+            refused
+        );
+    }
+
+    #[test]
+    fn client_events_keep_to_the_name_and_data_limits() {
+        let app = app();
+        let name = "é".repeat(200);
+        let over_name = format!("{name}e");
+        let answer = Answer::ChannelError(codes::CLIENT_EVENT_REJECTED);
+        assert_eq!(
+            client_event(&app, event("private-a", &name, 10), 10, true),
+            Ok(())
+        );
+        let long = client_event(&app, event("private-a", &over_name, 10), 10, true);
+        assert_eq!(refusal(long), (Rejection::ClientEventNameTooLong, answer));
+        let large = client_event(&app, event("private-a", "client-x", 11), 10, true);
+        assert_eq!(refusal(large), (Rejection::ClientEventTooLarge, answer));
     }
 
     #[test]

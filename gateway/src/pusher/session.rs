@@ -66,6 +66,10 @@ impl<H: Handle> Core<H> {
                 self.send_error(id, Some(codes::UNAUTHORIZED), &refusal.reason);
             }
             Answer::Error(code) => self.send_error(id, code, &refusal.reason),
+            Answer::ChannelError(code) => {
+                let error = message::channel_error(channel, code, &refusal.reason);
+                self.send_to_session(id, text_frame(&error));
+            }
         }
     }
 
@@ -172,8 +176,20 @@ impl<H: Handle> Core<H> {
         data: &serde_json::Value,
         now: Instant,
     ) {
+        // As the client sent it: a string as it is, anything else as its JSON text.
+        let data_text = match data {
+            serde_json::Value::String(text) => std::borrow::Cow::Borrowed(text.as_str()),
+            other => std::borrow::Cow::Owned(other.to_string()),
+        };
         let settings = &self.config.apps[app];
-        if let Err(refusal) = requests::client_event(settings, name, self.is_subscribed(id, name)) {
+        let request = requests::ClientEvent {
+            event,
+            channel: name,
+            data_len: data_text.len(),
+        };
+        let max_data = self.config.max_event_data_bytes;
+        let subscribed = self.is_subscribed(id, name);
+        if let Err(refusal) = requests::client_event(settings, request, max_data, subscribed) {
             return self.refuse(id, name, &refusal);
         }
         let rate = settings
@@ -182,7 +198,8 @@ impl<H: Handle> Core<H> {
         if !self.allow_client_event(id, self.second(now), rate) {
             self.reject(Rejection::ClientEventRate);
             let reason = format!("more than {rate} client events per second");
-            return self.send_error(id, Some(codes::CLIENT_EVENT_RATE_LIMIT), &reason);
+            let error = message::channel_error(name, codes::CLIENT_EVENT_REJECTED, &reason);
+            return self.send_to_session(id, text_frame(&error));
         }
         // On presence channels the others learn who sent it.
         let user_id: Option<Box<str>> = ChannelKind::of(name)
@@ -206,10 +223,7 @@ impl<H: Handle> Core<H> {
             WebhookEvent::ClientEvent {
                 channel: name.into(),
                 event: event.into(),
-                data: match data {
-                    serde_json::Value::String(text) => text.clone(),
-                    other => other.to_string(),
-                },
+                data: data_text.into_owned(),
                 socket_id: socket_id.to_string(),
                 user_id,
             }

@@ -4,7 +4,7 @@ use std::future::{poll_fn, Future};
 use std::pin::pin;
 use std::rc::Rc;
 use std::task::Poll;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use monoio::net::TcpStream;
 
@@ -91,12 +91,20 @@ pub async fn upgrade(
     let (id, _) = shard.core.borrow_mut().next_socket_id();
     let tls = transport.is_tls();
     let conn = Rc::new(Conn::new(id, app, stream, open, tls, shard.now()));
-    shard.apply(|core| core.open(id, conn.clone()));
+    shard.apply(|core| core.open(id, conn.clone(), Instant::now()));
     if !leftover.is_empty() {
         let mut leftover = leftover;
         consume(&shard, &conn, &mut leftover);
     }
     monoio::spawn(run(shard, transport, conn));
+}
+
+/// The text a close frame carries: Pusher's words where pusher-js hands them to the app.
+fn close_reason(reason: Disconnect) -> &'static str {
+    match reason {
+        Disconnect::SigninTimeout => "Connection not authorized within timeout",
+        _ => "",
+    }
 }
 
 /// What woke a session.
@@ -127,7 +135,7 @@ fn run(shard: Rc<Shard>, mut transport: Transport, conn: Rc<Conn>) -> impl Futur
         let code = conn
             .close_requested()
             .map_or(codes::WS_NORMAL, |(code, _)| code);
-        shard.send(&conn, close_frame(code, ""));
+        shard.send(&conn, close_frame(code, close_reason(reason)));
         // Boxed: the closing steps are rare, and unboxed they would grow every idle session's task.
         Box::pin(finish_close(&shard, stream, &conn, &mut transport)).await;
     }

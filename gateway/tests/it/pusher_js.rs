@@ -1,7 +1,8 @@
 //! The official Pusher JavaScript libraries against a real gateway: pusher-js (the client, run in
 //! Node) and the `pusher` npm server SDK. The checks themselves are in `tests/js/compat.mjs`
 //! (channels, events, the HTTP API) and `tests/js/presence.mjs` (presence, client events with
-//! user_id, sign-in and watchlists, sendToUser, terminating users, encrypted channels).
+//! user_id, sign-in and watchlists, sendToUser, terminating users, encrypted channels) and
+//! `tests/js/parity.mjs` (authorized connections, client-event limits).
 //!
 //! Needs Node and `npm ci` in `gateway/tests/js` (done by `scripts/test`); without them this test
 //! fails rather than passing silently.
@@ -37,4 +38,33 @@ fn pusher_js_and_the_node_server_sdk_work_against_the_gateway() {
 #[test]
 fn presence_users_and_encrypted_channels_work_with_pusher_js_and_the_node_sdk() {
     run_script("presence.mjs", MIN_PRESENCE_CHECKS);
+}
+
+/// parity.mjs runs 22 checks today; far fewer means some were skipped.
+const MIN_PARITY_CHECKS: u32 = 20;
+/// Short, so that the script waits little for the stranger to be closed.
+const SIGNIN_TIMEOUT_SECS: u64 = 2;
+
+#[test]
+fn authorized_connections_and_client_event_limits_work_as_pusher_js_expects() {
+    let dir = common::script::js_dir();
+    common::script::require_node_and_modules(&dir);
+    let app = serde_json::json!({"id": "1", "key": common::KEY, "secret": common::SECRET,
+                                 "client_events": true, "authorized_connections": true});
+    let config = serde_json::json!({ "apps": [app], "signin_timeout": SIGNIN_TIMEOUT_SECS });
+    let gateway = Gateway::start_with_config(&config, &["--shards", "2"]);
+    let mut command = Command::new("node");
+    command
+        .arg(dir.join("parity.mjs"))
+        .args([&gateway.port.to_string(), "1", common::KEY, common::SECRET])
+        .arg(SIGNIN_TIMEOUT_SECS.to_string())
+        .current_dir(&dir);
+    common::script::run_compat("parity.mjs", command, MIN_PARITY_CHECKS);
+    let rejected =
+        |reason: &str| gateway.metric(&format!("gateway_rejected_total{{reason=\"{reason}\"}}"));
+    assert_eq!(rejected("signin_timeout"), 1.0);
+    assert_eq!(rejected("client_event_too_large"), 1.0);
+    assert_eq!(rejected("client_event_name_too_long"), 1.0);
+    let closed = gateway.metric("gateway_disconnects_total{reason=\"signin_timeout\"}");
+    assert_eq!(closed, 1.0);
 }

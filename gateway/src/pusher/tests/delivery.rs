@@ -3,7 +3,7 @@
 use serde_json::json;
 
 use super::{config, Client, Node};
-use crate::admin::stats::Disconnect;
+use crate::admin::stats::{Disconnect, Labelled, Rejection};
 use crate::protocol::codes;
 
 /// The `data` of the channel events a client received since the last call.
@@ -127,10 +127,76 @@ fn a_client_event_needs_a_subscription_and_keeps_to_its_rate() {
     }
     assert_eq!(other.event_names(), ["client-x", "client-x"]);
     let refused = sender.take();
-    assert_eq!(refused[0]["data"]["code"], codes::CLIENT_EVENT_RATE_LIMIT);
+    assert_eq!(refused[0]["data"]["code"], codes::CLIENT_EVENT_REJECTED);
+    assert_eq!(refused[0]["channel"], "private-room");
     // A new second, a new allowance.
     node.advance(std::time::Duration::from_secs(1));
     node.say(sender, &event);
+    assert_eq!(other.event_names(), ["client-x"]);
+}
+
+#[test]
+fn a_client_event_keeps_to_pushers_limits_of_name_and_data() {
+    let mut config = config();
+    config.max_event_data_bytes = 100;
+    let mut node = Node::new(2, config);
+    let clients = subscribers(&mut node, "private-room", 2);
+    let (sender, other) = (&clients[0], &clients[1]);
+    // Data counts as sent: a string's own bytes, any other value's JSON text. Names count in
+    // characters, as Pusher's SDKs count them.
+    let at_most = [
+        json!("x".repeat(100)),
+        json!({"t": "x".repeat(92)}),
+        json!("é".repeat(50)),
+    ];
+    let longest_name = format!("client-{}", "é".repeat(193));
+    for data in at_most {
+        node.say(
+            sender,
+            &json!({"event": longest_name, "channel": "private-room", "data": data}),
+        );
+    }
+    node.settle();
+    assert_eq!(other.events().len(), 3, "events at the limits are relayed");
+    assert!(sender.take().is_empty());
+    let over = [
+        json!({"event": "client-x", "channel": "private-room", "data": "x".repeat(101)}),
+        json!({"event": "client-x", "channel": "private-room", "data": {"t": "x".repeat(93)}}),
+        json!({"event": format!("{longest_name}x"), "channel": "private-room", "data": "{}"}),
+    ];
+    for event in &over {
+        node.say(sender, event);
+    }
+    node.settle();
+    assert!(other.take().is_empty(), "nothing over a limit is relayed");
+    let errors = sender.take();
+    assert_eq!(errors.len(), 3);
+    for error in &errors {
+        assert_eq!(error["event"], "pusher:error");
+        assert_eq!(error["channel"], "private-room");
+        assert_eq!(error["data"]["code"], codes::CLIENT_EVENT_REJECTED);
+    }
+    assert!(errors[0]["data"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("100 are allowed"));
+    assert!(errors[2]["data"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("200 characters"));
+    let count = |reason: Rejection| -> u64 {
+        let counter = &node.stats[sender.shard].rejected[reason.index()];
+        counter.load(std::sync::atomic::Ordering::Relaxed)
+    };
+    assert_eq!(count(Rejection::ClientEventTooLarge), 2);
+    assert_eq!(count(Rejection::ClientEventNameTooLong), 1);
+    // The sender stays connected and subscribed: the next event within the limits goes out.
+    assert_eq!(sender.closed(), None);
+    node.say(
+        sender,
+        &json!({"event": "client-x", "channel": "private-room", "data": {}}),
+    );
+    node.settle();
     assert_eq!(other.event_names(), ["client-x"]);
 }
 

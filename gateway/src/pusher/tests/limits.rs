@@ -64,3 +64,48 @@ fn a_message_that_takes_longer_than_a_request_head_closes_with_1008() {
     assert_eq!(quick.closed(), None);
     assert_eq!(rejected(&node, Rejection::MessageTimeout), 1);
 }
+
+#[test]
+fn an_app_with_authorized_connections_closes_those_that_do_not_sign_in_in_time() {
+    let mut config = config();
+    config.apps[0].authorized_connections = true;
+    config.signin_timeout = 30;
+    let mut node = Node::new(2, config);
+    let (signs_in, silent, late) = (node.connect(0), node.connect(1), node.connect(1));
+    let private = node.connect(0);
+    node.subscribe(&silent, "public");
+    node.sign_in(&signs_in, "u1", &[]);
+    // Pusher counts a subscription to a channel that needs a signature as authorized too.
+    node.subscribe(&private, "private-room");
+    node.advance(Duration::from_secs(29));
+    node.tick();
+    node.sign_in(&late, "u2", &[]);
+    assert_eq!(silent.closed(), None, "29 s is within the timeout");
+    node.advance(Duration::from_secs(1));
+    node.tick();
+    let unauthorized = Some((codes::UNAUTHORIZED, Disconnect::SigninTimeout));
+    assert_eq!(silent.closed(), unauthorized);
+    for signed_in in [&signs_in, &late, &private] {
+        assert_eq!(signed_in.closed(), None);
+    }
+    let counted: u64 = (0..2)
+        .map(|shard| {
+            let counter = &node.stats[shard].rejected[Rejection::SigninTimeout.index()];
+            counter.load(std::sync::atomic::Ordering::Relaxed)
+        })
+        .sum();
+    assert_eq!(counted, 1);
+    // Later ticks close nobody else, and an app without the setting is never concerned.
+    node.advance(Duration::from_secs(60));
+    node.tick();
+    assert_eq!(signs_in.closed(), None);
+}
+
+#[test]
+fn connections_of_apps_without_authorized_connections_need_no_sign_in() {
+    let mut node = Node::new(1, config());
+    let client = node.connect(0);
+    node.advance(Duration::from_secs(120));
+    node.tick();
+    assert_eq!(client.closed(), None);
+}

@@ -264,7 +264,8 @@ impl Node {
     pub fn connect_app(&mut self, shard: usize, app: usize) -> Client {
         let (id, socket_id) = self.cores[shard].next_socket_id();
         let session = Recording::new(app, self.cores[shard].second(self.now));
-        self.apply(shard, |core| core.open(id, session.clone()));
+        let now = self.now;
+        self.apply(shard, |core| core.open(id, session.clone(), now));
         let client = Client {
             shard,
             id,

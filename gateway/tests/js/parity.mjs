@@ -1,0 +1,160 @@
+// Checks what Pusher apps rely on beyond channels and events, with the official libraries:
+// pusher-js (the client, in Node) and `pusher` (the Node server SDK).
+// - Authorized connections: a client that signs in stays; one that never does is closed with
+//   4009 and pusher-js reports it and does not reconnect.
+// - Client events within Pusher's limits: data over 10 KiB or a name over 200 characters is
+//   refused with pusher:error 4301 naming the channel, which pusher-js hands to the channel's
+//   `pusher:error` binding and to the connection's `error`; the sender stays connected.
+//
+// The gateway runs with `authorized_connections` on for the app, client events on, and a
+// `signin_timeout` given as the script's fifth argument (seconds).
+//
+// Usage: node parity.mjs <port> <app_id> <app_key> <app_secret> <signin_timeout>
+// Prints progress on stderr and, on success, exactly one line `ok N checks` on stdout.
+// Set COMPAT_DEBUG=1 to see pusher-js's own log.
+
+import PusherClient from "pusher-js";
+import {
+  check,
+  checkEqual,
+  clients,
+  finish,
+  received,
+  sleep,
+  start,
+  subscribe,
+  waitSubscribed,
+  waitUntil,
+  QUIET_MS,
+  officialServer,
+  target,
+} from "./harness.mjs";
+
+const app = target("parity.mjs");
+const { port, appKey } = app;
+const signinTimeoutMs = Number(process.argv[6]) * 1000;
+if (!(signinTimeoutMs > 0)) {
+  console.error("usage: node parity.mjs <port> <app_id> <app_key> <app_secret> <signin_timeout>");
+  process.exit(2);
+}
+
+const server = officialServer(app);
+PusherClient.logToConsole = process.env.COMPAT_DEBUG === "1";
+
+/** A pusher-js client whose app server is the SDK; it records its connection's errors and states. */
+function newClient(label, userId) {
+  const client = new PusherClient(appKey, {
+    wsHost: "127.0.0.1",
+    wsPort: port,
+    forceTLS: false,
+    enabledTransports: ["ws"],
+    cluster: "local",
+    channelAuthorization: {
+      customHandler: ({ socketId, channelName }, callback) =>
+        callback(null, server.authorizeChannel(socketId, channelName)),
+    },
+    userAuthentication: {
+      customHandler: ({ socketId }, callback) =>
+        callback(null, server.authenticateUser(socketId, { id: userId })),
+    },
+  });
+  clients.push(client);
+  client.label = label;
+  client.errors = [];
+  client.states = [];
+  client.connection.bind("error", (error) => client.errors.push(error));
+  client.connection.bind("state_change", ({ current }) => client.states.push(current));
+  return client;
+}
+
+async function connected(client) {
+  await waitUntil(() => client.connection.state === "connected", `${client.label} to connect`);
+}
+
+async function signedIn(client, id) {
+  client.signin();
+  await waitUntil(() => client.user.user_data?.id === id, `${client.label} to sign in`);
+}
+
+/** The codes of the `PusherError`s pusher-js reported on the connection. */
+const pusherErrorCodes = (client) =>
+  client.errors.filter((e) => e.type === "PusherError").map((e) => e.data?.code);
+
+async function authorizedConnections() {
+  const member = newClient("signs-in", "alice");
+  const stranger = newClient("never-signs-in", "nobody");
+  await Promise.all([connected(member), connected(stranger)]);
+  await signedIn(member, "alice");
+  check(true, "signs-in signs in with authenticateUser's auth");
+
+  await waitUntil(
+    () => stranger.connection.state === "disconnected",
+    "the client that never signs in to be closed",
+    signinTimeoutMs + 5_000,
+  );
+  check(true, "the client that never signs in is closed after the sign-in timeout");
+  const error = stranger.errors.find((e) => e.type === "PusherError");
+  checkEqual(
+    error?.data,
+    { code: 4009, message: "Connection not authorized within timeout" },
+    "pusher-js reports a PusherError with 4009 and Pusher's reason",
+  );
+  // 4000-4099: pusher-js must not reconnect. Watch longer than its reconnect delays.
+  await sleep(3_000);
+  checkEqual(stranger.connection.state, "disconnected", "pusher-js does not reconnect after 4009");
+  check(
+    !stranger.states.slice(stranger.states.indexOf("disconnected")).includes("connecting"),
+    "no reconnect attempt after 4009",
+    `states: ${stranger.states.join(" -> ")}`,
+  );
+  checkEqual(member.connection.state, "connected", "the client that signed in stays connected");
+  checkEqual(member.errors, [], "the client that signed in saw no error");
+  return member;
+}
+
+async function clientEventLimits(sender) {
+  const receiver = newClient("receiver", "bob");
+  await connected(receiver);
+  const channelName = `private-limits-${Math.random().toString(36).slice(2, 8)}`;
+  const senderChannel = subscribe(sender, channelName);
+  const receiverChannel = subscribe(receiver, channelName);
+  await waitSubscribed(sender, senderChannel);
+  await waitSubscribed(receiver, receiverChannel);
+  const relayed = () => receiverChannel.log.filter((e) => e.event.startsWith("client-"));
+
+  const tooLarge = { text: "x".repeat(10 * 1024) };
+  check(senderChannel.trigger("client-large", tooLarge), "pusher-js sends 10 KiB + 11 bytes of data");
+  const longName = `client-${"n".repeat(194)}`; // 201 characters
+  check(senderChannel.trigger(longName, {}), "pusher-js sends a 201-character event name");
+  await waitUntil(
+    () => received(senderChannel, "pusher:error").length >= 2,
+    "two pusher:error on the sender's channel",
+  );
+  const [large, named] = received(senderChannel, "pusher:error").map((e) => e.data);
+  checkEqual(large.code, 4301, "data over 10 KiB: pusher:error 4301 on the channel");
+  check(/too large/.test(large.message), "its message says the data is too large", large.message);
+  checkEqual(named.code, 4301, "a 201-character name: pusher:error 4301 on the channel");
+  check(/too long/.test(named.message), "its message says the name is too long", named.message);
+  checkEqual(pusherErrorCodes(sender), [4301, 4301], "the connection's error binding sees both");
+
+  const atLimit = "y".repeat(10 * 1024);
+  check(senderChannel.trigger("client-fits", atLimit), "pusher-js sends exactly 10 KiB of data");
+  const longest = `client-${"n".repeat(193)}`; // 200 characters
+  check(senderChannel.trigger(longest, { ok: true }), "pusher-js sends a 200-character event name");
+  await waitUntil(() => relayed().length >= 2, "the receiver to get the events within the limits");
+  await sleep(QUIET_MS);
+  checkEqual(
+    relayed().map((e) => e.event),
+    ["client-fits", longest],
+    "only the events within the limits are relayed, in order",
+  );
+  checkEqual(relayed()[0].data, atLimit, "10 KiB of data arrive intact");
+  checkEqual(sender.connection.state, "connected", "the sender stays connected");
+  check(senderChannel.subscribed, "the sender stays subscribed");
+}
+
+start();
+const member = await authorizedConnections();
+await clientEventLimits(member);
+for (const client of clients) client.disconnect();
+finish();
