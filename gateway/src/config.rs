@@ -15,7 +15,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::proxy::Networks;
-use crate::webhooks::WebhookKind;
+use crate::webhooks::{Endpoint, WebhookKind};
 
 /// The development app's secret; its use is warned about loudly.
 pub const DEFAULT_SECRET: &str = "app-secret";
@@ -41,10 +41,13 @@ pub struct App {
     /// `*`); empty means any origin, or none at all.
     #[serde(default)]
     pub allowed_origins: Vec<String>,
-    /// Where webhooks are POSTed; none are sent without it.
+    /// The app's webhook endpoints, each with its event types, headers and channel filter.
+    #[serde(default)]
+    pub webhooks: Vec<Endpoint>,
+    /// One more endpoint, the short way: its URL. Moved into `webhooks` at load.
     #[serde(default)]
     pub webhook_url: Option<String>,
-    /// Which webhook events are sent; every kind but `subscription_count` when absent.
+    /// That endpoint's event types; every kind but `subscription_count` when absent.
     #[serde(default)]
     pub webhook_events: Option<Vec<WebhookKind>>,
     /// Whether subscribers get `pusher_internal:subscription_count` events.
@@ -91,6 +94,7 @@ impl App {
             max_connections: 0,
             client_event_rate: None,
             allowed_origins: Vec::new(),
+            webhooks: Vec::new(),
             webhook_url: None,
             webhook_events: None,
             subscription_count_events: false,
@@ -111,13 +115,20 @@ impl App {
         })
     }
 
-    /// Whether webhooks of this kind are sent.
+    /// Whether some endpoint gets webhooks of this kind.
     pub fn wants_webhook(&self, kind: WebhookKind) -> bool {
-        self.webhook_url.is_some()
-            && match &self.webhook_events {
-                Some(kinds) => kinds.contains(&kind),
-                None => kind != WebhookKind::SubscriptionCount,
-            }
+        self.webhooks
+            .iter()
+            .any(|endpoint| endpoint.wants_kind(kind))
+    }
+
+    /// Moves `webhook_url` and `webhook_events` into `webhooks`, so that endpoints have one
+    /// form from then on.
+    fn fold_webhook_url(&mut self) {
+        if let Some(url) = self.webhook_url.take() {
+            let kinds = self.webhook_events.take();
+            self.webhooks.insert(0, Endpoint::new(&url, kinds));
+        }
     }
 
     /// Whether node-wide subscription counts must be kept for this app: for subscription_count
@@ -610,6 +621,7 @@ impl Config {
             .map(|url| url.trim().to_owned())
             .filter(|url| !url.is_empty());
         config.apps = cli.first_app.apply(apps, given);
+        config.apps.iter_mut().for_each(App::fold_webhook_url);
         config.validate()?;
         Ok(config)
     }
@@ -784,12 +796,13 @@ fn check_app(i: usize, app: &App) -> Result<(), String> {
             return Err(format!("apps[{i}].{field} is empty"));
         }
     }
-    if let Some(url) = &app.webhook_url {
-        if !(url.starts_with("http://") || url.starts_with("https://")) {
-            return Err(format!(
-                "apps[{i}].webhook_url {url:?} must start with http:// or https://"
-            ));
-        }
+    if app.webhook_events.is_some() {
+        return Err(format!("apps[{i}].webhook_events needs a webhook_url"));
+    }
+    for (n, endpoint) in app.webhooks.iter().enumerate() {
+        endpoint
+            .check()
+            .map_err(|error| format!("apps[{i}].webhooks[{n}]: {error}"))?;
     }
     if app.allowed_origins.iter().any(|o| o.trim().is_empty()) {
         return Err(format!("apps[{i}].allowed_origins has an empty entry"));
@@ -1100,7 +1113,10 @@ mod tests {
         )
         .unwrap();
         let error = Config::load(&args(&["--config", path.to_str().unwrap()]), []).unwrap_err();
-        assert!(error.to_string().contains("webhook_url"), "{error}");
+        assert!(
+            error.to_string().contains("webhooks[0]: url \"ftp://x\""),
+            "{error}"
+        );
         std::fs::write(
             &path,
             r#"{"apps": [{"id": "1", "key": "k", "secret": "s", "webhook_events": ["nope"]}]}"#,
@@ -1112,11 +1128,32 @@ mod tests {
     }
 
     #[test]
+    fn an_app_may_have_several_webhook_endpoints_beside_its_webhook_url() {
+        let file = r#"{"id": "1", "key": "k", "secret": "s", "webhook_url": "http://a/",
+            "webhooks": [{"url": "https://b/", "event_types": ["client_event"],
+                          "headers": {"X-Team": "realtime"},
+                          "filter": {"channel_name_starts_with": "private-"}}]}"#;
+        let mut app: App = serde_json::from_str(file).unwrap();
+        app.fold_webhook_url();
+        let urls: Vec<&str> = app.webhooks.iter().map(|e| e.url.as_str()).collect();
+        assert_eq!(urls, ["http://a/", "https://b/"]);
+        assert_eq!(app.webhooks[1].headers["X-Team"], "realtime");
+        assert_eq!(check_app(0, &app), Ok(()));
+        app.webhooks[1]
+            .headers
+            .insert("X-Pusher-Key".into(), "other".into());
+        let error = check_app(0, &app).unwrap_err();
+        assert!(error.starts_with("apps[0].webhooks[1]: header"), "{error}");
+    }
+
+    #[test]
     fn webhook_events_default_to_all_but_subscription_count() {
         let app = App {
             webhook_url: Some("http://127.0.0.1:9/".into()),
             ..App::new("1", "k", "s")
         };
+        let mut app = app;
+        app.fold_webhook_url();
         assert!(app.wants_webhook(WebhookKind::ChannelVacated));
         assert!(app.wants_webhook(WebhookKind::CacheMiss));
         assert!(!app.wants_webhook(WebhookKind::SubscriptionCount));

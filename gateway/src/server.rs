@@ -306,7 +306,7 @@ fn build_node(
         })
         .collect();
     // The sender thread and its queue exist only when some app wants webhooks.
-    let (webhooks, webhook_jobs) = if config.apps.iter().any(|a| a.webhook_url.is_some()) {
+    let (webhooks, webhook_jobs) = if config.apps.iter().any(|a| !a.webhooks.is_empty()) {
         let (sender, receiver) = crate::webhooks::queue(config.webhook_queue_capacity);
         (Some(sender), Some(receiver))
     } else {

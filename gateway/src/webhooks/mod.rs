@@ -1,8 +1,9 @@
-//! Webhooks: channel and member events POSTed to each app's `webhook_url`, signed with its
-//! secret. Shards hand events to one sender thread through a bounded queue and never wait: a
+//! Webhooks: channel and member events POSTed to each of an app's endpoints that wants them,
+//! signed with its secret. Shards hand events to one sender thread through a bounded queue and never wait: a
 //! full queue drops the event and counts it. The sender holds, batches and retries (`outbox`)
 //! and does the blocking HTTP (`worker`).
 
+mod endpoint;
 mod event;
 pub mod outbox;
 mod worker;
@@ -11,6 +12,7 @@ use std::sync::atomic::AtomicU64;
 
 use crossbeam_channel::{Receiver, Sender};
 
+pub use endpoint::{ChannelFilter, Endpoint};
 pub use event::{WebhookEvent, WebhookKind};
 pub use worker::run;
 

@@ -10,6 +10,7 @@ use std::time::Instant;
 use serde_json::{json, Value};
 
 use super::event::WebhookEvent;
+use crate::config::App;
 
 /// How long vacated channels and removed members are held, as Pusher does.
 pub const HOLD: Duration = Duration::from_secs(3);
@@ -33,10 +34,12 @@ struct Waiting {
     event: WebhookEvent,
 }
 
-/// One POST to an app's webhook URL.
+/// One POST to one of an app's webhook endpoints.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Request {
     pub app: usize,
+    /// Its place in the app's `webhooks`.
+    pub endpoint: usize,
     /// The JSON body, fixed at the first try so that retries carry the same signature.
     pub body: String,
     /// Events in the body.
@@ -105,35 +108,18 @@ impl Outbox {
         held.chain(ready).chain(retry).min()
     }
 
-    /// The requests due now: ready events batched per app, and retries whose time has come.
-    /// `time_ms` is the wall clock for the bodies.
-    pub fn take_due(&mut self, now: Instant, time_ms: u64) -> Vec<Request> {
-        let mut released = false;
-        let mut index = 0;
-        while index < self.held.len() {
-            if self.held[index].due <= now {
-                let mut waiting = self.held.remove(index);
-                waiting.due = now;
-                self.ready.push(waiting);
-                released = true;
-            } else {
-                index += 1;
-            }
-        }
+    /// The requests due now: ready events batched per endpoint that wants them (of `apps`,
+    /// the apps by number), and retries whose time has come. `time_ms` is the wall clock for
+    /// the bodies.
+    pub fn take_due(&mut self, now: Instant, time_ms: u64, apps: &[App]) -> Vec<Request> {
+        let released = self.release_held(now);
         let mut requests = Vec::new();
         if released || self.ready.first().is_some_and(|w| w.due <= now) {
-            let mut per_app: Vec<(usize, Vec<Value>)> = Vec::new();
-            for waiting in self.ready.drain(..) {
-                let event = waiting.event.to_json();
-                match per_app.iter_mut().find(|(app, _)| *app == waiting.app) {
-                    Some((_, events)) => events.push(event),
-                    None => per_app.push((waiting.app, vec![event])),
-                }
-            }
-            for (app, events) in per_app {
+            for ((app, endpoint), events) in batches(self.ready.drain(..), apps) {
                 for chunk in events.chunks(MAX_EVENTS_PER_REQUEST) {
                     requests.push(Request {
                         app,
+                        endpoint,
                         body: json!({"time_ms": time_ms, "events": chunk}).to_string(),
                         events: chunk.len(),
                         first_try: now,
@@ -147,6 +133,23 @@ impl Outbox {
             requests.extend(self.retrying.pop_front());
         }
         requests
+    }
+
+    /// Moves the held events whose hold is over to the ready ones; true if there were any.
+    fn release_held(&mut self, now: Instant) -> bool {
+        let mut released = false;
+        let mut index = 0;
+        while index < self.held.len() {
+            if self.held[index].due <= now {
+                let mut waiting = self.held.remove(index);
+                waiting.due = now;
+                self.ready.push(waiting);
+                released = true;
+            } else {
+                index += 1;
+            }
+        }
+        released
     }
 
     /// Schedules a failed request's next try. Returns the events given up: the request's own
@@ -182,9 +185,50 @@ impl Outbox {
     }
 }
 
+/// Events in arrival order, grouped per (app, endpoint) for every endpoint that wants them.
+fn batches(
+    ready: impl Iterator<Item = Waiting>,
+    apps: &[App],
+) -> Vec<((usize, usize), Vec<Value>)> {
+    let mut batches: Vec<((usize, usize), Vec<Value>)> = Vec::new();
+    for waiting in ready {
+        let Some(app) = apps.get(waiting.app) else {
+            continue;
+        };
+        let event = waiting.event.to_json();
+        let endpoints = app.webhooks.iter().enumerate();
+        for (endpoint, _) in endpoints.filter(|(_, e)| e.wants(&waiting.event)) {
+            let to = (waiting.app, endpoint);
+            match batches.iter_mut().find(|(batch, _)| *batch == to) {
+                Some((_, events)) => events.push(event.clone()),
+                None => batches.push((to, vec![event.clone()])),
+            }
+        }
+    }
+    batches
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::webhooks::{Endpoint, WebhookKind};
+
+    /// Two apps, each with one endpoint that wants every kind.
+    fn apps() -> Vec<App> {
+        let everything = Some(vec![
+            WebhookKind::ChannelOccupied,
+            WebhookKind::ChannelVacated,
+            WebhookKind::MemberAdded,
+            WebhookKind::MemberRemoved,
+            WebhookKind::CacheMiss,
+        ]);
+        (0..2)
+            .map(|n| App {
+                webhooks: vec![Endpoint::new("http://127.0.0.1:9/", everything.clone())],
+                ..App::new(&n.to_string(), &format!("k{n}"), "s")
+            })
+            .collect()
+    }
 
     fn vacated(channel: &str) -> WebhookEvent {
         WebhookEvent::ChannelVacated {
@@ -225,8 +269,8 @@ mod tests {
             Accepted::Queued
         );
         assert_eq!(outbox.next_due(), Some(start + LINGER));
-        assert!(outbox.take_due(start, 1).is_empty());
-        let requests = outbox.take_due(start + LINGER, 1234);
+        assert!(outbox.take_due(start, 1, &apps()).is_empty());
+        let requests = outbox.take_due(start + LINGER, 1234, &apps());
         assert_eq!(requests.len(), 2);
         assert_eq!((requests[0].app, requests[0].events), (0, 2));
         assert_eq!(
@@ -240,12 +284,47 @@ mod tests {
     }
 
     #[test]
+    fn each_endpoint_gets_one_request_of_the_events_it_wants() {
+        let mut apps = apps();
+        let filtered = r#"{"url": "http://b/", "event_types": ["channel_occupied", "cache_miss"],
+                           "filter": {"channel_name_starts_with": "private-"}}"#;
+        apps[0]
+            .webhooks
+            .push(serde_json::from_str(filtered).unwrap());
+        let mut outbox = Outbox::default();
+        let start = Instant::now();
+        outbox.push(0, occupied("private-a"), start);
+        outbox.push(0, occupied("public"), start);
+        outbox.push(0, vacated("private-a"), start);
+        let miss = WebhookEvent::CacheMiss {
+            channel: "private-cache-x".into(),
+        };
+        outbox.push(0, miss, start);
+        let requests = outbox.take_due(start + HOLD, 0, &apps);
+        let to: Vec<(usize, usize)> = requests.iter().map(|r| (r.app, r.endpoint)).collect();
+        assert_eq!(to, [(0, 0), (0, 1)]);
+        assert_eq!(
+            names(&requests[0]),
+            [
+                "channel_occupied private-a",
+                "channel_occupied public",
+                "cache_miss private-cache-x",
+                "channel_vacated private-a"
+            ]
+        );
+        assert_eq!(
+            names(&requests[1]),
+            ["channel_occupied private-a", "cache_miss private-cache-x"]
+        );
+    }
+
+    #[test]
     fn a_quick_return_cancels_a_held_departure() {
         let mut outbox = Outbox::default();
         let start = Instant::now();
         outbox.push(0, vacated("a"), start);
         assert!(
-            outbox.take_due(start + LINGER, 0).is_empty(),
+            outbox.take_due(start + LINGER, 0, &apps()).is_empty(),
             "held, not lingering"
         );
         assert_eq!(
@@ -257,13 +336,13 @@ mod tests {
             outbox.push(0, occupied("a"), start + Duration::from_secs(1)),
             Accepted::Cancelled
         );
-        let requests = outbox.take_due(start + HOLD, 0);
+        let requests = outbox.take_due(start + HOLD, 0, &apps());
         assert_eq!(requests.len(), 1, "only app 1's event");
         assert_eq!(requests[0].app, 1);
 
         outbox.push(0, vacated("a"), start);
         assert_eq!(outbox.next_due(), Some(start + HOLD));
-        let requests = outbox.take_due(start + HOLD, 0);
+        let requests = outbox.take_due(start + HOLD, 0, &apps());
         assert_eq!(names(&requests[0]), ["channel_vacated a"]);
         assert_eq!(
             outbox.push(0, occupied("a"), start + HOLD),
@@ -287,7 +366,7 @@ mod tests {
         outbox.push(0, removed("u1"), start);
         outbox.push(0, removed("u2"), start);
         assert_eq!(outbox.push(0, added("u1"), start), Accepted::Cancelled);
-        let requests = outbox.take_due(start + HOLD, 0);
+        let requests = outbox.take_due(start + HOLD, 0, &apps());
         assert_eq!(requests.len(), 1);
         assert!(requests[0].body.contains("\"u2\"") && !requests[0].body.contains("\"u1\""));
     }
@@ -301,7 +380,7 @@ mod tests {
         };
         assert_eq!(outbox.push(0, miss(), start), Accepted::Queued);
         assert_eq!(outbox.push(0, miss(), start), Accepted::Duplicate);
-        assert_eq!(outbox.take_due(start + LINGER, 0)[0].events, 1);
+        assert_eq!(outbox.take_due(start + LINGER, 0, &apps())[0].events, 1);
     }
 
     #[test]
@@ -312,7 +391,7 @@ mod tests {
             outbox.push(0, occupied(&format!("c{n}")), start);
         }
         let sizes: Vec<usize> = outbox
-            .take_due(start + LINGER, 0)
+            .take_due(start + LINGER, 0, &apps())
             .iter()
             .map(|r| r.events)
             .collect();
@@ -324,7 +403,7 @@ mod tests {
         let mut outbox = Outbox::default();
         let start = Instant::now();
         outbox.push(0, occupied("a"), start);
-        let request = outbox.take_due(start + LINGER, 0).remove(0);
+        let request = outbox.take_due(start + LINGER, 0, &apps()).remove(0);
         let body = request.body.clone();
         let mut now = start + LINGER;
         let mut gaps = Vec::new();
@@ -338,9 +417,9 @@ mod tests {
             let due = outbox.next_due().unwrap();
             gaps.push(due.duration_since(now).as_secs());
             assert!(outbox
-                .take_due(due - Duration::from_millis(1), 0)
+                .take_due(due - Duration::from_millis(1), 0, &apps())
                 .is_empty());
-            let mut again = outbox.take_due(due, 0);
+            let mut again = outbox.take_due(due, 0, &apps());
             assert_eq!(again[0].body, body, "a retry sends the same body");
             now = due;
             request = again.pop();
@@ -359,7 +438,7 @@ mod tests {
         for n in 0..=MAX_RETRYING {
             let now = start + Duration::from_micros(n as u64);
             outbox.push(0, occupied("a"), now);
-            for request in outbox.take_due(now + LINGER, 0) {
+            for request in outbox.take_due(now + LINGER, 0, &apps()) {
                 lost += outbox.retry(request, now + LINGER);
             }
         }

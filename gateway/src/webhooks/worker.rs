@@ -54,12 +54,13 @@ pub fn run(node: Arc<Node>, jobs: Receiver<Job>) {
         let wall = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
-        for request in outbox.take_due(Instant::now(), wall) {
+        for request in outbox.take_due(Instant::now(), wall, &node.config.apps) {
             let app = &node.config.apps[request.app];
             match send(&agent, app, &request) {
                 Ok(()) => add(&stats.sent, request.events as u64),
                 Err(error) => {
-                    tracing::warn!(app = %app.id, events = request.events, %error, "webhook not delivered; retrying");
+                    let endpoint = request.endpoint;
+                    tracing::warn!(app = %app.id, endpoint, events = request.events, %error, "webhook not delivered; retrying");
                     add(&stats.retries, 1);
                     let lost = outbox.retry(request, Instant::now());
                     if lost > 0 {
@@ -72,13 +73,17 @@ pub fn run(node: Arc<Node>, jobs: Receiver<Job>) {
     }
 }
 
-/// POSTs one request, signed as Pusher signs webhooks; any answer but 2xx is a failure.
+/// POSTs one request, signed as Pusher signs webhooks, with the endpoint's own headers; any
+/// answer but 2xx is a failure.
 fn send(agent: &ureq::Agent, app: &App, request: &Request) -> Result<(), String> {
-    let Some(url) = app.webhook_url.as_deref() else {
+    let Some(endpoint) = app.webhooks.get(request.endpoint) else {
         return Ok(());
     };
-    let answer = agent
-        .post(url)
+    let mut post = agent.post(&endpoint.url);
+    for (name, value) in &endpoint.headers {
+        post = post.header(name, value);
+    }
+    let answer = post
         .header("X-Pusher-Key", &app.key)
         .header(
             "X-Pusher-Signature",

@@ -40,17 +40,26 @@ fn presence_users_and_encrypted_channels_work_with_pusher_js_and_the_node_sdk() 
     run_script("presence.mjs", MIN_PRESENCE_CHECKS);
 }
 
-/// parity.mjs runs 22 checks today; far fewer means some were skipped.
-const MIN_PARITY_CHECKS: u32 = 20;
+/// parity.mjs runs 34 checks today; far fewer means some were skipped.
+const MIN_PARITY_CHECKS: u32 = 30;
 /// Short, so that the script waits little for the stranger to be closed.
 const SIGNIN_TIMEOUT_SECS: u64 = 2;
 
 #[test]
-fn authorized_connections_and_client_event_limits_work_as_pusher_js_expects() {
+fn authorized_connections_client_event_limits_and_webhook_endpoints_work_with_the_sdks() {
     let dir = common::script::js_dir();
     common::script::require_node_and_modules(&dir);
+    let hook_ports = [common::free_port(), common::free_port()];
+    let webhooks = serde_json::json!([
+        {"url": format!("http://127.0.0.1:{}/hooks", hook_ports[0]),
+         "headers": {"X-Team": "realtime"}},
+        {"url": format!("http://127.0.0.1:{}/hooks", hook_ports[1]),
+         "event_types": ["client_event", "member_added"],
+         "filter": {"channel_name_starts_with": "presence-"}},
+    ]);
     let app = serde_json::json!({"id": "1", "key": common::KEY, "secret": common::SECRET,
-                                 "client_events": true, "authorized_connections": true});
+                                 "client_events": true, "authorized_connections": true,
+                                 "webhooks": webhooks});
     let config = serde_json::json!({ "apps": [app], "signin_timeout": SIGNIN_TIMEOUT_SECS });
     let gateway = Gateway::start_with_config(&config, &["--shards", "2"]);
     let mut command = Command::new("node");
@@ -58,6 +67,7 @@ fn authorized_connections_and_client_event_limits_work_as_pusher_js_expects() {
         .arg(dir.join("parity.mjs"))
         .args([&gateway.port.to_string(), "1", common::KEY, common::SECRET])
         .arg(SIGNIN_TIMEOUT_SECS.to_string())
+        .args(hook_ports.map(|port| port.to_string()))
         .current_dir(&dir);
     common::script::run_compat("parity.mjs", command, MIN_PARITY_CHECKS);
     let rejected =

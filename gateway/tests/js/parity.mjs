@@ -5,14 +5,21 @@
 // - Client events within Pusher's limits: data over 10 KiB or a name over 200 characters is
 //   refused with pusher:error 4301 naming the channel, which pusher-js hands to the channel's
 //   `pusher:error` binding and to the connection's `error`; the sender stays connected.
+// - Webhooks to two endpoints, each checked with the SDK's own `webhook().isValid()`: one gets
+//   every default kind with an extra header, the other only client events and member_added on
+//   `presence-` channels.
 //
-// The gateway runs with `authorized_connections` on for the app, client events on, and a
-// `signin_timeout` given as the script's fifth argument (seconds).
+// The gateway runs with `authorized_connections` on for the app, client events on, a
+// `signin_timeout` given as the script's fifth argument (seconds), and two webhook endpoints on
+// loopback at the ports given as the sixth and seventh arguments, which this script serves: the
+// first with every default kind and the header `X-Team: realtime`, the second with
+// `event_types` ["client_event", "member_added"] and `channel_name_starts_with` "presence-".
 //
-// Usage: node parity.mjs <port> <app_id> <app_key> <app_secret> <signin_timeout>
+// Usage: node parity.mjs <port> <app_id> <app_key> <app_secret> <signin_timeout> <hook_port> <filtered_hook_port>
 // Prints progress on stderr and, on success, exactly one line `ok N checks` on stdout.
 // Set COMPAT_DEBUG=1 to see pusher-js's own log.
 
+import { createServer } from "node:http";
 import PusherClient from "pusher-js";
 import {
   check,
@@ -33,8 +40,11 @@ import {
 const app = target("parity.mjs");
 const { port, appKey } = app;
 const signinTimeoutMs = Number(process.argv[6]) * 1000;
-if (!(signinTimeoutMs > 0)) {
-  console.error("usage: node parity.mjs <port> <app_id> <app_key> <app_secret> <signin_timeout>");
+const hookPorts = [Number(process.argv[7]), Number(process.argv[8])];
+if (!(signinTimeoutMs > 0) || !hookPorts.every((p) => p > 0)) {
+  console.error(
+    "usage: node parity.mjs <port> <app_id> <app_key> <app_secret> <signin_timeout> <hook_port> <filtered_hook_port>",
+  );
   process.exit(2);
 }
 
@@ -50,8 +60,10 @@ function newClient(label, userId) {
     enabledTransports: ["ws"],
     cluster: "local",
     channelAuthorization: {
-      customHandler: ({ socketId, channelName }, callback) =>
-        callback(null, server.authorizeChannel(socketId, channelName)),
+      customHandler: ({ socketId, channelName }, callback) => {
+        const member = channelName.startsWith("presence-") ? { user_id: userId } : undefined;
+        callback(null, server.authorizeChannel(socketId, channelName, member));
+      },
     },
     userAuthentication: {
       customHandler: ({ socketId }, callback) =>
@@ -151,10 +163,95 @@ async function clientEventLimits(sender) {
   checkEqual(relayed()[0].data, atLimit, "10 KiB of data arrive intact");
   checkEqual(sender.connection.state, "connected", "the sender stays connected");
   check(senderChannel.subscribed, "the sender stays subscribed");
+  return channelName;
+}
+
+/**
+ * A webhook endpoint: records each request's events with its headers and whether the SDK finds
+ * its signature valid.
+ */
+function hookEndpoint(port) {
+  const requests = [];
+  const http = createServer((request, response) => {
+    const chunks = [];
+    request.on("data", (chunk) => chunks.push(chunk));
+    request.on("end", () => {
+      const rawBody = Buffer.concat(chunks).toString("utf8");
+      const hook = server.webhook({ headers: request.headers, rawBody });
+      requests.push({ valid: hook.isValid(), headers: request.headers, events: hook.getEvents() });
+      response.writeHead(200).end();
+    });
+  });
+  http.listen(port, "127.0.0.1");
+  return { requests, close: () => http.close() };
+}
+
+const eventsOf = (endpoint) => endpoint.requests.flatMap((r) => r.events);
+
+async function webhooks([everything, filtered], member, privateChannelName) {
+  const guest = newClient("guest", "carol");
+  await connected(guest);
+  const roomName = `presence-hooks-${Math.random().toString(36).slice(2, 8)}`;
+  const memberRoom = subscribe(member, roomName);
+  const guestRoom = subscribe(guest, roomName);
+  await waitSubscribed(member, memberRoom);
+  await waitSubscribed(guest, guestRoom);
+  check(memberRoom.trigger("client-hello", { n: 1 }), "a client event on the presence channel");
+  const isHello = (e) => e.name === "client_event" && e.channel === roomName;
+  await waitUntil(
+    () => eventsOf(everything).some(isHello) && eventsOf(filtered).some(isHello),
+    "both endpoints to get the presence channel's client event",
+  );
+  await sleep(QUIET_MS);
+
+  check(everything.requests.every((r) => r.valid), "every request to the first endpoint is signed validly");
+  check(filtered.requests.every((r) => r.valid), "every request to the second endpoint is signed validly");
+  check(
+    everything.requests.every((r) => r.headers["x-team"] === "realtime"),
+    "the first endpoint's requests carry its header",
+  );
+  check(
+    filtered.requests.every((r) => r.headers["x-team"] === undefined),
+    "the second endpoint's requests do not",
+  );
+  const hello = eventsOf(everything).find(isHello);
+  checkEqual(
+    hello,
+    { name: "client_event", channel: roomName, event: "client-hello", data: '{"n":1}',
+      socket_id: member.connection.socket_id, user_id: "alice" },
+    "client_event as Pusher sends it: data the string the client sent, user_id on presence",
+  );
+  const occupied = eventsOf(everything)
+    .filter((e) => e.name === "channel_occupied")
+    .map((e) => e.channel);
+  check(
+    occupied.includes(privateChannelName) && occupied.includes(roomName),
+    "the first endpoint gets channel_occupied for both channels",
+    occupied.join(", "),
+  );
+  const second = eventsOf(filtered);
+  check(
+    second.every((e) => e.channel.startsWith("presence-")),
+    "the second endpoint hears only of presence- channels",
+    second.map((e) => e.channel).join(", "),
+  );
+  checkEqual(
+    [...new Set(second.map((e) => e.name))].sort(),
+    ["client_event", "member_added"],
+    "the second endpoint gets only its event types",
+  );
+  checkEqual(
+    second.filter((e) => e.name === "member_added").map((e) => e.user_id).sort(),
+    ["alice", "carol"],
+    "member_added once per member at the second endpoint",
+  );
 }
 
 start();
+const endpoints = hookPorts.map(hookEndpoint);
 const member = await authorizedConnections();
-await clientEventLimits(member);
+const privateChannelName = await clientEventLimits(member);
+await webhooks(endpoints, member, privateChannelName);
+endpoints.forEach((endpoint) => endpoint.close());
 for (const client of clients) client.disconnect();
 finish();

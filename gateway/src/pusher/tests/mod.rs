@@ -390,16 +390,19 @@ pub fn config() -> Config {
 pub fn counting_config() -> Config {
     let mut config = config();
     let app: &mut App = &mut config.apps[0];
-    app.webhook_url = Some("http://127.0.0.1:9/hooks".into());
-    app.webhook_events = Some(vec![
-        crate::webhooks::WebhookKind::ChannelOccupied,
-        crate::webhooks::WebhookKind::ChannelVacated,
-        crate::webhooks::WebhookKind::MemberAdded,
-        crate::webhooks::WebhookKind::MemberRemoved,
-        crate::webhooks::WebhookKind::SubscriptionCount,
-        crate::webhooks::WebhookKind::CacheMiss,
-        crate::webhooks::WebhookKind::ClientEvent,
-    ]);
+    let url = "http://127.0.0.1:9/hooks";
+    app.webhooks = vec![crate::webhooks::Endpoint::new(
+        url,
+        Some(vec![
+            crate::webhooks::WebhookKind::ChannelOccupied,
+            crate::webhooks::WebhookKind::ChannelVacated,
+            crate::webhooks::WebhookKind::MemberAdded,
+            crate::webhooks::WebhookKind::MemberRemoved,
+            crate::webhooks::WebhookKind::SubscriptionCount,
+            crate::webhooks::WebhookKind::CacheMiss,
+            crate::webhooks::WebhookKind::ClientEvent,
+        ]),
+    )];
     app.subscription_count_events = true;
     config
 }
