@@ -196,41 +196,56 @@ pub fn authenticate(
     body: &[u8],
     now_secs: u64,
 ) -> Result<(), ApiError> {
-    let unauthorized = |message: &str| ApiError::unauthorized(message);
-    if param(params, "auth_key") != Some(app.key.as_str()) {
-        return Err(unauthorized("auth_key is missing or not this app's key"));
+    let unauthorized = |message: String| ApiError::unauthorized(message);
+    match param(params, "auth_key") {
+        Some(key) if key == app.key => {}
+        Some(key) => {
+            return Err(unauthorized(format!(
+                "Unknown auth_key: {key:?} is not this app's key"
+            )))
+        }
+        None => return Err(unauthorized("Missing auth_key".into())),
     }
     let timestamp: u64 = param(params, "auth_timestamp")
         .and_then(|t| t.parse().ok())
-        .ok_or_else(|| unauthorized("auth_timestamp is missing or not a number"))?;
+        .ok_or_else(|| unauthorized("Missing auth_timestamp, or not a number of seconds".into()))?;
     if timestamp.abs_diff(now_secs) > MAX_CLOCK_SKEW_SECS {
-        return Err(unauthorized(
-            "auth_timestamp is more than 600 s from the server's clock",
-        ));
+        return Err(unauthorized(format!(
+            "Timestamp expired: given timestamp ({timestamp}) not within {MAX_CLOCK_SKEW_SECS}s of server time ({now_secs})"
+        )));
     }
-    if param(params, "auth_version").is_some_and(|v| v != "1.0") {
-        return Err(unauthorized("auth_version must be 1.0"));
+    if let Some(version) = param(params, "auth_version").filter(|v| *v != "1.0") {
+        return Err(unauthorized(format!(
+            "Unsupported auth_version {version:?}: only 1.0 is"
+        )));
     }
     // The official Python SDK sends the empty body's digest on GET requests too: accept it.
+    let digest = signature::body_md5(body);
     match param(params, "body_md5") {
-        Some(md5) if md5 != signature::body_md5(body) => {
-            return Err(unauthorized("body_md5 does not match the body"))
+        Some(md5) if md5 != digest => {
+            return Err(unauthorized(format!(
+                "Invalid body_md5: the {} bytes received hash to {digest}, but you sent {md5:?}",
+                body.len()
+            )))
         }
-        None if !body.is_empty() => return Err(unauthorized("body_md5 is missing")),
+        None if !body.is_empty() => return Err(unauthorized("Missing body_md5".into())),
         _ => {}
     }
-    let signature =
-        param(params, "auth_signature").ok_or_else(|| unauthorized("auth_signature is missing"))?;
+    let signature = param(params, "auth_signature")
+        .ok_or_else(|| unauthorized("Missing auth_signature".into()))?;
     let to_sign = signature::api_string_to_sign(
         method,
         path,
         params.iter().map(|(k, v)| (k.as_str(), v.as_str())),
     );
     if signature::verify(&app.secret, &to_sign, signature) {
-        Ok(())
-    } else {
-        Err(unauthorized("auth_signature does not match"))
+        return Ok(());
     }
+    // Pusher's own answer: the string the signature covers, so that a client can see which part
+    // it signed differently (never the secret).
+    Err(unauthorized(format!(
+        "Invalid signature: you should have sent HmacSHA256Hex({to_sign:?}, your_secret_key), but you sent {signature:?}"
+    )))
 }
 
 /// An event to publish.
@@ -274,7 +289,7 @@ fn check_publish(raw: RawPublish, max_data: usize) -> Result<Publish, ApiError> 
     };
     if data.len() > max_data {
         return Err(ApiError::too_large(format!(
-            "data is larger than {max_data} bytes"
+            "The data content of this event exceeds the allowed maximum ({max_data} bytes)"
         )));
     }
     let channels = match (raw.channel, raw.channels) {
@@ -605,13 +620,28 @@ mod tests {
         let fault = |params: &Params, body: &[u8], now: u64| {
             authenticate(&app(), "POST", "/apps/3/events", params, body, now).unwrap_err()
         };
-        assert!(fault(&params, body, 1601).message.contains("600 s"));
-        assert!(fault(&params, b"{}", 1000).message.contains("body_md5"));
+        assert_eq!(
+            fault(&params, body, 1601).message,
+            "Timestamp expired: given timestamp (1000) not within 600s of server time (1601)"
+        );
+        let md5 = fault(&params, b"{}", 1000).message;
+        assert!(
+            md5.starts_with("Invalid body_md5: the 2 bytes received hash to 99914b93"),
+            "{md5}"
+        );
         let mut tampered = params.clone();
         tampered.push(("extra".into(), "1".into()));
-        assert!(fault(&tampered, body, 1000)
-            .message
-            .contains("auth_signature"));
+        let invalid = fault(&tampered, body, 1000).message;
+        let to_sign = r#"HmacSHA256Hex("POST\n/apps/3/events\nauth_key="#;
+        assert!(
+            invalid.starts_with("Invalid signature: you should have sent "),
+            "{invalid}"
+        );
+        assert!(
+            invalid.contains(to_sign) && invalid.contains("&extra=1"),
+            "{invalid}"
+        );
+        assert!(!invalid.contains(&app().secret), "never the secret");
         let no_key: Params = params
             .iter()
             .filter(|(k, _)| k != "auth_key")

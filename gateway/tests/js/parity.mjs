@@ -5,6 +5,8 @@
 // - Client events within Pusher's limits: data over 10 KiB or a name over 200 characters is
 //   refused with pusher:error 4301 naming the channel, which pusher-js hands to the channel's
 //   `pusher:error` binding and to the connection's `error`; the sender stays connected.
+// - HTTP API errors as the server SDK surfaces them (`RequestError` with `status` and `body`):
+//   Pusher's status codes, and bodies that say which check failed.
 // - Webhooks to two endpoints, each checked with the SDK's own `webhook().isValid()`: one gets
 //   every default kind with an extra header, the other only client events and member_added on
 //   `presence-` channels.
@@ -25,6 +27,7 @@ import {
   check,
   checkEqual,
   clients,
+  fail,
   finish,
   received,
   sleep,
@@ -247,8 +250,54 @@ async function webhooks([everything, filtered], member, privateChannelName) {
   );
 }
 
+/** The RequestError a call rejects with; fails if it succeeds. */
+async function refusal(what, call) {
+  try {
+    await call();
+  } catch (error) {
+    return error;
+  }
+  fail(`${what}: expected the call to be refused`);
+}
+
+async function errorBodies() {
+  const wrongSecret = officialServer({ ...app, appSecret: "not-the-secret" });
+  const signature = await refusal("a wrongly signed trigger", () =>
+    wrongSecret.trigger("news", "e", {}),
+  );
+  checkEqual(signature.status, 401, "a wrong signature: 401");
+  const expected = `Invalid signature: you should have sent HmacSHA256Hex("POST\\n/apps/${app.appId}/events\\nauth_key=${appKey}&auth_timestamp=`;
+  check(
+    signature.body.startsWith(expected) && !signature.body.includes(app.appSecret),
+    "its body names the string to sign, as Pusher's does, and never the secret",
+    signature.body,
+  );
+
+  const large = await refusal("11 KiB of data", () =>
+    server.post({ path: "/events", body: { name: "e", channel: "news", data: "x".repeat(11 * 1024) } }),
+  );
+  checkEqual(large.status, 413, "data over 10 KiB: 413");
+  checkEqual(
+    large.body.trim(),
+    "The data content of this event exceeds the allowed maximum (10240 bytes)",
+    "its body is Pusher's",
+  );
+
+  const badChannel = await refusal("a bad channel name", () =>
+    server.post({ path: "/events", body: { name: "e", channel: "bad name!", data: "{}" } }),
+  );
+  checkEqual(badChannel.status, 400, "a bad channel name: 400");
+  check(badChannel.body.includes('"bad name!"'), "its body names the channel", badChannel.body);
+
+  const unknown = officialServer({ ...app, appId: "404404" });
+  const missing = await refusal("an unknown app", () => unknown.trigger("news", "e", {}));
+  checkEqual(missing.status, 404, "an unknown app id: 404");
+  check(missing.body.includes("404404"), "its body names the app id", missing.body);
+}
+
 start();
 const endpoints = hookPorts.map(hookEndpoint);
+await errorBodies();
 const member = await authorizedConnections();
 const privateChannelName = await clientEventLimits(member);
 await webhooks(endpoints, member, privateChannelName);
