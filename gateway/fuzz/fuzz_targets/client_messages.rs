@@ -7,7 +7,8 @@
 //! - a presence member and a signed-in user keep the limits on ids and info;
 //! - a user who signed in may subscribe to its own `#server-to-user-` channel, which the HTTP
 //!   API may publish to;
-//! - a client event passes only on a private or presence channel the session holds.
+//! - a client event passes only on a private or presence channel the session holds, with a
+//!   name and data within Pusher's limits.
 //!
 //! An `auth` of `sign` is replaced by the app server's valid signature, so that inputs reach
 //! what comes after the signature check.
@@ -17,7 +18,7 @@ use std::sync::LazyLock;
 
 use gateway::config::{App, Config};
 use gateway::protocol::member::{Member, MAX_USER_ID_LEN, MAX_USER_INFO_BYTES, MAX_WATCHLIST};
-use gateway::protocol::message::{ClientMessage, MessageError};
+use gateway::protocol::message::{self, ClientMessage, MessageError};
 use gateway::protocol::{channel, signature, ChannelKind};
 use gateway::pusher::requests::{self, Subscription};
 use libfuzzer_sys::fuzz_target;
@@ -26,6 +27,8 @@ use serde_json::Value;
 const SOCKET: &str = "123.456";
 /// Stands for the app server's valid signature.
 const SIGN: &str = "sign";
+/// Largest client event data: small, so that inputs reach past it.
+const MAX_DATA: usize = 64;
 
 static APP: LazyLock<App> = LazyLock::new(|| App {
     client_events: true,
@@ -80,11 +83,22 @@ fn message(session: &mut Session, text: &str) {
             session.channels.retain(|held| **held != *channel);
         }
         ClientMessage::Signin { auth, user_data } => signin(session, &auth, &user_data),
-        ClientMessage::ClientEvent { event, channel, .. } => {
+        ClientMessage::ClientEvent {
+            event,
+            channel,
+            data,
+        } => {
             assert!(event.starts_with("client-"));
             let held = session.channels.iter().any(|held| **held == *channel);
-            if requests::client_event(&APP, &channel, held).is_ok() {
+            let data_len = message::event_data_text(&data).len();
+            let request = requests::ClientEvent {
+                event: &event,
+                channel: &channel,
+                data_len,
+            };
+            if requests::client_event(&APP, request, MAX_DATA, held).is_ok() {
                 assert!(held && ChannelKind::of(&channel).allows_client_events());
+                assert!(message::event_name_fits(&event) && data_len <= MAX_DATA);
             }
         }
         ClientMessage::Unsupported { event } => {

@@ -17,10 +17,9 @@ use std::collections::BTreeMap;
 use std::sync::LazyLock;
 
 use gateway::config::App;
-use gateway::http::api::MAX_EVENT_NAME_LEN;
 use gateway::http::api::{self, ChannelState, ChannelsBody, Params, Publish, Route};
 use gateway::http::api::{CachedEvent, MAX_BATCH, MAX_CHANNELS_PER_PUBLISH, MAX_CLOCK_SKEW_SECS};
-use gateway::protocol::{channel, signature};
+use gateway::protocol::{channel, message, signature};
 use libfuzzer_sys::fuzz_target;
 use serde_json::{json, Value};
 
@@ -169,7 +168,7 @@ fn batch(body: &[u8]) {
 }
 
 fn check_event(event: &Publish) {
-    assert!(!event.name.is_empty() && event.name.len() <= MAX_EVENT_NAME_LEN);
+    assert!(!event.name.is_empty() && message::event_name_fits(&event.name));
     assert!(event.data.len() <= MAX_DATA);
     assert!(!event.channels.is_empty() && event.channels.len() <= MAX_CHANNELS_PER_PUBLISH);
     for name in &event.channels {

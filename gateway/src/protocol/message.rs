@@ -6,6 +6,15 @@ use serde_json::{json, Value};
 /// limit, which its server SDKs check too).
 pub const MAX_EVENT_NAME_CHARS: usize = 200;
 
+/// A client event's data as its sender sent it: a string as it is, any other value as its JSON
+/// text. Its size is what Pusher's limit counts, and webhooks carry it so.
+pub fn event_data_text(data: &Value) -> std::borrow::Cow<'_, str> {
+    match data {
+        Value::String(text) => std::borrow::Cow::Borrowed(text),
+        other => std::borrow::Cow::Owned(other.to_string()),
+    }
+}
+
 /// Whether an event name is within Pusher's limit.
 pub fn event_name_fits(name: &str) -> bool {
     name.chars().count() <= MAX_EVENT_NAME_CHARS

@@ -176,11 +176,7 @@ impl<H: Handle> Core<H> {
         data: &serde_json::Value,
         now: Instant,
     ) {
-        // As the client sent it: a string as it is, anything else as its JSON text.
-        let data_text = match data {
-            serde_json::Value::String(text) => std::borrow::Cow::Borrowed(text.as_str()),
-            other => std::borrow::Cow::Owned(other.to_string()),
-        };
+        let data_text = message::event_data_text(data);
         let settings = &self.config.apps[app];
         let request = requests::ClientEvent {
             event,
