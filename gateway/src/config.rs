@@ -31,7 +31,8 @@ pub struct App {
     pub enabled: bool,
     #[serde(default)]
     pub client_events: bool,
-    /// WebSocket connections the app may hold on this node; 0 means only the node's limit.
+    /// WebSocket connections the app may hold, across the cluster when clustering is on (each
+    /// node counts the others' from their heartbeats); 0 means only the node's limit.
     #[serde(default)]
     pub max_connections: usize,
     /// Client events per second per connection; the global `client_event_rate` when absent.

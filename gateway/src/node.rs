@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -61,6 +61,10 @@ pub struct Node {
     pub ip_limits: Option<IpLimits>,
     /// HTTP API requests per second of each app.
     pub api_rates: AppRates,
+    /// Each app's sessions on the other nodes, as their last heartbeats told, by app index:
+    /// counted against the app's quota beside this node's own. Written by the cluster bridge
+    /// alone; zero without clustering and for apps without a quota.
+    pub peer_app_connections: Box<[AtomicI64]>,
     draining: AtomicBool,
     ready: AtomicBool,
 }
@@ -78,6 +82,7 @@ impl Node {
         let ip_limits = IpLimits::new(config.max_connections_per_ip, config.connection_rate_per_ip);
         let api_rates = config.apps.iter().map(|app| config.api_request_rate(app));
         let api_rates = AppRates::new(api_rates.collect());
+        let peer_app_connections = config.apps.iter().map(|_| AtomicI64::new(0)).collect();
         Node {
             input_budget: InputBudget::new(config.input_budget_bytes),
             config: Arc::new(config),
@@ -93,6 +98,7 @@ impl Node {
             cluster,
             ip_limits,
             api_rates,
+            peer_app_connections,
             draining: AtomicBool::new(false),
             ready: AtomicBool::new(false),
         }
@@ -123,6 +129,24 @@ impl Node {
             .iter()
             .map(|s| s.stats.connections[app].load(Ordering::Relaxed))
             .sum()
+    }
+
+    /// An app's sessions in the cluster as this node knows them: its own now, plus the other
+    /// nodes' as of their last heartbeats (at most a heartbeat interval and a trip through Redis
+    /// old), which is what the app's quota is checked against.
+    pub fn cluster_app_connections(&self, app: usize) -> i64 {
+        let peers = self.peer_app_connections.get(app);
+        let peers = peers.map_or(0, |count| count.load(Ordering::Relaxed));
+        // Saturating: the others' counts come from the network.
+        self.app_connections(app).saturating_add(peers)
+    }
+
+    /// Publishes the other nodes' sessions of each app, by app index (from the bridge).
+    pub fn set_peer_app_connections(&self, totals: &[u64]) {
+        for (slot, &total) in self.peer_app_connections.iter().zip(totals) {
+            let total = i64::try_from(total).unwrap_or(i64::MAX);
+            slot.store(total, Ordering::Relaxed);
+        }
     }
 
     /// Asks every shard but `except` for its subscription counts of the app's channels: the

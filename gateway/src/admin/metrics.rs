@@ -173,6 +173,29 @@ fn render_cluster(out: &mut String, stats: &ClusterStats) {
     );
 }
 
+/// The other nodes' sessions of each app with a quota, as this node counts them against it.
+fn render_peer_connections(out: &mut String, node: &Node) {
+    header(
+        out,
+        "gateway_cluster_app_connections",
+        "gauge",
+        "WebSocket connections on the other nodes of each app with a max_connections quota, as their last heartbeats told this node.",
+    );
+    let apps = node
+        .config
+        .apps
+        .iter()
+        .zip(node.peer_app_connections.iter());
+    for (app, value) in apps.filter(|(app, _)| app.max_connections > 0) {
+        let _ = writeln!(
+            out,
+            "gateway_cluster_app_connections{{app=\"{}\"}} {}",
+            app.id,
+            gauge(value)
+        );
+    }
+}
+
 fn gauge(value: &AtomicI64) -> i64 {
     value.load(Relaxed)
 }
@@ -188,6 +211,7 @@ pub fn render(node: &Node, latency: &Histogram<u64>) -> String {
     render_latency(&mut out, latency);
     if let Some(cluster) = &node.cluster {
         render_cluster(&mut out, &cluster.stats);
+        render_peer_connections(&mut out, node);
     }
     render_process(&mut out, node);
     out

@@ -30,7 +30,7 @@ use serde_json::Value;
 
 use super::backoff::Backoff;
 use super::interest::{Change, Interest};
-use super::nodes::{Heard, NodeTable};
+use super::nodes::{self, Heard, NodeTable};
 use super::queries::{Done, Pending};
 use super::rosters::Rosters;
 use super::wire::{self, Control, Envelope, Query, RosterChange};
@@ -410,7 +410,11 @@ impl Bridge {
 
     /// Housekeeping, online or not: nodes that went quiet, questions past their deadline.
     fn tick(&mut self, now: Instant) {
-        for node in self.nodes.expire(now) {
+        let gone = self.nodes.expire(now);
+        if !gone.is_empty() {
+            self.share_peer_connections();
+        }
+        for node in gone {
             self.node_gone(node);
         }
         for done in self.pending.expire(now) {
@@ -595,9 +599,11 @@ impl Bridge {
         now: Instant,
     ) {
         self.last_heartbeat = now;
+        let node = &self.node;
         let message = Control::Heartbeat {
-            node: self.node.id,
+            node: node.id,
             nonce: self.nonce,
+            connections: nodes::own_connections(&node.config.apps, |app| node.app_connections(app)),
         };
         in_flight.push(publish(publisher, self.control.clone(), message.encode()));
         self.stats
@@ -818,19 +824,11 @@ impl Bridge {
         };
         let now = Instant::now();
         match control {
-            Control::Heartbeat { node, nonce } => match self.nodes.heartbeat(node, nonce, now) {
-                Heard::Own => self.last_echo = now,
-                Heard::Joined => tracing::info!(node, "node joined the cluster"),
-                Heard::Alive => {}
-                Heard::Collision if !self.collision_reported => {
-                    self.collision_reported = true;
-                    tracing::error!(
-                        node,
-                        "another gateway uses this node's id: restart one of them (socket ids and message origins would be confused)"
-                    );
-                }
-                Heard::Collision => {}
-            },
+            Control::Heartbeat {
+                node,
+                nonce,
+                connections,
+            } => self.on_heartbeat(node, nonce, &connections, now),
             Control::Query { node, id, query } if node != self.node.id => {
                 // Answers past the cap are skipped: the asker answers without this node's share.
                 if in_flight.len() < MAX_IN_FLIGHT {
@@ -880,6 +878,38 @@ impl Bridge {
                 }
             }
         }
+    }
+
+    /// Records another node's heartbeat, or this node's own echoed back, and the connections
+    /// per app it reports.
+    fn on_heartbeat(
+        &mut self,
+        node: u32,
+        nonce: u64,
+        connections: &BTreeMap<String, u64>,
+        now: Instant,
+    ) {
+        let reported = nodes::reported(&self.node.config.apps, connections);
+        match self.nodes.heartbeat(node, nonce, reported, now) {
+            Heard::Own => self.last_echo = now,
+            Heard::Joined => tracing::info!(node, "node joined the cluster"),
+            Heard::Alive => {}
+            Heard::Collision if !self.collision_reported => {
+                self.collision_reported = true;
+                tracing::error!(
+                    node,
+                    "another gateway uses this node's id: restart one of them (socket ids and message origins would be confused)"
+                );
+            }
+            Heard::Collision => {}
+        }
+        self.share_peer_connections();
+    }
+
+    /// Hands the shards the other nodes' sessions of each app, for the apps' quotas.
+    fn share_peer_connections(&self) {
+        let totals = self.nodes.connections(self.node.config.apps.len());
+        self.node.set_peer_app_connections(&totals);
     }
 
     /// Hands a broadcast from another node to the shards that hold its channel; an event a cache

@@ -1,9 +1,11 @@
-//! The other nodes of the cluster as this node knows them: who sent a heartbeat and when. A node
-//! silent for longer than the timeout is dropped, and with it its share of every answer. No IO
-//! lives here.
+//! The other nodes of the cluster as this node knows them: who sent a heartbeat, when, and the
+//! sessions of each app with a quota it reported. A node silent for longer than the timeout is
+//! dropped, and with it its share of every answer and of every app's sessions. No IO lives here.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
+
+use crate::config::App;
 
 /// What a heartbeat told us.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -19,14 +21,21 @@ pub enum Heard {
     Collision,
 }
 
+/// What this node knows of another.
+#[derive(Debug)]
+struct Peer {
+    last_seen: Instant,
+    /// Its sessions by app index, as its last heartbeat reported them (see `reported`).
+    connections: Box<[u64]>,
+}
+
 /// Other nodes, by id.
 #[derive(Debug)]
 pub struct NodeTable {
     own: u32,
     own_nonce: u64,
     timeout: Duration,
-    /// When each other node was last heard from.
-    peers: HashMap<u32, Instant>,
+    peers: HashMap<u32, Peer>,
 }
 
 impl NodeTable {
@@ -39,8 +48,15 @@ impl NodeTable {
         }
     }
 
-    /// Records a heartbeat heard at `now`.
-    pub fn heartbeat(&mut self, node: u32, nonce: u64, now: Instant) -> Heard {
+    /// Records a heartbeat heard at `now`, with the sessions it reports by app index; they
+    /// replace what the node reported before.
+    pub fn heartbeat(
+        &mut self,
+        node: u32,
+        nonce: u64,
+        connections: Box<[u64]>,
+        now: Instant,
+    ) -> Heard {
         if node == self.own {
             return if nonce == self.own_nonce {
                 Heard::Own
@@ -48,18 +64,34 @@ impl NodeTable {
                 Heard::Collision
             };
         }
-        match self.peers.insert(node, now) {
+        let peer = Peer {
+            last_seen: now,
+            connections,
+        };
+        match self.peers.insert(node, peer) {
             None => Heard::Joined,
             Some(_) => Heard::Alive,
         }
+    }
+
+    /// The sessions the other nodes reported, summed by app index, for `apps` apps: what counts
+    /// against an app's quota beside this node's own.
+    pub fn connections(&self, apps: usize) -> Vec<u64> {
+        let mut totals = vec![0u64; apps];
+        for peer in self.peers.values() {
+            for (total, count) in totals.iter_mut().zip(peer.connections.iter()) {
+                *total = total.saturating_add(*count);
+            }
+        }
+        totals
     }
 
     /// Drops the nodes not heard from within the timeout; returns them.
     pub fn expire(&mut self, now: Instant) -> Vec<u32> {
         let timeout = self.timeout;
         let mut gone = Vec::new();
-        self.peers.retain(|&node, &mut last_seen| {
-            let alive = now.saturating_duration_since(last_seen) <= timeout;
+        self.peers.retain(|&node, peer| {
+            let alive = now.saturating_duration_since(peer.last_seen) <= timeout;
             if !alive {
                 gone.push(node);
             }
@@ -75,7 +107,7 @@ impl NodeTable {
         let mut nodes: Vec<u32> = self
             .peers
             .iter()
-            .filter(|(_, &last_seen)| now.saturating_duration_since(last_seen) <= within)
+            .filter(|(_, peer)| now.saturating_duration_since(peer.last_seen) <= within)
             .map(|(&node, _)| node)
             .collect();
         nodes.sort_unstable();
@@ -92,18 +124,48 @@ impl NodeTable {
     }
 }
 
+/// This node's sessions of each app with a quota, by app id, for its heartbeat; empty when no
+/// app has a quota, so that the heartbeat leaves the field out.
+pub fn own_connections(apps: &[App], sessions: impl Fn(usize) -> i64) -> BTreeMap<String, u64> {
+    apps.iter()
+        .enumerate()
+        .filter(|(_, app)| app.max_connections > 0)
+        .map(|(index, app)| (app.id.clone(), sessions(index).max(0) as u64))
+        .collect()
+}
+
+/// What a heartbeat reports, by this node's app index. Only the apps with a quota here count:
+/// apps without one are not limited, and ids this node does not know are ignored.
+pub fn reported(apps: &[App], connections: &BTreeMap<String, u64>) -> Box<[u64]> {
+    if connections.is_empty() {
+        return Box::default();
+    }
+    let count = |app: &App| match app.max_connections {
+        0 => 0,
+        _ => connections.get(&app.id).copied().unwrap_or(0),
+    };
+    apps.iter().map(count).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn none() -> Box<[u64]> {
+        Box::default()
+    }
 
     #[test]
     fn nodes_join_stay_alive_and_expire_after_the_timeout() {
         let start = Instant::now();
         let second = Duration::from_secs(1);
         let mut table = NodeTable::new(1, 11, 5 * second);
-        assert_eq!(table.heartbeat(2, 22, start), Heard::Joined);
-        assert_eq!(table.heartbeat(3, 33, start), Heard::Joined);
-        assert_eq!(table.heartbeat(2, 22, start + 4 * second), Heard::Alive);
+        assert_eq!(table.heartbeat(2, 22, none(), start), Heard::Joined);
+        assert_eq!(table.heartbeat(3, 33, none(), start), Heard::Joined);
+        assert_eq!(
+            table.heartbeat(2, 22, none(), start + 4 * second),
+            Heard::Alive
+        );
         assert_eq!(table.len(), 2);
         assert_eq!(table.expire(start + 5 * second), Vec::<u32>::new());
         assert_eq!(table.expire(start + 6 * second), vec![3]);
@@ -111,7 +173,7 @@ mod tests {
         assert_eq!(table.expire(start + 10 * second), vec![2]);
         assert!(table.is_empty());
         assert_eq!(
-            table.heartbeat(3, 34, start + 10 * second),
+            table.heartbeat(3, 34, none(), start + 10 * second),
             Heard::Joined,
             "a node that comes back joins again"
         );
@@ -121,8 +183,8 @@ mod tests {
     fn only_recently_heard_nodes_are_waited_for() {
         let start = Instant::now();
         let mut table = NodeTable::new(1, 11, Duration::from_secs(5));
-        table.heartbeat(2, 22, start);
-        table.heartbeat(3, 33, start + Duration::from_secs(3));
+        table.heartbeat(2, 22, none(), start);
+        table.heartbeat(3, 33, none(), start + Duration::from_secs(3));
         let within = Duration::from_millis(2500);
         assert_eq!(
             table.recent(start + Duration::from_secs(3), within),
@@ -132,11 +194,56 @@ mod tests {
     }
 
     #[test]
+    fn peers_sessions_are_summed_until_they_expire() {
+        let start = Instant::now();
+        let second = Duration::from_secs(1);
+        let mut table = NodeTable::new(1, 11, 5 * second);
+        table.heartbeat(2, 22, Box::new([3, 0]), start);
+        table.heartbeat(3, 33, Box::new([1, 2]), start);
+        assert_eq!(table.connections(2), vec![4, 2]);
+        table.heartbeat(2, 22, Box::new([1, 0]), start + 3 * second);
+        assert_eq!(table.connections(2), vec![2, 2], "the last report stands");
+        table.heartbeat(1, 12, Box::new([50, 50]), start + 3 * second);
+        assert_eq!(table.connections(2), vec![2, 2], "not a collision's");
+        table.heartbeat(4, 44, none(), start + 3 * second);
+        assert_eq!(table.connections(2), vec![2, 2], "a node reporting none");
+        assert_eq!(table.expire(start + 6 * second), vec![3]);
+        assert_eq!(table.connections(2), vec![1, 0], "an expired node's go");
+        table.expire(start + 9 * second);
+        assert_eq!(table.connections(2), vec![0, 0]);
+    }
+
+    fn apps() -> Vec<App> {
+        let mut apps = vec![
+            App::new("1", "k1", "s1"),
+            App::new("2", "k2", "s2"),
+            App::new("3", "k3", "s3"),
+        ];
+        apps[1].max_connections = 4;
+        apps[2].max_connections = 10;
+        apps
+    }
+
+    #[test]
+    fn heartbeats_carry_the_sessions_of_apps_with_a_quota_only() {
+        let apps = apps();
+        let own = own_connections(&apps, |app| [7, 3, -1][app]);
+        let expected = BTreeMap::from([("2".to_owned(), 3), ("3".to_owned(), 0)]);
+        assert_eq!(own, expected, "a count read mid-change is never negative");
+        let unlimited = [App::new("1", "k1", "s1")];
+        assert!(own_connections(&unlimited, |_| 7).is_empty());
+
+        let heard = BTreeMap::from([("1".into(), 9), ("3".into(), 5), ("99".into(), 1)]);
+        assert_eq!(*reported(&apps, &heard), [0, 0, 5]);
+        assert!(reported(&apps, &BTreeMap::new()).is_empty());
+    }
+
+    #[test]
     fn own_heartbeats_and_id_collisions_are_told_apart() {
         let mut table = NodeTable::new(1, 11, Duration::from_secs(5));
         let now = Instant::now();
-        assert_eq!(table.heartbeat(1, 11, now), Heard::Own);
-        assert_eq!(table.heartbeat(1, 12, now), Heard::Collision);
+        assert_eq!(table.heartbeat(1, 11, none(), now), Heard::Own);
+        assert_eq!(table.heartbeat(1, 12, none(), now), Heard::Collision);
         assert!(table.is_empty(), "neither is another node");
     }
 }

@@ -32,7 +32,9 @@
 //! # Control messages
 //!
 //! JSON objects tagged by `type`: `{"type":"heartbeat","node":N,"nonce":X}` once a second from
-//! every node; `{"type":"query","node":N,"id":I,"query":{...}}` asking every node for its share of
+//! every node, with `"connections":{"2":3,...}` (the node's open WebSocket sessions of each app
+//! that has a `max_connections` quota, by app id) when some app has one; a node reads a heartbeat
+//! without it as no sessions, so nodes from before it and after it mix; `{"type":"query","node":N,"id":I,"query":{...}}` asking every node for its share of
 //! an HTTP API answer; `{"type":"answer","node":N,"id":I,"counts":[["channel",3],...]}` sent back
 //! on the asker's own channel. Presence members and signed-in users travel as `roster` messages
 //! (changes as they happen) and `snapshot` messages (everything a node holds, when another node
@@ -41,6 +43,8 @@
 //! A roster entry is one user present on one shard of one node, in a presence channel (`channel`
 //! set) or among an app's signed-in users (`channel` absent):
 //! `{"app":"1","channel":"presence-room","user":"u1","shard":0,"joined":true,"info":{...}}`.
+
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
@@ -233,8 +237,15 @@ pub struct RosterChange {
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Control {
     /// "I am alive." `nonce` is random per process: it tells a node's own heartbeat apart from
-    /// another node's that drew the same id.
-    Heartbeat { node: u32, nonce: u64 },
+    /// another node's that drew the same id. `connections`: the node's sessions of each app
+    /// with a quota, by app id, so every node enforces the quota for the whole cluster; absent
+    /// when no app has one (and from nodes that predate it).
+    Heartbeat {
+        node: u32,
+        nonce: u64,
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        connections: BTreeMap<String, u64>,
+    },
     /// Sent by `node`; answered on `node_channel(prefix, node)`.
     Query { node: u32, id: u64, query: Query },
     /// `node`'s share of the answer to query `id`: subscription counts by channel.
@@ -354,6 +365,7 @@ mod tests {
         let heartbeat = Control::Heartbeat {
             node: 9,
             nonce: u64::MAX,
+            connections: BTreeMap::new(),
         };
         assert_eq!(
             heartbeat.encode(),
@@ -418,12 +430,43 @@ mod tests {
             app: "1".into(),
             user: "u1".into(),
         };
-        for message in [heartbeat, query, answer, roster, snapshot, sync, terminate] {
+        let counted = Control::Heartbeat {
+            node: 9,
+            nonce: 1,
+            connections: BTreeMap::from([("2".into(), 3), ("10".into(), 0)]),
+        };
+        assert_eq!(
+            counted.encode(),
+            r#"{"type":"heartbeat","node":9,"nonce":1,"connections":{"10":0,"2":3}}"#
+        );
+        let messages = [
+            heartbeat, counted, query, answer, roster, snapshot, sync, terminate,
+        ];
+        for message in messages {
             assert_eq!(
                 Control::decode(message.encode().as_bytes()).unwrap(),
                 message
             );
         }
         assert!(Control::decode(br#"{"type":"reboot"}"#).is_err());
+    }
+
+    #[test]
+    fn a_heartbeat_without_connections_reads_as_none() {
+        // As nodes that predate quotas across the cluster send it.
+        let old = br#"{"type":"heartbeat","node":9,"nonce":1}"#;
+        assert_eq!(
+            Control::decode(old).unwrap(),
+            Control::Heartbeat {
+                node: 9,
+                nonce: 1,
+                connections: BTreeMap::new(),
+            }
+        );
+        let negative = br#"{"type":"heartbeat","node":9,"nonce":1,"connections":{"2":-1}}"#;
+        assert!(
+            Control::decode(negative).is_err(),
+            "counts are not negative"
+        );
     }
 }

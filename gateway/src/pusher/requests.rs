@@ -53,7 +53,7 @@ fn subscription_error(kind: &'static str, status: u16) -> Answer {
 pub struct Occupancy<F: Fn(usize) -> i64> {
     /// Whether the node holds its maximum of WebSocket sessions.
     pub node_full: bool,
-    /// An app's sessions on the node, by app index.
+    /// An app's sessions, by app index: on the node, plus on the other nodes of a cluster.
     pub app_sessions: F,
 }
 

@@ -64,7 +64,7 @@ pub async fn upgrade(
     let node = &shard.node;
     let occupancy = Occupancy {
         node_full: node.connections() >= node.max_connections as i64,
-        app_sessions: |app| node.app_connections(app),
+        app_sessions: |app| node.cluster_app_connections(app),
     };
     let checked = requests::connection(
         &node.config,

@@ -4,12 +4,10 @@
 
 use std::time::{Duration, Instant};
 
-use crate::common::{wait_until, Client, Ended, Gateway};
+use crate::common::{wait_until, Client, Gateway};
 use gateway::channels::counts;
 use gateway::protocol::signature;
 use serde_json::{json, Value};
-use tungstenite::client::IntoClientRequest;
-use tungstenite::Message;
 
 fn config() -> Value {
     json!({"apps": [
@@ -19,40 +17,6 @@ fn config() -> Value {
         {"id": "3", "key": "key-three", "secret": "secret-three",
          "allowed_origins": ["https://good.example", "https://*.good.example"]},
     ]})
-}
-
-/// Opens a WebSocket to an app, with an Origin header when given; returns the socket.
-fn connect(
-    gateway: &Gateway,
-    key: &str,
-    origin: Option<&str>,
-) -> tungstenite::WebSocket<tungstenite::stream::MaybeTlsStream<std::net::TcpStream>> {
-    let mut request = gateway.url(key).into_client_request().unwrap();
-    if let Some(origin) = origin {
-        request
-            .headers_mut()
-            .insert("Origin", origin.parse().unwrap());
-    }
-    tungstenite::connect(request).expect("websocket connects").0
-}
-
-/// Expects a connection refused with `pusher:error` and this close code.
-fn refused_with(gateway: &Gateway, key: &str, origin: Option<&str>, code: u16) {
-    let mut socket = connect(gateway, key, origin);
-    let error = match socket.read().unwrap() {
-        Message::Text(text) => serde_json::from_str::<Value>(&text).unwrap(),
-        other => panic!("expected pusher:error, got {other:?}"),
-    };
-    assert_eq!(
-        (error["event"].as_str(), error["data"]["code"].as_u64()),
-        (Some("pusher:error"), Some(u64::from(code))),
-        "{error}"
-    );
-    let mut client = Client {
-        socket,
-        socket_id: String::new(),
-    };
-    assert_eq!(client.wait_close(), Ended::Closed(Some(code)));
 }
 
 /// Subscribes a client of app 2 to a private channel, signed with app 2's secret.
@@ -67,7 +31,7 @@ fn each_app_has_its_own_quota_and_origins() {
     let gateway = Gateway::start_with_config(&config(), &["--shards", "2"]);
     let first = gateway.client_for("key-two");
     let _second = gateway.client_for("key-two");
-    refused_with(&gateway, "key-two", None, 4004);
+    gateway.refused_with("key-two", None, 4004);
     assert_eq!(
         gateway.metric("gateway_rejected_total{reason=\"app_over_quota\"}"),
         1.0
@@ -79,24 +43,19 @@ fn each_app_has_its_own_quota_and_origins() {
         <= 2.0));
     let _third = gateway.client_for("key-two");
 
-    refused_with(&gateway, "key-three", None, 4009);
-    refused_with(&gateway, "key-three", Some("https://evil.example"), 4009);
-    refused_with(
-        &gateway,
-        "key-three",
-        Some("https://good.example.evil"),
-        4009,
-    );
+    gateway.refused_with("key-three", None, 4009);
+    gateway.refused_with("key-three", Some("https://evil.example"), 4009);
+    gateway.refused_with("key-three", Some("https://good.example.evil"), 4009);
     assert_eq!(
         gateway.metric("gateway_rejected_total{reason=\"origin_not_allowed\"}"),
         3.0
     );
     for origin in ["https://good.example", "https://app.good.example"] {
-        let socket = connect(&gateway, "key-three", Some(origin));
+        let socket = gateway.socket_for("key-three", Some(origin));
         let client = Client::established(socket);
         assert!(!client.socket_id.is_empty(), "{origin}");
     }
-    refused_with(&gateway, "no-such-key", None, 4001);
+    gateway.refused_with("no-such-key", None, 4001);
 }
 
 #[test]

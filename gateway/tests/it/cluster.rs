@@ -11,7 +11,12 @@ use serde_json::{json, Value};
 
 /// Starts `n` nodes and waits until each hears the others' heartbeats.
 fn cluster(redis: &Redis, n: usize) -> Vec<Gateway> {
-    let nodes: Vec<Gateway> = (0..n).map(|_| redis.gateway()).collect();
+    all_heard((0..n).map(|_| redis.gateway()).collect())
+}
+
+/// Waits until each node hears the others' heartbeats.
+fn all_heard(nodes: Vec<Gateway>) -> Vec<Gateway> {
+    let n = nodes.len();
     for node in &nodes {
         assert!(
             wait_until(Duration::from_secs(5), || node
@@ -334,4 +339,53 @@ fn sequential_publishes_through_one_node_keep_their_order_on_every_node() {
             .collect();
         assert_eq!(data, expected, "subscriber {index} (node {})", index / 2);
     }
+}
+
+/// Waits until `node` counts `expected` connections of app 2 on the other nodes against the
+/// app's quota; returns how long that took.
+fn wait_peer_connections(node: &Gateway, expected: f64) -> Duration {
+    let start = Instant::now();
+    let counted = || node.metric("gateway_cluster_app_connections{app=\"2\"}");
+    assert!(
+        wait_until(Duration::from_secs(5), || counted() == expected),
+        "{expected} counted on the other nodes (now {})",
+        counted()
+    );
+    start.elapsed()
+}
+
+#[test]
+fn an_apps_connection_quota_holds_across_the_cluster() {
+    let redis = Redis::start();
+    let config = json!({"apps": [
+        {"id": "1", "key": "app-key", "secret": "app-secret"},
+        {"id": "2", "key": "key-two", "secret": "secret-two", "max_connections": 4},
+    ]});
+    let nodes = all_heard(vec![
+        redis.gateway_with_config(&config),
+        redis.gateway_with_config(&config),
+    ]);
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let on_a: Vec<Client> = (0..3).map(|_| a.client_for("key-two")).collect();
+    // At most a heartbeat interval plus the trip through Redis (and the polling).
+    let counted = wait_peer_connections(b, 3.0);
+    eprintln!("B counted A's connections {counted:?} after they opened");
+
+    let _on_b = b.client_for("key-two");
+    b.refused_with("key-two", None, 4004);
+    assert_eq!(
+        b.metric("gateway_rejected_total{reason=\"app_over_quota\"}"),
+        1.0
+    );
+    wait_peer_connections(a, 1.0);
+    a.refused_with("key-two", None, 4004);
+    let _unlimited: Vec<Client> = (0..5).map(|_| b.client()).collect();
+
+    for client in on_a {
+        client.close();
+    }
+    let freed = wait_peer_connections(b, 0.0);
+    eprintln!("B saw A's connections go {freed:?} after they closed");
+    let _room: Vec<Client> = (0..3).map(|_| b.client_for("key-two")).collect();
+    b.refused_with("key-two", None, 4004);
 }

@@ -1,5 +1,6 @@
-//! Figures for the README, not a check: what a Redis hop adds to fanout latency, and how many
-//! publishes per second one node pushes through Redis. Bounded and loopback only. Run on demand:
+//! Figures for the README, not a check: what a Redis hop adds to fanout latency, how many
+//! publishes per second one node pushes through Redis, and how far a burst of connections passes
+//! an app's quota. Bounded and loopback only. Run on demand:
 //!
 //! ```sh
 //! cargo test --release -p gateway --test it cluster_bench -- --ignored --nocapture
@@ -11,8 +12,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::common::redis::Redis;
-use crate::common::{now_secs, signed_request, Client, Gateway, APP_ID};
-use serde_json::json;
+use crate::common::{now_secs, signed_request, wait_until, Client, Gateway, APP_ID};
+use serde_json::{json, Value};
 
 /// Events timed one by one for the latency figures.
 const LATENCY_EVENTS: usize = 2000;
@@ -22,6 +23,9 @@ const LATENCY_GAP: Duration = Duration::from_millis(1);
 const FLOOD_EVENTS: usize = 100_000;
 /// Connections publishing the flood, each sending batches of 10 events.
 const FLOOD_PUBLISHERS: usize = 2;
+
+/// App 2's `max_connections` in the burst measurement.
+const QUOTA: usize = 100;
 
 /// An HTTP API connection kept open across requests.
 struct Publisher {
@@ -203,4 +207,61 @@ fn throughput(redis: &Redis, a: &Gateway, b: &Gateway) {
         FLOOD_EVENTS as f64 / published.as_secs_f64(),
         received as f64 / through.as_secs_f64()
     );
+}
+
+#[test]
+#[ignore = "a measurement for the README; run with --ignored --nocapture"]
+fn quota_overshoot_during_a_burst() {
+    let redis = Redis::start();
+    println!("two nodes each asked for {QUOTA} connections of an app whose quota is {QUOTA}:");
+    for rate in [0, 100, 50, 20] {
+        let (on_a, on_b) = admitted(&redis, rate);
+        let pace = match rate {
+            0 => "as fast as they open".to_string(),
+            rate => format!("{rate}/s on each node"),
+        };
+        let over = (on_a + on_b).saturating_sub(QUOTA);
+        println!("  {pace}: admitted {on_a} + {on_b}, {over} over the quota");
+    }
+}
+
+/// Asks each of two fresh nodes for `QUOTA` connections of app 2 at `rate` per second (0: one
+/// after the other, as fast as they open); returns how many each admitted.
+fn admitted(redis: &Redis, rate: u32) -> (usize, usize) {
+    let config = json!({"apps": [
+        {"id": "1", "key": "app-key", "secret": "app-secret"},
+        {"id": "2", "key": "key-two", "secret": "secret-two", "max_connections": QUOTA},
+    ]});
+    let nodes = [(); 2].map(|()| redis.gateway_with_config(&config));
+    for node in &nodes {
+        let heard = || node.metric("gateway_cluster_nodes") == 1.0;
+        assert!(wait_until(Duration::from_secs(5), heard));
+    }
+    let pace = Duration::from_secs(1).checked_div(rate).unwrap_or_default();
+    let openers = nodes.map(|node| {
+        thread::spawn(move || {
+            let start = Instant::now();
+            let mut held = Vec::new();
+            for attempt in 0..QUOTA as u32 {
+                thread::sleep((start + pace * attempt).saturating_duration_since(Instant::now()));
+                held.extend(try_open(&node));
+            }
+            (node, held)
+        })
+    });
+    let [a, b] = openers.map(|opener| opener.join().unwrap());
+    (a.1.len(), b.1.len())
+}
+
+/// A connection to app 2, or `None` when the gateway refuses it.
+fn try_open(gateway: &Gateway) -> Option<Client> {
+    let (mut socket, _) = tungstenite::connect(gateway.url("key-two")).ok()?;
+    let tungstenite::Message::Text(text) = socket.read().ok()? else {
+        return None;
+    };
+    let first: Value = serde_json::from_str(&text).ok()?;
+    (first["event"] == "pusher:connection_established").then_some(Client {
+        socket,
+        socket_id: String::new(),
+    })
 }

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use gateway::protocol::signature;
 use serde_json::{json, Value};
+use tungstenite::client::IntoClientRequest;
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::stream::MaybeTlsStream;
 use tungstenite::{Message, WebSocket};
@@ -176,6 +177,40 @@ impl Gateway {
     pub fn client_for(&self, key: &str) -> Client {
         let (socket, _) = tungstenite::connect(self.url(key)).expect("websocket connects");
         Client::established(socket)
+    }
+
+    /// Opens a WebSocket to an app, with an Origin header when given; returns the socket.
+    pub fn socket_for(
+        &self,
+        key: &str,
+        origin: Option<&str>,
+    ) -> WebSocket<MaybeTlsStream<TcpStream>> {
+        let mut request = self.url(key).into_client_request().unwrap();
+        if let Some(origin) = origin {
+            request
+                .headers_mut()
+                .insert("Origin", origin.parse().unwrap());
+        }
+        tungstenite::connect(request).expect("websocket connects").0
+    }
+
+    /// Expects a connection refused with `pusher:error` and this close code.
+    pub fn refused_with(&self, key: &str, origin: Option<&str>, code: u16) {
+        let mut socket = self.socket_for(key, origin);
+        let error = match socket.read().unwrap() {
+            Message::Text(text) => serde_json::from_str::<Value>(&text).unwrap(),
+            other => panic!("expected pusher:error, got {other:?}"),
+        };
+        assert_eq!(
+            (error["event"].as_str(), error["data"]["code"].as_u64()),
+            (Some("pusher:error"), Some(u64::from(code))),
+            "{error}"
+        );
+        let mut client = Client {
+            socket,
+            socket_id: String::new(),
+        };
+        assert_eq!(client.wait_close(), Ended::Closed(Some(code)));
     }
 
     /// Clients of the default app, one on each of `shards` shards (the kernel picks the shard of
