@@ -342,7 +342,8 @@ pub struct Config {
     /// HTTP API requests per second of each app, node-wide (more answer 429); 0 means no limit.
     #[arg(long, env = "GATEWAY_API_REQUEST_RATE", default_value_t = 0)]
     pub api_request_rate: u32,
-    /// Redis to cluster through (`redis://host:port/`); none or empty means a single node.
+    /// Redis to cluster through: one server (`redis://host:port/`) or a Redis Cluster's seed
+    /// nodes (`redis-cluster://host:port,host:port/`); none or empty means a single node.
     #[arg(long, env = "GATEWAY_REDIS_URL")]
     pub redis_url: Option<String>,
     /// Start of every Redis channel name this cluster uses, so clusters can share a Redis.
@@ -819,14 +820,14 @@ fn check_app(i: usize, app: &App) -> Result<(), String> {
 /// Only plain TCP and Unix sockets: TLS to Redis is not built in.
 fn check_redis_url(url: &str) -> Result<(), ConfigError> {
     let scheme = url.split_once("://").map_or("", |(scheme, _)| scheme);
-    if !matches!(scheme, "redis" | "unix" | "redis+unix") {
+    if !matches!(scheme, "redis" | "unix" | "redis+unix" | "redis-cluster") {
         return Err(invalid(
             "redis_url",
             url,
-            "expected redis://host:port/ (or unix:///path)",
+            "expected redis://host:port/ (or unix:///path), or redis-cluster://host:port,host:port/",
         ));
     }
-    redis::IntoConnectionInfo::into_connection_info(url)
+    crate::cluster::link::Target::from_url(url)
         .map(|_| ())
         .map_err(|e| invalid("redis_url", url, e))
 }

@@ -198,14 +198,14 @@ impl Node {
     }
 
     /// The /health body: status, uptime, open connections and the cluster's state. `status`
-    /// says whether this process works (liveness); a Redis outage shows only in `cluster`
-    /// ("degraded"), because the node still serves its own clients and restarting it would not
+    /// says whether this process works (liveness); a Redis outage, or a Redis Cluster master
+    /// whose slots no live server holds, shows only in `cluster` ("degraded"), because the node still serves its own clients and restarting it would not
     /// bring Redis back.
     pub fn health(&self) -> String {
         let status = if self.is_draining() { "draining" } else { "ok" };
         let cluster = match &self.cluster {
             None => "off",
-            Some(link) if link.stats.is_up() => "ok",
+            Some(link) if link.stats.is_whole() => "ok",
             Some(_) => "degraded",
         };
         serde_json::json!({

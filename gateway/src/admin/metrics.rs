@@ -171,6 +171,51 @@ fn render_cluster(out: &mut String, stats: &ClusterStats) {
         ],
         (lag(&stats.lag_sum_micros), stats.lag_count.load(Relaxed)),
     );
+    render_redis_shards(out, stats);
+}
+
+/// A Redis Cluster's masters: whether this node's subscriber connection to each is up, and the
+/// channels it holds there; and the channels no live master holds.
+fn render_redis_shards(out: &mut String, stats: &ClusterStats) {
+    single(
+        out,
+        "gateway_redis_unplaced_subscriptions",
+        "gauge",
+        "Redis channels this node wants that no live Redis Cluster master holds now (a failover in progress).",
+        stats.unplaced.load(Relaxed),
+    );
+    let shards = stats.redis_shards.load();
+    if shards.is_empty() {
+        return;
+    }
+    header(
+        out,
+        "gateway_redis_shard_up",
+        "gauge",
+        "1 while this node's subscriber connection to a Redis Cluster master is up.",
+    );
+    for shard in shards.iter() {
+        let up = u8::from(shard.up);
+        let _ = writeln!(
+            out,
+            "gateway_redis_shard_up{{shard=\"{}\"}} {up}",
+            shard.addr
+        );
+    }
+    header(
+        out,
+        "gateway_redis_shard_subscriptions",
+        "gauge",
+        "Redis channels this node holds on each Redis Cluster master.",
+    );
+    for shard in shards.iter() {
+        let count = shard.subscriptions;
+        let _ = writeln!(
+            out,
+            "gateway_redis_shard_subscriptions{{shard=\"{}\"}} {count}",
+            shard.addr
+        );
+    }
 }
 
 /// The other nodes' sessions of each app with a quota, as this node counts them against it.

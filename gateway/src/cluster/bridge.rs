@@ -25,14 +25,15 @@ use futures_channel::oneshot;
 use futures_util::future::LocalBoxFuture;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use hdrhistogram::Histogram;
-use redis::aio::{MultiplexedConnection, PubSubSink, PubSubStream};
 use serde_json::Value;
 
 use super::backoff::Backoff;
 use super::interest::{Change, Interest};
+use super::link::{Publisher, Subscriber, Target};
 use super::nodes::{self, Heard, NodeTable};
 use super::queries::{Done, Pending};
 use super::rosters::Rosters;
+use super::sharded::Message;
 use super::wire::{self, Control, Envelope, Query, RosterChange};
 use super::{BridgeMessage, ClusterStats, Counts};
 use crate::admin::stats::{self, PublishFailure};
@@ -53,6 +54,10 @@ pub const QUERY_DEADLINE: Duration = Duration::from_secs(1);
 const RECENT: Duration = Duration::from_millis(2500);
 /// Our own heartbeat must come back through Redis within this, or the session is stuck.
 const ECHO_TIMEOUT: Duration = Duration::from_secs(3);
+/// The same on a Redis Cluster, where the master of the control channel may be replaced
+/// meanwhile: its replica takes over after `cluster-node-timeout` and an election, and the
+/// subscriber follows it on its own. Only a longer silence ends the session.
+const CLUSTER_ECHO_TIMEOUT: Duration = Duration::from_secs(15);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Longest wait for Redis to answer one command (publish pipelines, subscribe).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
@@ -107,8 +112,8 @@ type InFlight = FuturesUnordered<LocalBoxFuture<'static, Work>>;
 
 /// What one batch of the shards' messages leaves to send once it has been read.
 struct Outgoing {
-    /// Broadcasts to publish, `queued` of them.
-    pipe: redis::Pipeline,
+    /// Broadcasts to publish (Redis channel, envelope), `queued` of them.
+    publishes: Vec<(String, Vec<u8>)>,
     queued: u64,
     /// The last wanted state of each Redis channel whose interest changed in the batch.
     changes: HashMap<String, bool>,
@@ -118,7 +123,7 @@ struct Outgoing {
 /// Subscribes to the Redis channels a batch came to need and unsubscribes from those it no
 /// longer needs.
 async fn follow_interest(
-    sink: &mut PubSubSink,
+    subscriber: &mut Subscriber,
     changes: HashMap<String, bool>,
 ) -> Result<(), SessionEnd> {
     let (subscribe, unsubscribe): (Vec<_>, Vec<_>) =
@@ -127,10 +132,10 @@ async fn follow_interest(
         |list: Vec<(String, bool)>| list.into_iter().map(|(name, _)| name).collect::<Vec<_>>();
     let (subscribe, unsubscribe) = (names(subscribe), names(unsubscribe));
     if !subscribe.is_empty() {
-        within(REQUEST_TIMEOUT, sink.subscribe(&subscribe)).await?;
+        within(REQUEST_TIMEOUT, subscriber.subscribe(&subscribe)).await?;
     }
     if !unsubscribe.is_empty() {
-        within(REQUEST_TIMEOUT, sink.unsubscribe(&unsubscribe)).await?;
+        within(REQUEST_TIMEOUT, subscriber.unsubscribe(&unsubscribe)).await?;
     }
     Ok(())
 }
@@ -155,7 +160,7 @@ pub fn run(
     inbox: Inbox<BridgeMessage>,
 ) -> Result<(), BridgeError> {
     let url = node.config.redis_url.clone().unwrap_or_default();
-    let client = redis::Client::open(url.as_str())?;
+    let client = Target::from_url(&url)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -169,7 +174,7 @@ struct Bridge {
     stats: Arc<ClusterStats>,
     inbox: Inbox<BridgeMessage>,
     batch: Vec<BridgeMessage>,
-    client: redis::Client,
+    client: Target,
     prefix: String,
     control: String,
     own_channel: String,
@@ -203,45 +208,23 @@ async fn within<T>(
     }
 }
 
-async fn connect(
-    client: redis::Client,
-) -> Result<(MultiplexedConnection, PubSubSink, PubSubStream), SessionEnd> {
-    let config = redis::AsyncConnectionConfig::new()
-        .set_connection_timeout(Some(CONNECT_TIMEOUT))
-        .set_response_timeout(Some(REQUEST_TIMEOUT));
-    let publisher = client
-        .get_multiplexed_async_connection_with_config(&config)
-        .await?;
-    let (sink, stream) = within(CONNECT_TIMEOUT, client.get_async_pubsub())
-        .await?
-        .split();
-    Ok((publisher, sink, stream))
+async fn connect(target: Target) -> Result<(Publisher, Subscriber), SessionEnd> {
+    Ok(target.connect(CONNECT_TIMEOUT, REQUEST_TIMEOUT).await?)
 }
 
-fn publish(
-    conn: &MultiplexedConnection,
-    channel: String,
-    message: String,
-) -> LocalBoxFuture<'static, Work> {
-    let mut conn = conn.clone();
-    Box::pin(async move {
-        let result = redis::cmd("PUBLISH")
-            .arg(channel)
-            .arg(message)
-            .query_async::<()>(&mut conn)
-            .await;
-        Work::Sent(result)
-    })
+fn publish(conn: &Publisher, channel: String, message: String) -> LocalBoxFuture<'static, Work> {
+    let sent = conn.publish(channel, message.into_bytes());
+    Box::pin(async move { Work::Sent(sent.await) })
 }
 
 fn send_pipeline(
-    conn: &MultiplexedConnection,
-    pipe: redis::Pipeline,
+    conn: &Publisher,
+    publishes: Vec<(String, Vec<u8>)>,
     count: u64,
 ) -> LocalBoxFuture<'static, Work> {
-    let mut conn = conn.clone();
+    let sent = conn.publish_all(publishes);
     Box::pin(async move {
-        let result = pipe.query_async::<()>(&mut conn).await;
+        let result = sent.await;
         Work::Published { count, result }
     })
 }
@@ -268,7 +251,7 @@ async fn local_counts(node: &Node, query: &Query) -> Vec<(String, u64)> {
 
 fn answer(
     node: Arc<Node>,
-    conn: &MultiplexedConnection,
+    conn: &Publisher,
     to: String,
     id: u64,
     query: Query,
@@ -290,7 +273,7 @@ impl Bridge {
         node: Arc<Node>,
         stats: Arc<ClusterStats>,
         inbox: Inbox<BridgeMessage>,
-        client: redis::Client,
+        client: Target,
     ) -> Bridge {
         let prefix = node.config.redis_prefix.clone();
         let nonce = fastrand::u64(..);
@@ -322,9 +305,9 @@ impl Bridge {
         let mut failing = false;
         loop {
             let end = match self.offline_until(connect(self.client.clone())).await {
-                Ok((publisher, sink, stream)) => {
+                Ok((publisher, subscriber)) => {
                     failing = false;
-                    self.online(publisher, sink, stream, &mut backoff).await
+                    self.online(publisher, subscriber, &mut backoff).await
                 }
                 Err(end) => end,
             };
@@ -493,7 +476,7 @@ impl Bridge {
     }
 
     /// Publishes every roster entry this node holds, in parts.
-    fn publish_snapshot(&self, publisher: &MultiplexedConnection, in_flight: &mut InFlight) {
+    fn publish_snapshot(&self, publisher: &Publisher, in_flight: &mut InFlight) {
         let entries = self.rosters.held(self.node.id);
         let parts: Vec<&[RosterChange]> = if entries.is_empty() {
             vec![&[]]
@@ -519,9 +502,8 @@ impl Bridge {
 
     async fn online(
         &mut self,
-        publisher: MultiplexedConnection,
-        mut sink: PubSubSink,
-        mut stream: PubSubStream,
+        publisher: Publisher,
+        mut subscriber: Subscriber,
         backoff: &mut Backoff,
     ) -> SessionEnd {
         let mut names = vec![self.control.clone(), self.own_channel.clone()];
@@ -531,7 +513,7 @@ impl Bridge {
                 .map(|(app, channel)| self.data_channel(app, channel)),
         );
         for chunk in names.chunks(SUBSCRIBE_CHUNK) {
-            if let Err(end) = within(REQUEST_TIMEOUT, sink.subscribe(chunk)).await {
+            if let Err(end) = within(REQUEST_TIMEOUT, subscriber.subscribe(chunk)).await {
                 return end;
             }
         }
@@ -555,19 +537,21 @@ impl Bridge {
         loop {
             let outcome = tokio::select! {
                 () = self.inbox.next_batch(&mut self.batch), if in_flight.len() < MAX_IN_FLIGHT => {
-                    self.handle_online(&publisher, &mut sink, &mut in_flight).await
+                    self.handle_online(&publisher, &mut subscriber, &mut in_flight).await
                 }
-                message = stream.next() => match message {
-                    Some(message) => {
+                message = subscriber.next() => match message {
+                    Ok(Some(message)) => {
                         self.on_message(&message, &publisher, &mut in_flight);
                         Ok(())
                     }
-                    None => Err(SessionEnd::Closed),
+                    Ok(None) => Err(SessionEnd::Closed),
+                    Err(error) => Err(SessionEnd::Redis(error)),
                 },
                 Some(work) = in_flight.next(), if !in_flight.is_empty() => self.finished(work),
                 _ = tick.tick() => {
                     let now = Instant::now();
                     self.tick(now);
+                    self.share_redis_shards(&subscriber);
                     self.tick_online(&publisher, &mut in_flight, now)
                 }
             };
@@ -577,14 +561,29 @@ impl Bridge {
         }
     }
 
+    /// Hands /metrics and /health what the subscriptions see of the Redis servers.
+    fn share_redis_shards(&self, subscriber: &Subscriber) {
+        self.stats
+            .unplaced
+            .store(subscriber.unplaced() as u64, Relaxed);
+        let shards = subscriber.redis_shards();
+        if **self.stats.redis_shards.load() != shards {
+            self.stats.redis_shards.store(Arc::new(shards));
+        }
+    }
+
     fn tick_online(
         &mut self,
-        publisher: &MultiplexedConnection,
+        publisher: &Publisher,
         in_flight: &mut InFlight,
         now: Instant,
     ) -> Result<(), SessionEnd> {
-        if now.saturating_duration_since(self.last_echo) > ECHO_TIMEOUT {
-            return Err(SessionEnd::Stalled(ECHO_TIMEOUT));
+        let echo_timeout = match self.client.is_cluster() {
+            true => CLUSTER_ECHO_TIMEOUT,
+            false => ECHO_TIMEOUT,
+        };
+        if now.saturating_duration_since(self.last_echo) > echo_timeout {
+            return Err(SessionEnd::Stalled(echo_timeout));
         }
         if now.saturating_duration_since(self.last_heartbeat) >= HEARTBEAT_INTERVAL {
             self.heartbeat(publisher, in_flight, now);
@@ -592,12 +591,7 @@ impl Bridge {
         Ok(())
     }
 
-    fn heartbeat(
-        &mut self,
-        publisher: &MultiplexedConnection,
-        in_flight: &mut InFlight,
-        now: Instant,
-    ) {
+    fn heartbeat(&mut self, publisher: &Publisher, in_flight: &mut InFlight, now: Instant) {
         self.last_heartbeat = now;
         let node = &self.node;
         let message = Control::Heartbeat {
@@ -635,7 +629,10 @@ impl Bridge {
             Work::Sent(Ok(())) => return Ok(()),
             Work::Sent(Err(error)) => error,
         };
-        if error.is_unrecoverable_error() || error.is_connection_dropped() {
+        // A cluster's client reconnects and follows slots on its own: a master that died fails
+        // the publishes sent to it (counted), not the session.
+        let ends = error.is_unrecoverable_error() || error.is_connection_dropped();
+        if ends && !self.client.is_cluster() {
             return Err(SessionEnd::Redis(error));
         }
         tracing::debug!(%error, "redis refused a command");
@@ -644,13 +641,13 @@ impl Bridge {
 
     async fn handle_online(
         &mut self,
-        publisher: &MultiplexedConnection,
-        sink: &mut PubSubSink,
+        publisher: &Publisher,
+        subscriber: &mut Subscriber,
         in_flight: &mut InFlight,
     ) -> Result<(), SessionEnd> {
         let mut batch = std::mem::take(&mut self.batch);
         let mut outgoing = Outgoing {
-            pipe: redis::pipe(),
+            publishes: Vec::new(),
             queued: 0,
             changes: HashMap::new(),
             roster: Vec::new(),
@@ -667,9 +664,9 @@ impl Bridge {
             in_flight.push(publish(publisher, self.control.clone(), message.encode()));
         }
         if outgoing.queued > 0 {
-            self.send(publisher, in_flight, outgoing.pipe, outgoing.queued);
+            self.send(publisher, in_flight, outgoing.publishes, outgoing.queued);
         }
-        follow_interest(sink, outgoing.changes).await?;
+        follow_interest(subscriber, outgoing.changes).await?;
         self.stats
             .subscriptions
             .store(self.interest.len() as u64, Relaxed);
@@ -681,17 +678,17 @@ impl Bridge {
         &mut self,
         message: BridgeMessage,
         outgoing: &mut Outgoing,
-        publisher: &MultiplexedConnection,
+        publisher: &Publisher,
         in_flight: &mut InFlight,
     ) {
         match message {
             BridgeMessage::Publish(broadcast) => {
-                if self.queue_publish(&mut outgoing.pipe, &broadcast) {
+                if self.queue_publish(&mut outgoing.publishes, &broadcast) {
                     outgoing.queued += 1;
                 }
                 if outgoing.queued == PIPELINE_MAX {
-                    let pipe = std::mem::replace(&mut outgoing.pipe, redis::pipe());
-                    self.send(publisher, in_flight, pipe, outgoing.queued);
+                    let publishes = std::mem::take(&mut outgoing.publishes);
+                    self.send(publisher, in_flight, publishes, outgoing.queued);
                     outgoing.queued = 0;
                 }
             }
@@ -731,8 +728,8 @@ impl Bridge {
         }
     }
 
-    /// Adds one broadcast to a pipeline; false (and counted) when it cannot be encoded.
-    fn queue_publish(&self, pipe: &mut redis::Pipeline, broadcast: &Broadcast) -> bool {
+    /// Adds one broadcast to those to publish; false (and counted) when it cannot be encoded.
+    fn queue_publish(&self, publishes: &mut Vec<(String, Vec<u8>)>, broadcast: &Broadcast) -> bool {
         let Some(app) = self.node.config.apps.get(broadcast.app) else {
             return false;
         };
@@ -748,7 +745,7 @@ impl Bridge {
         match envelope.encode() {
             Ok(bytes) => {
                 let channel = wire::data_channel(&self.prefix, &app.id, &broadcast.channel);
-                pipe.cmd("PUBLISH").arg(channel).arg(bytes).ignore();
+                publishes.push((channel, bytes));
                 true
             }
             Err(error) => {
@@ -761,20 +758,20 @@ impl Bridge {
 
     fn send(
         &mut self,
-        publisher: &MultiplexedConnection,
+        publisher: &Publisher,
         in_flight: &mut InFlight,
-        pipe: redis::Pipeline,
+        publishes: Vec<(String, Vec<u8>)>,
         count: u64,
     ) {
         self.unconfirmed += count;
-        in_flight.push(send_pipeline(publisher, pipe, count));
+        in_flight.push(send_pipeline(publisher, publishes, count));
     }
 
     /// Asks the nodes heard from lately; the answer goes out when all have answered or at the
     /// deadline.
     fn ask(
         &mut self,
-        publisher: &MultiplexedConnection,
+        publisher: &Publisher,
         in_flight: &mut InFlight,
         query: Query,
         reply: oneshot::Sender<Counts>,
@@ -794,14 +791,8 @@ impl Bridge {
         }
     }
 
-    fn on_message(
-        &mut self,
-        message: &redis::Msg,
-        publisher: &MultiplexedConnection,
-        in_flight: &mut InFlight,
-    ) {
-        let channel = message.get_channel_name();
-        let payload = message.get_payload_bytes();
+    fn on_message(&mut self, message: &Message, publisher: &Publisher, in_flight: &mut InFlight) {
+        let (channel, payload) = (message.channel.as_str(), message.payload.as_slice());
         if channel == self.control || channel == self.own_channel {
             self.on_control(payload, publisher, in_flight);
         } else {
@@ -809,12 +800,7 @@ impl Bridge {
         }
     }
 
-    fn on_control(
-        &mut self,
-        payload: &[u8],
-        publisher: &MultiplexedConnection,
-        in_flight: &mut InFlight,
-    ) {
+    fn on_control(&mut self, payload: &[u8], publisher: &Publisher, in_flight: &mut InFlight) {
         let control = match Control::decode(payload) {
             Ok(control) => control,
             Err(error) => {

@@ -8,20 +8,25 @@
 //! What is pure lives in its own module with its tests: `wire` (Redis channel names, the
 //! broadcast envelope, control messages), `interest` (which shards hold which channels),
 //! `nodes` (heartbeats and expiry), `queries` (questions waiting on other nodes), `rosters`
-//! (presence members and signed-in users of every node) and `backoff`.
+//! (presence members and signed-in users of every node), `slots` (Redis Cluster's hash slots
+//! and which master holds which sharded subscription) and `backoff`.
 
 mod backoff;
 mod bridge;
 pub mod interest;
+pub mod link;
 pub mod nodes;
 pub mod queries;
 pub mod rosters;
+pub mod sharded;
+pub mod slots;
 pub mod wire;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use futures_channel::oneshot;
 
 use crate::admin::stats::{Labelled, PublishFailure};
@@ -80,6 +85,11 @@ pub struct ClusterStats {
     pub lag_p99_micros: AtomicU64,
     pub lag_count: AtomicU64,
     pub lag_sum_micros: AtomicU64,
+    /// Channels this node wants that no Redis server holds now (a master lost, its replica not
+    /// yet promoted): their broadcasts from other nodes are lost meanwhile.
+    pub unplaced: AtomicU64,
+    /// A Redis Cluster's masters as the bridge last saw them; empty with one server.
+    pub redis_shards: ArcSwap<Vec<link::RedisShard>>,
 }
 
 impl Default for ClusterStats {
@@ -100,6 +110,8 @@ impl Default for ClusterStats {
             lag_p99_micros: AtomicU64::new(0),
             lag_count: AtomicU64::new(0),
             lag_sum_micros: AtomicU64::new(0),
+            unplaced: AtomicU64::new(0),
+            redis_shards: ArcSwap::from_pointee(Vec::new()),
         }
     }
 }
@@ -108,6 +120,11 @@ impl ClusterStats {
     /// Connected to Redis and subscribed.
     pub fn is_up(&self) -> bool {
         self.up.load(Relaxed)
+    }
+
+    /// Connected, and every wanted channel held by a live server.
+    pub fn is_whole(&self) -> bool {
+        self.is_up() && self.unplaced.load(Relaxed) == 0
     }
 
     fn set_up(&self, up: bool) {

@@ -33,7 +33,11 @@ fn all_heard(nodes: Vec<Gateway>) -> Vec<Gateway> {
 /// among events published through one node. Two rounds: once every client has the first,
 /// every node has handed Redis what was published through it, so whatever Redis brings back
 /// for it (a second copy, a node's own echo) reaches the clients before the second round.
-fn received(nodes: &[&Gateway], clients: &mut [&mut Client], channel: &str) -> Vec<Vec<String>> {
+pub(crate) fn received(
+    nodes: &[&Gateway],
+    clients: &mut [&mut Client],
+    channel: &str,
+) -> Vec<Vec<String>> {
     let mut lines = vec![Vec::new(); clients.len()];
     for _round in 0..2 {
         let markers: Vec<Marker> = nodes.iter().map(|n| n.publish_marker(channel)).collect();
@@ -60,13 +64,13 @@ fn received(nodes: &[&Gateway], clients: &mut [&mut Client], channel: &str) -> V
     lines
 }
 
-fn lines(list: &[&str]) -> Vec<String> {
+pub(crate) fn lines(list: &[&str]) -> Vec<String> {
     let mut lines: Vec<String> = list.iter().map(|s| s.to_string()).collect();
     lines.sort();
     lines
 }
 
-fn subscribed(client: &mut Client, channel: &str) {
+pub(crate) fn subscribed(client: &mut Client, channel: &str) {
     assert_eq!(
         client.subscribe(channel)["event"],
         "pusher_internal:subscription_succeeded"

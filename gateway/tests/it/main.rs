@@ -19,6 +19,7 @@ mod presence;
 mod proxy;
 mod pusher_js;
 mod python_sdk;
+mod redis_cluster;
 mod tls;
 mod users;
 mod webhooks;

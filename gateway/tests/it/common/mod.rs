@@ -4,6 +4,7 @@ pub mod haproxy;
 pub mod net;
 pub mod raw;
 pub mod redis;
+pub mod redis_cluster;
 pub mod script;
 pub mod tls;
 pub mod webhooks;

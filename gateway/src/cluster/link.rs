@@ -1,0 +1,287 @@
+//! How the bridge reaches Redis: one server, with `PUBLISH` / `SUBSCRIBE`, or a Redis Cluster,
+//! with sharded pub/sub (`SPUBLISH` / `SSUBSCRIBE`) so that each message passes through the one
+//! master that owns its channel's slot and the cluster's pub/sub capacity grows with its
+//! masters. The bridge speaks to both through `Publisher` and `Subscriber` alike.
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use futures_util::future::{try_join_all, LocalBoxFuture};
+use futures_util::StreamExt;
+use redis::aio::{MultiplexedConnection, PubSubSink, PubSubStream};
+use redis::cluster::ClusterClient;
+use redis::cluster_async::ClusterConnection;
+
+use super::sharded::{Message, ShardedSubscriber};
+
+/// A `redis_url` naming a cluster's seed nodes: `redis-cluster://host:port,host:port/`.
+pub const CLUSTER_SCHEME: &str = "redis-cluster://";
+/// How long the cluster client waits for one node to connect or to answer: a publish to a
+/// master that has just died fails after this (and is counted) instead of holding the others.
+const NODE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Least time between two fresh cluster connections after failed publishes.
+const RECONNECT_GAP: Duration = Duration::from_secs(1);
+
+/// Where the bridge connects.
+#[derive(Clone)]
+pub enum Target {
+    Single(redis::Client),
+    /// The client that publishes, and the seed nodes (`host:port`) subscribers start from.
+    Cluster(Box<ClusterClient>, Vec<String>),
+}
+
+impl Target {
+    /// Reads `redis_url`: `redis://` or `unix://` for one server, `redis-cluster://` and a
+    /// comma-separated list of seed nodes for a cluster.
+    pub fn from_url(url: &str) -> redis::RedisResult<Target> {
+        let Some(seeds) = url.strip_prefix(CLUSTER_SCHEME) else {
+            return Ok(Target::Single(redis::Client::open(url)?));
+        };
+        let (seeds, path) = seeds.split_once('/').unwrap_or((seeds, ""));
+        let seeds: Vec<String> = (seeds.split(','))
+            .map(str::trim)
+            .filter(|seed| !seed.is_empty())
+            .map(str::to_owned)
+            .collect();
+        if seeds.is_empty() {
+            let error = (
+                redis::ErrorKind::InvalidClientConfig,
+                "no seed node in redis-cluster://",
+            );
+            return Err(error.into());
+        }
+        let urls = seeds.iter().map(|seed| format!("redis://{seed}/{path}"));
+        // No retries: a publish the crate sent again later, through another route, could
+        // arrive after the channel's next one. It fails instead, and is counted.
+        let client = ClusterClient::builder(urls.collect::<Vec<String>>())
+            .connection_timeout(NODE_TIMEOUT)
+            .response_timeout(NODE_TIMEOUT)
+            .retries(0)
+            .build()?;
+        Ok(Target::Cluster(Box::new(client), seeds))
+    }
+
+    pub fn is_cluster(&self) -> bool {
+        matches!(self, Target::Cluster(..))
+    }
+
+    /// Opens a session: a connection to publish on and one (per master) to subscribe with.
+    pub async fn connect(
+        &self,
+        connect_timeout: Duration,
+        response_timeout: Duration,
+    ) -> redis::RedisResult<(Publisher, Subscriber)> {
+        match self {
+            Target::Single(client) => {
+                let config = redis::AsyncConnectionConfig::new()
+                    .set_connection_timeout(Some(connect_timeout))
+                    .set_response_timeout(Some(response_timeout));
+                let publisher = client
+                    .get_multiplexed_async_connection_with_config(&config)
+                    .await?;
+                let pubsub = tokio::time::timeout(connect_timeout, client.get_async_pubsub())
+                    .await
+                    .map_err(|_| timed_out("pub/sub connection"))??;
+                let (sink, stream) = pubsub.split();
+                Ok((
+                    Publisher::Single(publisher),
+                    Subscriber::Single { sink, stream },
+                ))
+            }
+            Target::Cluster(client, seeds) => {
+                let connecting = client.get_async_connection();
+                let publisher = tokio::time::timeout(connect_timeout, connecting)
+                    .await
+                    .map_err(|_| timed_out("cluster connection"))??;
+                let subscriber = ShardedSubscriber::connect(seeds.clone()).await?;
+                let publisher = ClusterPublisher {
+                    client: (**client).clone(),
+                    conn: RefCell::new(publisher),
+                    renewed: Cell::new(Instant::now()),
+                };
+                Ok((
+                    Publisher::Cluster(Rc::new(publisher)),
+                    Subscriber::Cluster(Box::new(subscriber)),
+                ))
+            }
+        }
+    }
+}
+
+fn timed_out(what: &'static str) -> redis::RedisError {
+    (redis::ErrorKind::Io, "timed out opening a", what.to_owned()).into()
+}
+
+/// Publishes: `PUBLISH` to one server, `SPUBLISH` routed by slot on a cluster.
+#[derive(Clone)]
+pub enum Publisher {
+    Single(MultiplexedConnection),
+    Cluster(Rc<ClusterPublisher>),
+}
+
+/// The cluster client's connection, renewed after failures: the crate reconnects to a node it
+/// lost but keeps its slot map until a node answers MOVED, so a dead master's slots would stay
+/// routed to it after its replica took over. A fresh connection reads the slots anew.
+pub struct ClusterPublisher {
+    client: ClusterClient,
+    conn: RefCell<ClusterConnection>,
+    renewed: Cell<Instant>,
+}
+
+impl ClusterPublisher {
+    async fn renew(&self) {
+        if self.renewed.get().elapsed() < RECONNECT_GAP {
+            return;
+        }
+        self.renewed.set(Instant::now());
+        match self.client.get_async_connection().await {
+            Ok(conn) => *self.conn.borrow_mut() = conn,
+            Err(error) => tracing::debug!(%error, "redis cluster connection not renewed"),
+        }
+    }
+}
+
+impl Publisher {
+    fn command(&self) -> &'static str {
+        match self {
+            Publisher::Single(_) => "PUBLISH",
+            Publisher::Cluster(_) => "SPUBLISH",
+        }
+    }
+
+    /// Publishes one message.
+    pub fn publish(
+        &self,
+        channel: String,
+        message: Vec<u8>,
+    ) -> LocalBoxFuture<'static, redis::RedisResult<()>> {
+        self.publish_all(vec![(channel, message)])
+    }
+
+    /// Publishes messages in order: one pipeline to one server; on a cluster, each to its
+    /// channel's master at once (the order that matters is per channel, and one channel's
+    /// messages go through one master in the order sent).
+    pub fn publish_all(
+        &self,
+        messages: Vec<(String, Vec<u8>)>,
+    ) -> LocalBoxFuture<'static, redis::RedisResult<()>> {
+        let name = self.command();
+        match self.clone() {
+            Publisher::Single(mut conn) => Box::pin(async move {
+                let mut pipe = redis::pipe();
+                for (channel, message) in messages {
+                    pipe.cmd(name).arg(channel).arg(message).ignore();
+                }
+                pipe.query_async::<()>(&mut conn).await
+            }),
+            Publisher::Cluster(cluster) => Box::pin(async move {
+                let conn = cluster.conn.borrow().clone();
+                let sends = messages.into_iter().map(|(channel, message)| {
+                    let mut conn = conn.clone();
+                    async move {
+                        let mut command = redis::cmd(name);
+                        command.arg(channel).arg(message);
+                        command.query_async::<()>(&mut conn).await
+                    }
+                });
+                let sent = try_join_all(sends).await.map(|_| ());
+                if sent.is_err() {
+                    cluster.renew().await;
+                }
+                sent
+            }),
+        }
+    }
+}
+
+/// Subscriptions: one pub/sub connection to one server, or one per master of a cluster.
+pub enum Subscriber {
+    Single {
+        sink: PubSubSink,
+        stream: PubSubStream,
+    },
+    Cluster(Box<ShardedSubscriber>),
+}
+
+impl Subscriber {
+    pub async fn subscribe(&mut self, channels: &[String]) -> redis::RedisResult<()> {
+        match self {
+            Subscriber::Single { sink, .. } => sink.subscribe(channels).await,
+            Subscriber::Cluster(sharded) => {
+                sharded.subscribe(channels);
+                Ok(())
+            }
+        }
+    }
+
+    pub async fn unsubscribe(&mut self, channels: &[String]) -> redis::RedisResult<()> {
+        match self {
+            Subscriber::Single { sink, .. } => sink.unsubscribe(channels).await,
+            Subscriber::Cluster(sharded) => {
+                sharded.unsubscribe(channels);
+                Ok(())
+            }
+        }
+    }
+
+    /// The next message; `Ok(None)` when the connection has closed.
+    pub async fn next(&mut self) -> redis::RedisResult<Option<Message>> {
+        match self {
+            Subscriber::Single { stream, .. } => Ok(stream.next().await.map(|message| Message {
+                channel: message.get_channel_name().to_owned(),
+                payload: message.get_payload_bytes().to_vec(),
+            })),
+            Subscriber::Cluster(sharded) => Ok(Some(sharded.next().await)),
+        }
+    }
+
+    /// A cluster's masters as this node's subscriptions see them; none for one server.
+    pub fn redis_shards(&self) -> Vec<RedisShard> {
+        let Subscriber::Cluster(sharded) = self else {
+            return Vec::new();
+        };
+        let masters = sharded.masters().into_iter();
+        masters
+            .map(|(addr, up, subscriptions)| RedisShard {
+                addr,
+                up,
+                subscriptions,
+            })
+            .collect()
+    }
+
+    /// Wanted channels that no server holds now (a cluster's failover in progress).
+    pub fn unplaced(&self) -> usize {
+        match self {
+            Subscriber::Single { .. } => 0,
+            Subscriber::Cluster(sharded) => sharded.unplaced(),
+        }
+    }
+}
+
+/// One master of a Redis Cluster, for /metrics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisShard {
+    pub addr: String,
+    /// Whether this node's subscriber connection to it is up.
+    pub up: bool,
+    /// Redis channels this node holds on it.
+    pub subscriptions: usize,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_redis_url_names_one_server_or_a_clusters_seeds() {
+        assert!(!Target::from_url("redis://127.0.0.1:6379/")
+            .unwrap()
+            .is_cluster());
+        let cluster = Target::from_url("redis-cluster://127.0.0.1:7001, 127.0.0.1:7002/").unwrap();
+        assert!(cluster.is_cluster());
+        assert!(Target::from_url("redis-cluster://").is_err());
+        assert!(Target::from_url("redis-cluster://,/").is_err());
+    }
+}
