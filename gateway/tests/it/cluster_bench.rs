@@ -1,6 +1,7 @@
 //! Figures for the README, not a check: what a Redis hop adds to fanout latency, how many
-//! publishes per second one node pushes through Redis, and how far a burst of connections passes
-//! an app's quota. Bounded and loopback only. Run on demand:
+//! publishes per second one node pushes through one Redis and through a Redis Cluster (three
+//! masters, sharded pub/sub), and how far a burst of connections passes an app's quota. Bounded
+//! and loopback only. Run on demand:
 //!
 //! ```sh
 //! cargo test --release -p gateway --test it cluster_bench -- --ignored --nocapture
@@ -12,6 +13,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::common::redis::Redis;
+use crate::common::redis_cluster::RedisCluster;
 use crate::common::{now_secs, signed_request, wait_until, Client, Gateway, APP_ID};
 use serde_json::{json, Value};
 
@@ -23,6 +25,8 @@ const LATENCY_GAP: Duration = Duration::from_millis(1);
 const FLOOD_EVENTS: usize = 100_000;
 /// Connections publishing the flood, each sending batches of 10 events.
 const FLOOD_PUBLISHERS: usize = 2;
+/// Channels the flood is spread over, so that a Redis Cluster's masters share it.
+const FLOOD_CHANNELS: usize = 12;
 
 /// App 2's `max_connections` in the burst measurement.
 const QUOTA: usize = 100;
@@ -106,23 +110,39 @@ fn subscriber(gateway: &Gateway, channel: &str) -> Client {
     client
 }
 
+/// Waits until this many nodes subscribe to a Pusher channel's Redis channel.
+type WaitSubscribers<'a> = &'a dyn Fn(&str, u64);
+
 #[test]
 #[ignore = "a measurement for the README; run with --ignored --nocapture"]
 fn cross_node_latency_and_throughput() {
-    let redis = Redis::start();
-    let a = redis.gateway();
-    let b = redis.gateway();
-    latency(&redis, &a, &b);
-    throughput(&redis, &a, &b);
+    {
+        let redis = Redis::start();
+        let (a, b) = (redis.gateway(), redis.gateway());
+        println!("== one Redis");
+        let wait = |channel: &str, nodes: u64| redis.wait_subscribers(channel, nodes);
+        latency(&wait, &a, &b);
+        throughput(&wait, &a, &b);
+    }
+    let cluster = RedisCluster::start();
+    let (a, b) = (cluster.gateway(), cluster.gateway());
+    println!("== a Redis Cluster of 3 masters and 3 replicas (sharded pub/sub)");
+    let wait = |channel: &str, nodes: u64| {
+        let name = format!("gateway:1:{channel}");
+        let subscribed = || cluster.shard_subscribers(&name) == nodes;
+        assert!(wait_until(Duration::from_secs(10), subscribed), "{name}");
+    };
+    latency(&wait, &a, &b);
+    throughput(&wait, &a, &b);
 }
 
 /// Spaced publishes on A: how long each takes to reach a subscriber on A and one on B.
-fn latency(redis: &Redis, a: &Gateway, b: &Gateway) {
+fn latency(wait_subscribers: WaitSubscribers, a: &Gateway, b: &Gateway) {
     let path = format!("/apps/{APP_ID}/events");
 
     let on_a = subscriber(a, "timed");
     let on_b = subscriber(b, "timed");
-    redis.wait_subscribers("timed", 2);
+    wait_subscribers("timed", 2);
     let readers =
         [on_a, on_b].map(|client| thread::spawn(move || arrivals(client, LATENCY_EVENTS)));
     let mut publisher = Publisher::connect(a);
@@ -153,11 +173,16 @@ fn latency(redis: &Redis, a: &Gateway, b: &Gateway) {
     summary("  extra for B, per event", extra);
 }
 
-/// Batches from several connections to A as fast as it takes them: how many reach B, how fast.
-fn throughput(redis: &Redis, a: &Gateway, b: &Gateway) {
+/// Batches from several connections to A as fast as it takes them, over `FLOOD_CHANNELS`
+/// channels: how many reach B, how fast.
+fn throughput(wait_subscribers: WaitSubscribers, a: &Gateway, b: &Gateway) {
     let flood_reader = {
-        let client = subscriber(b, "flood");
-        redis.wait_subscribers("flood", 1);
+        let mut client = b.client();
+        for n in 0..FLOOD_CHANNELS {
+            let channel = format!("flood-{n}");
+            client.subscribe(&channel);
+            wait_subscribers(&channel, 1);
+        }
         thread::spawn(move || {
             let mut client = client;
             client.set_timeout(Duration::from_secs(3));
@@ -183,7 +208,10 @@ fn throughput(redis: &Redis, a: &Gateway, b: &Gateway) {
                 let per_publisher = FLOOD_EVENTS / FLOOD_PUBLISHERS;
                 for first in (0..per_publisher).step_by(10) {
                     let batch: Vec<_> = (first..first + 10)
-                        .map(|i| json!({"name": "f", "channel": "flood", "data": format!("{p}-{i}")}))
+                        .map(|i| {
+                            let channel = format!("flood-{}", i % FLOOD_CHANNELS);
+                            json!({"name": "f", "channel": channel, "data": format!("{p}-{i}")})
+                        })
                         .collect();
                     let body = json!({ "batch": batch }).to_string();
                     assert_eq!(publisher.post(&path, &body), 200);

@@ -139,6 +139,17 @@ fn the_settings_the_deployment_files_pass_are_accepted() {
         "the pods get no service-link variables"
     );
 
+    // The Redis Cluster overlay sets the URL through the environment, over the ConfigMap's.
+    let overlay = deploy_yaml("k8s/redis-cluster/redis-url.yaml");
+    let env = &overlay["spec"]["template"]["spec"]["containers"][0]["env"][0];
+    assert_eq!(env["name"].as_str(), Some("GATEWAY_REDIS_URL"));
+    let url = env["value"].as_str().expect("a Redis Cluster URL");
+    let cluster_env = [("GATEWAY_REDIS_URL".to_string(), url.to_string())];
+    let config = Config::load(&[], cluster_env).expect("the overlay's redis_url is valid");
+    assert!(config
+        .redis_url
+        .is_some_and(|url| url.starts_with("redis-cluster://")));
+
     let compose = deploy_yaml("docker/compose.yml");
     let command: Vec<String> = compose["x-gateway"]["command"]
         .as_sequence()
