@@ -4,6 +4,7 @@
 //! masters. The bridge speaks to both through `Publisher` and `Subscriber` alike.
 
 use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -14,6 +15,7 @@ use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
 
 use super::sharded::{Message, ShardedSubscriber};
+use super::slots::slot;
 
 /// A `redis_url` naming a cluster's seed nodes: `redis-cluster://host:port,host:port/`.
 pub const CLUSTER_SCHEME: &str = "redis-cluster://";
@@ -159,9 +161,9 @@ impl Publisher {
         self.publish_all(vec![(channel, message)])
     }
 
-    /// Publishes messages in order: one pipeline to one server; on a cluster, each to its
-    /// channel's master at once (the order that matters is per channel, and one channel's
-    /// messages go through one master in the order sent).
+    /// Publishes messages in order: one pipeline to one server; on a cluster, one pipeline per
+    /// hash slot, all at once (the order that matters is per channel, and one channel's messages
+    /// go through one pipeline in the order sent).
     pub fn publish_all(
         &self,
         messages: Vec<(String, Vec<u8>)>,
@@ -177,13 +179,9 @@ impl Publisher {
             }),
             Publisher::Cluster(cluster) => Box::pin(async move {
                 let conn = cluster.conn.borrow().clone();
-                let sends = messages.into_iter().map(|(channel, message)| {
+                let sends = per_slot(name, messages).into_values().map(|pipe| {
                     let mut conn = conn.clone();
-                    async move {
-                        let mut command = redis::cmd(name);
-                        command.arg(channel).arg(message);
-                        command.query_async::<()>(&mut conn).await
-                    }
+                    async move { pipe.query_async::<()>(&mut conn).await }
                 });
                 let sent = try_join_all(sends).await.map(|_| ());
                 if sent.is_err() {
@@ -193,6 +191,17 @@ impl Publisher {
             }),
         }
     }
+}
+
+/// Messages as one pipeline per hash slot, in order within each: a cluster takes a pipeline
+/// only when all its keys share a slot, and one channel's messages must keep their order.
+fn per_slot(command: &str, messages: Vec<(String, Vec<u8>)>) -> BTreeMap<u16, redis::Pipeline> {
+    let mut pipes: BTreeMap<u16, redis::Pipeline> = BTreeMap::new();
+    for (channel, message) in messages {
+        let pipe = pipes.entry(slot(channel.as_bytes())).or_default();
+        pipe.cmd(command).arg(channel).arg(message).ignore();
+    }
+    pipes
 }
 
 /// Subscriptions: one pub/sub connection to one server, or one per master of a cluster.
@@ -273,6 +282,21 @@ pub struct RedisShard {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_clusters_publishes_go_in_one_pipeline_per_slot_in_order() {
+        let messages = ["a", "b", "a", "c", "{a}x"].map(|channel| (channel.to_owned(), vec![]));
+        let pipes = per_slot("SPUBLISH", messages.to_vec());
+        assert_eq!(pipes.len(), 3, "a and {{a}}x share a slot");
+        let counts = |name: &[u8]| pipes[&slot(name)].cmd_iter().count();
+        assert_eq!((counts(b"a"), counts(b"b"), counts(b"c")), (3, 1, 1));
+        let packed = String::from_utf8(pipes[&slot(b"a")].get_packed_pipeline()).unwrap();
+        let (first, last) = (
+            packed.find("\r\na\r\n").unwrap(),
+            packed.find("{a}x").unwrap(),
+        );
+        assert!(first < last, "in the order given");
+    }
 
     #[test]
     fn a_redis_url_names_one_server_or_a_clusters_seeds() {
