@@ -5,7 +5,7 @@
 use std::future::poll_fn;
 use std::sync::Arc;
 use std::task::Poll;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender, TrySendError};
@@ -59,6 +59,13 @@ pub enum ShardMessage {
         app: usize,
         channels: Option<Vec<Box<str>>>,
         reply: oneshot::Sender<ShardCounts>,
+    },
+    /// The cluster's answer about a cache channel this shard asked for: its last event and the
+    /// time it has left, if any.
+    Cached {
+        app: usize,
+        channel: Box<str>,
+        cached: Option<(Bytes, Duration)>,
     },
     /// A copy of the shard's fanout latency histogram (microseconds).
     Latency {

@@ -98,7 +98,7 @@ impl<S> Registry<S> {
             .map(|(name, subscribers)| (&**name, subscribers.len() as u64))
     }
 
-    /// Keeps a cache channel's latest event frame.
+    /// Keeps a cache channel's latest event frame, published `now`.
     pub fn set_cached(&mut self, app: usize, channel: &str, frame: Bytes, now: Instant) {
         let cached = &mut self.apps[app].cached;
         match cached.get_mut(channel) {
@@ -106,6 +106,21 @@ impl<S> Registry<S> {
             None => {
                 cached.insert(channel.into(), (frame, now));
             }
+        }
+    }
+
+    /// Keeps a cache channel's latest event frame, learnt from elsewhere, until `expires` (unless
+    /// one published here since is newer).
+    pub fn set_cached_until(&mut self, app: usize, channel: &str, frame: Bytes, expires: Instant) {
+        let Some(stored) = expires.checked_sub(CACHE_TTL) else {
+            return;
+        };
+        let newer_here = self.apps[app]
+            .cached
+            .get(channel)
+            .is_some_and(|(_, at)| *at >= stored);
+        if !newer_here {
+            self.set_cached(app, channel, frame, stored);
         }
     }
 

@@ -29,7 +29,7 @@ use serde_json::Value;
 
 use super::backoff::Backoff;
 use super::interest::{Change, Interest};
-use super::link::{Publisher, Subscriber, Target};
+use super::link::{Command, Publisher, Subscriber, Target};
 use super::nodes::{self, Heard, NodeTable};
 use super::queries::{Done, Pending};
 use super::rosters::Rosters;
@@ -39,6 +39,7 @@ use super::{BridgeMessage, ClusterStats, Counts};
 use crate::admin::stats::{self, PublishFailure};
 use crate::bus::{Broadcast, Inbox, ShardMessage};
 use crate::channels::presence::{RosterDelta, RosterKey, Source};
+use crate::channels::CACHE_TTL;
 use crate::node::Node;
 use crate::protocol::ChannelKind;
 
@@ -113,7 +114,7 @@ type InFlight = FuturesUnordered<LocalBoxFuture<'static, Work>>;
 /// What one batch of the shards' messages leaves to send once it has been read.
 struct Outgoing {
     /// Broadcasts to publish (Redis channel, envelope), `queued` of them.
-    publishes: Vec<(String, Vec<u8>)>,
+    publishes: Vec<Command>,
     queued: u64,
     /// The last wanted state of each Redis channel whose interest changed in the batch.
     changes: HashMap<String, bool>,
@@ -219,7 +220,7 @@ fn publish(conn: &Publisher, channel: String, message: String) -> LocalBoxFuture
 
 fn send_pipeline(
     conn: &Publisher,
-    publishes: Vec<(String, Vec<u8>)>,
+    publishes: Vec<Command>,
     count: u64,
 ) -> LocalBoxFuture<'static, Work> {
     let sent = conn.publish_all(publishes);
@@ -227,6 +228,25 @@ fn send_pipeline(
         let result = sent.await;
         Work::Published { count, result }
     })
+}
+
+/// Hands a shard the cluster's answer about a cache channel. A shard whose inbox is full misses
+/// it, and its subscribers wait for the channel's next event.
+fn answer_cache(
+    node: &Node,
+    shard: u16,
+    app: usize,
+    channel: Box<str>,
+    cached: Option<(Bytes, Duration)>,
+) {
+    if let Some(link) = node.shards.get(usize::from(shard)) {
+        let answer = ShardMessage::Cached {
+            app,
+            channel,
+            cached,
+        };
+        let _ = link.inbox.send(answer);
+    }
 }
 
 /// This node's share of an answer: its shards' counts, summed.
@@ -374,6 +394,11 @@ impl Bridge {
                 }
                 // The API already answered that the other nodes cannot be reached.
                 BridgeMessage::Terminate { .. } => {}
+                BridgeMessage::AskCache {
+                    shard,
+                    app,
+                    channel,
+                } => answer_cache(&self.node, shard, app, channel, None),
             }
         }
         self.batch = batch;
@@ -715,6 +740,11 @@ impl Bridge {
                     }
                 }
             }
+            BridgeMessage::AskCache {
+                shard,
+                app,
+                channel,
+            } => in_flight.push(self.ask_cache(publisher, shard, app, channel)),
             BridgeMessage::Terminate { app, user_id } => {
                 if let Some(app) = self.node.config.apps.get(app) {
                     let message = Control::Terminate {
@@ -728,8 +758,36 @@ impl Bridge {
         }
     }
 
+    /// Reads a cache channel's last event from Redis for a shard that has none; a failure
+    /// answers that there is none.
+    fn ask_cache(
+        &self,
+        publisher: &Publisher,
+        shard: u16,
+        app: usize,
+        channel: Box<str>,
+    ) -> LocalBoxFuture<'static, Work> {
+        let node = self.node.clone();
+        let key = node
+            .config
+            .apps
+            .get(app)
+            .map(|settings| wire::cache_key(&self.prefix, &settings.id, &channel));
+        let kept = key.map(|key| publisher.kept(key));
+        Box::pin(async move {
+            let cached = match kept {
+                Some(kept) => kept.await,
+                None => Ok(None),
+            };
+            let found = cached.as_ref().ok().cloned().flatten();
+            let found = found.map(|(frame, left)| (Bytes::from(frame), left));
+            answer_cache(&node, shard, app, channel, found);
+            Work::Sent(cached.map(|_| ()))
+        })
+    }
+
     /// Adds one broadcast to those to publish; false (and counted) when it cannot be encoded.
-    fn queue_publish(&self, publishes: &mut Vec<(String, Vec<u8>)>, broadcast: &Broadcast) -> bool {
+    fn queue_publish(&self, publishes: &mut Vec<Command>, broadcast: &Broadcast) -> bool {
         let Some(app) = self.node.config.apps.get(broadcast.app) else {
             return false;
         };
@@ -745,7 +803,17 @@ impl Bridge {
         match envelope.encode() {
             Ok(bytes) => {
                 let channel = wire::data_channel(&self.prefix, &app.id, &broadcast.channel);
-                publishes.push((channel, bytes));
+                publishes.push(Command::Publish {
+                    channel,
+                    message: bytes,
+                });
+                if broadcast.cache && ChannelKind::of(&broadcast.channel).is_cache() {
+                    publishes.push(Command::Keep {
+                        key: wire::cache_key(&self.prefix, &app.id, &broadcast.channel),
+                        value: broadcast.frame.to_vec(),
+                        ttl: CACHE_TTL,
+                    });
+                }
                 true
             }
             Err(error) => {
@@ -760,7 +828,7 @@ impl Bridge {
         &mut self,
         publisher: &Publisher,
         in_flight: &mut InFlight,
-        publishes: Vec<(String, Vec<u8>)>,
+        publishes: Vec<Command>,
         count: u64,
     ) {
         self.unconfirmed += count;

@@ -115,6 +115,44 @@ fn timed_out(what: &'static str) -> redis::RedisError {
     (redis::ErrorKind::Io, "timed out opening a", what.to_owned()).into()
 }
 
+/// A cache channel's last event as Redis keeps it, and the time it has left.
+pub type Kept = (Vec<u8>, Duration);
+
+/// What the bridge writes to Redis.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// A message to a Redis channel.
+    Publish { channel: String, message: Vec<u8> },
+    /// A cache channel's last event, kept under `key` for `ttl` (`SET ... PX`), for nodes that
+    /// get their first subscriber later. The key shares its channel's hash slot.
+    Keep {
+        key: String,
+        value: Vec<u8>,
+        ttl: Duration,
+    },
+}
+
+impl Command {
+    /// The key or channel its hash slot follows.
+    fn slot_key(&self) -> &str {
+        match self {
+            Command::Publish { channel, .. } => channel,
+            Command::Keep { key, .. } => key,
+        }
+    }
+
+    fn add_to(self, pipe: &mut redis::Pipeline, publish: &str) {
+        match self {
+            Command::Publish { channel, message } => pipe.cmd(publish).arg(channel).arg(message),
+            Command::Keep { key, value, ttl } => {
+                let ttl = ttl.as_millis() as u64;
+                pipe.cmd("SET").arg(key).arg(value).arg("PX").arg(ttl)
+            }
+        }
+        .ignore();
+    }
+}
+
 /// Publishes: `PUBLISH` to one server, `SPUBLISH` routed by slot on a cluster.
 #[derive(Clone)]
 pub enum Publisher {
@@ -158,7 +196,28 @@ impl Publisher {
         channel: String,
         message: Vec<u8>,
     ) -> LocalBoxFuture<'static, redis::RedisResult<()>> {
-        self.publish_all(vec![(channel, message)])
+        self.publish_all(vec![Command::Publish { channel, message }])
+    }
+
+    /// A cache channel's last event kept under `key` and the time it has left, if any.
+    pub fn kept(
+        &self,
+        key: String,
+    ) -> LocalBoxFuture<'static, redis::RedisResult<Option<Kept>>> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("GET").arg(&key).cmd("PTTL").arg(&key);
+        let this = self.clone();
+        Box::pin(async move {
+            let (value, ttl): (Option<Vec<u8>>, i64) = match this {
+                Publisher::Single(mut conn) => pipe.query_async(&mut conn).await?,
+                Publisher::Cluster(cluster) => {
+                    let mut conn = cluster.conn.borrow().clone();
+                    pipe.query_async(&mut conn).await?
+                }
+            };
+            let left = u64::try_from(ttl).ok().map(Duration::from_millis);
+            Ok(value.zip(left))
+        })
     }
 
     /// Publishes messages in order: one pipeline to one server; on a cluster, one pipeline per
@@ -166,14 +225,14 @@ impl Publisher {
     /// go through one pipeline in the order sent).
     pub fn publish_all(
         &self,
-        messages: Vec<(String, Vec<u8>)>,
+        messages: Vec<Command>,
     ) -> LocalBoxFuture<'static, redis::RedisResult<()>> {
         let name = self.command();
         match self.clone() {
             Publisher::Single(mut conn) => Box::pin(async move {
                 let mut pipe = redis::pipe();
-                for (channel, message) in messages {
-                    pipe.cmd(name).arg(channel).arg(message).ignore();
+                for command in messages {
+                    command.add_to(&mut pipe, name);
                 }
                 pipe.query_async::<()>(&mut conn).await
             }),
@@ -195,11 +254,13 @@ impl Publisher {
 
 /// Messages as one pipeline per hash slot, in order within each: a cluster takes a pipeline
 /// only when all its keys share a slot, and one channel's messages must keep their order.
-fn per_slot(command: &str, messages: Vec<(String, Vec<u8>)>) -> BTreeMap<u16, redis::Pipeline> {
+fn per_slot(publish: &str, commands: Vec<Command>) -> BTreeMap<u16, redis::Pipeline> {
     let mut pipes: BTreeMap<u16, redis::Pipeline> = BTreeMap::new();
-    for (channel, message) in messages {
-        let pipe = pipes.entry(slot(channel.as_bytes())).or_default();
-        pipe.cmd(command).arg(channel).arg(message).ignore();
+    for command in commands {
+        let pipe = pipes
+            .entry(slot(command.slot_key().as_bytes()))
+            .or_default();
+        command.add_to(pipe, publish);
     }
     pipes
 }
@@ -285,7 +346,10 @@ mod tests {
 
     #[test]
     fn a_clusters_publishes_go_in_one_pipeline_per_slot_in_order() {
-        let messages = ["a", "b", "a", "c", "{a}x"].map(|channel| (channel.to_owned(), vec![]));
+        let messages = ["a", "b", "a", "c", "{a}x"].map(|channel| Command::Publish {
+            channel: channel.to_owned(),
+            message: vec![],
+        });
         let pipes = per_slot("SPUBLISH", messages.to_vec());
         assert_eq!(pipes.len(), 3, "a and {{a}}x share a slot");
         let counts = |name: &[u8]| pipes[&slot(name)].cmd_iter().count();

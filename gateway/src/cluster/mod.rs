@@ -59,6 +59,12 @@ pub enum BridgeMessage {
     Roster(Arc<RosterDelta>),
     /// Close the user's sockets on the other nodes.
     Terminate { app: usize, user_id: Arc<str> },
+    /// A cache channel's last event, as the cluster keeps it; answered in `shard`'s inbox.
+    AskCache {
+        shard: u16,
+        app: usize,
+        channel: Box<str>,
+    },
 }
 
 /// What the bridge counts, read by /metrics and /health.

@@ -63,6 +63,12 @@ pub fn data_channel(prefix: &str, app_id: &str, channel: &str) -> String {
     format!("{prefix}:{app_id}:{channel}")
 }
 
+/// The key of a cache channel's last event: its data channel as a hash tag, so that on a Redis
+/// Cluster both live on one master and go in one pipeline.
+pub fn cache_key(prefix: &str, app_id: &str, channel: &str) -> String {
+    format!("{{{}}}#last", data_channel(prefix, app_id, channel))
+}
+
 /// The Redis channel every node listens on for heartbeats and queries.
 pub fn control_channel(prefix: &str) -> String {
     format!("{prefix}#cluster")

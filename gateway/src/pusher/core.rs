@@ -63,6 +63,9 @@ pub enum Transmit {
     ClusterPublish(Arc<Broadcast>),
     /// To the webhook sender; dropped and counted when its queue is full.
     Webhook(Job),
+    /// Ask the cluster for a cache channel's last event, which this node may never have
+    /// received; the answer comes back in this shard's inbox (`ShardMessage::Cached`).
+    AskCache { app: usize, channel: Box<str> },
 }
 
 /// Where a core sits: its node and shard, and how many shards the node has.
@@ -119,11 +122,13 @@ pub struct Core<H> {
     /// Fanout latency in microseconds, from publish to queued on this shard's subscribers.
     latency: Histogram<u64>,
     pong: Bytes,
-    transmits: VecDeque<Transmit>,
+    pub(super) transmits: VecDeque<Transmit>,
     drain: Option<Drain>,
     /// Sessions of apps with authorized connections, by the second they must have signed in
     /// by, in the order they opened (so in deadline order).
     awaiting_signin: VecDeque<(u32, u64)>,
+    /// Subscribers of cache channels waiting for the cluster's answer, by (app, channel).
+    pub(super) awaiting_cache: HashMap<(usize, Box<str>), Vec<u64>>,
 }
 
 impl<H: Handle> Core<H> {
@@ -152,6 +157,7 @@ impl<H: Handle> Core<H> {
             transmits: VecDeque::new(),
             drain: None,
             awaiting_signin: VecDeque::new(),
+            awaiting_cache: HashMap::new(),
         }
     }
 
@@ -521,6 +527,11 @@ impl<H: Handle> Core<H> {
                 // The asker may have given up; nothing to do then.
                 let _ = reply.send(self.local_counts(app, channels.as_deref()));
             }
+            ShardMessage::Cached {
+                app,
+                channel,
+                cached,
+            } => self.cache_answer(app, &channel, cached, now),
             ShardMessage::Latency { reply } => {
                 let _ = reply.send(self.latency.clone());
             }

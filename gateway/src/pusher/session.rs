@@ -1,9 +1,11 @@
 //! What a session's client says, carried out on the core: subscriptions, sign-ins, client
 //! events and pings. `requests` decides whether a request may go ahead; this applies it.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use super::core::{Core, Handle, Publish};
+use bytes::Bytes;
+
+use super::core::{Core, Handle, Publish, Transmit};
 use super::requests::{self, Answer, Refusal, Subscription};
 use crate::admin::stats::{self, Rejection};
 use crate::protocol::member::{self, Member};
@@ -127,17 +129,57 @@ impl<H: Handle> Core<H> {
         }
     }
 
-    /// Sends a cache channel's last event to a new subscriber, or tells it there is none.
+    /// Sends a cache channel's last event to a new subscriber, or tells it there is none. A
+    /// clustered node that keeps none asks the cluster first: the event may have been published
+    /// on another node while no one here was subscribed.
     fn replay_cached(&mut self, (app, id): (usize, u64), name: &str, now: Instant) {
-        match self.registry.cached(app, name, now) {
-            Some((frame, _)) => self.send_to_session(id, frame),
-            None => {
-                self.send_to_session(id, text_frame(&message::cache_miss(name)));
-                self.webhook(app, WebhookKind::CacheMiss, || WebhookEvent::CacheMiss {
-                    channel: name.into(),
-                });
+        if let Some((frame, _)) = self.registry.cached(app, name, now) {
+            return self.send_to_session(id, frame);
+        }
+        if !self.place.clustered {
+            return self.cache_miss((app, id), name);
+        }
+        let waiting = self.awaiting_cache.entry((app, name.into())).or_default();
+        waiting.push(id);
+        if waiting.len() == 1 {
+            let channel = name.into();
+            self.transmits
+                .push_back(Transmit::AskCache { app, channel });
+        }
+    }
+
+    /// The cluster's answer about a cache channel: its last event and the time it has left, if
+    /// any. The subscribers that asked and are still subscribed get it, or a cache miss.
+    pub(super) fn cache_answer(
+        &mut self,
+        app: usize,
+        name: &str,
+        cached: Option<(Bytes, Duration)>,
+        now: Instant,
+    ) {
+        let Some(waiting) = self.awaiting_cache.remove(&(app, name.into())) else {
+            return;
+        };
+        if let Some((frame, left)) = &cached {
+            self.registry
+                .set_cached_until(app, name, frame.clone(), now + *left);
+        }
+        let still: Vec<u64> = (waiting.into_iter())
+            .filter(|&id| self.is_subscribed(id, name))
+            .collect();
+        for id in still {
+            match &cached {
+                Some((frame, _)) => self.send_to_session(id, frame.clone()),
+                None => self.cache_miss((app, id), name),
             }
         }
+    }
+
+    fn cache_miss(&mut self, (app, id): (usize, u64), name: &str) {
+        self.send_to_session(id, text_frame(&message::cache_miss(name)));
+        self.webhook(app, WebhookKind::CacheMiss, || WebhookEvent::CacheMiss {
+            channel: name.into(),
+        });
     }
 
     fn signin(&mut self, (app, id): (usize, u64), auth: &str, user_data: &str) {

@@ -134,6 +134,15 @@ impl Shard {
                     cluster.publish(&broadcast);
                 }
             }
+            Transmit::AskCache { app, channel } => {
+                let shard = self.index as u16;
+                let ask = BridgeMessage::AskCache {
+                    shard,
+                    app,
+                    channel,
+                };
+                self.carry_out(Transmit::Cluster(ask));
+            }
             Transmit::Webhook(job) => {
                 let sent = self.node.webhooks.as_ref().map(|q| q.try_send(job));
                 if matches!(sent, Some(Err(_))) {

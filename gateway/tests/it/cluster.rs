@@ -393,3 +393,27 @@ fn an_apps_connection_quota_holds_across_the_cluster() {
     let _room: Vec<Client> = (0..3).map(|_| b.client_for("key-two")).collect();
     b.refused_with("key-two", None, 4004);
 }
+
+/// A cache channel's last event published on one node reaches a late subscriber on another
+/// node that had no subscriber when it was published (and so never received it).
+pub(crate) fn late_subscriber_gets_the_last_event(first: &Gateway, second: &Gateway) {
+    first.publish("cache-prices", "price", "1");
+    first.publish("cache-prices", "price", "2");
+    let mut late = second.client();
+    subscribed(&mut late, "cache-prices");
+    let event = late.next_event();
+    assert_eq!(
+        (event["event"].as_str(), event["data"].as_str()),
+        (Some("price"), Some("2"))
+    );
+    let mut empty = second.client();
+    subscribed(&mut empty, "cache-nothing");
+    assert_eq!(empty.next_event()["event"], "pusher:cache_miss");
+}
+
+#[test]
+fn a_cache_channels_last_event_reaches_a_late_subscriber_on_another_node() {
+    let redis = Redis::start();
+    let nodes = cluster(&redis, 2);
+    late_subscriber_gets_the_last_event(&nodes[0], &nodes[1]);
+}

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use crate::cluster::{lines, received, subscribed};
+use crate::cluster::{late_subscriber_gets_the_last_event, lines, received, subscribed};
 use crate::common::redis_cluster::{RedisCluster, NODE_TIMEOUT_MS};
 use crate::common::{wait_until, Client, Gateway};
 use gateway::cluster::slots::slot;
@@ -91,6 +91,7 @@ fn publishes_through_a_redis_cluster_reach_every_node_exactly_once() {
         assert!(held.contains(&redis_channel(&channel(n))));
     }
     assert!(held.contains(&"gateway#cluster".to_owned()));
+    late_subscriber_gets_the_last_event(&nodes[0], &nodes[2]);
 }
 
 /// Events received per channel, with when they came, until `end` has come on each channel.

@@ -2,8 +2,11 @@
 
 use std::time::Duration;
 
-use super::{config, Client, Node};
+use serde_json::Value;
+
+use super::{config, counting_config, Client, Node};
 use crate::admin::stats::Disconnect;
+use crate::bus::ShardMessage;
 use crate::protocol::codes;
 
 #[test]
@@ -126,4 +129,102 @@ fn pings_are_answered_and_bad_messages_refused_and_counted() {
     let bad_message = Rejection::BadMessage.index();
     let rejected = &node.stats[0].rejected[bad_message];
     assert_eq!(rejected.load(std::sync::atomic::Ordering::Relaxed), 1);
+}
+
+/// The cache asks the bridge has received, as (shard, channel).
+fn cache_asks(node: &Node) -> Vec<(u16, String)> {
+    let asks = node.bridge.iter().filter_map(|m| match m {
+        crate::cluster::BridgeMessage::AskCache { shard, channel, .. } => {
+            Some((*shard, channel.to_string()))
+        }
+        _ => None,
+    });
+    asks.collect()
+}
+
+#[test]
+fn a_clustered_node_asks_the_cluster_for_a_cache_channels_last_event_it_never_saw() {
+    let mut node = Node::clustered(2, counting_config());
+    let (first, second) = (node.connect(1), node.connect(1));
+    node.subscribe(&first, "cache-prices");
+    node.subscribe(&second, "cache-prices");
+    assert_eq!(
+        cache_asks(&node),
+        [(1, "cache-prices".to_owned())],
+        "one ask for both"
+    );
+    for client in [&first, &second] {
+        let names = client.event_names();
+        assert_eq!(
+            names,
+            ["pusher_internal:subscription_succeeded"],
+            "nothing yet"
+        );
+    }
+    // The bridge's answer: the event another node published, with 10 minutes left.
+    let frame =
+        crate::ws::frame::text_frame(r#"{"event":"tick","channel":"cache-prices","data":"7"}"#);
+    let cached = Some((frame, Duration::from_secs(600)));
+    let answer = ShardMessage::Cached {
+        app: 0,
+        channel: "cache-prices".into(),
+        cached,
+    };
+    node.inboxes[1].push_back(answer);
+    node.handle_inbox(1, usize::MAX);
+    for client in [&first, &second] {
+        assert_eq!(client.events(), [("tick".to_owned(), Value::from("7"))]);
+    }
+    // Kept here now, for the time it has left: a later subscriber needs no ask.
+    let late = node.connect(1);
+    node.subscribe(&late, "cache-prices");
+    assert_eq!(cache_asks(&node).len(), 1);
+    assert_eq!(
+        late.event_names(),
+        ["pusher_internal:subscription_succeeded", "tick"]
+    );
+    node.advance(Duration::from_secs(601));
+    let later = node.connect(1);
+    node.subscribe(&later, "cache-prices");
+    assert_eq!(cache_asks(&node).len(), 2, "expired: asked again");
+
+    // The cluster has none either: a cache miss, and its webhook, for those still subscribed.
+    let (gone, waiting) = (node.connect(0), node.connect(0));
+    node.subscribe(&gone, "cache-empty");
+    node.subscribe(&waiting, "cache-empty");
+    node.close(&gone, Disconnect::ClientGone);
+    let miss = ShardMessage::Cached {
+        app: 0,
+        channel: "cache-empty".into(),
+        cached: None,
+    };
+    node.inboxes[0].push_back(miss);
+    node.handle_inbox(0, usize::MAX);
+    let names = waiting.event_names();
+    assert_eq!(
+        names,
+        [
+            "pusher_internal:subscription_succeeded",
+            "pusher:cache_miss"
+        ]
+    );
+    let misses = node.take_webhooks().into_iter().filter(|e| {
+        matches!(e, crate::webhooks::WebhookEvent::CacheMiss { channel } if &**channel == "cache-empty")
+    });
+    assert_eq!(misses.count(), 1);
+}
+
+#[test]
+fn a_single_node_answers_a_cache_miss_at_once() {
+    let mut node = Node::new(1, config());
+    let client = node.connect(0);
+    node.subscribe(&client, "cache-prices");
+    let names = client.event_names();
+    assert_eq!(
+        names,
+        [
+            "pusher_internal:subscription_succeeded",
+            "pusher:cache_miss"
+        ]
+    );
 }

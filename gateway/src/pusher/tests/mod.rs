@@ -227,6 +227,15 @@ impl Node {
                 Transmit::Cluster(message) => self.bridge.push(message),
                 Transmit::ClusterPublish(broadcast) => self.cluster_publishes.push(broadcast),
                 Transmit::Webhook(job) => self.webhooks.push(job.event),
+                Transmit::AskCache { app, channel } => {
+                    let shard = shard as u16;
+                    let ask = BridgeMessage::AskCache {
+                        shard,
+                        app,
+                        channel,
+                    };
+                    self.bridge.push(ask);
+                }
             }
         }
     }
