@@ -200,10 +200,7 @@ impl Publisher {
     }
 
     /// A cache channel's last event kept under `key` and the time it has left, if any.
-    pub fn kept(
-        &self,
-        key: String,
-    ) -> LocalBoxFuture<'static, redis::RedisResult<Option<Kept>>> {
+    pub fn kept(&self, key: String) -> LocalBoxFuture<'static, redis::RedisResult<Option<Kept>>> {
         let mut pipe = redis::pipe();
         pipe.cmd("GET").arg(&key).cmd("PTTL").arg(&key);
         let this = self.clone();
