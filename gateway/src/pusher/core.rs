@@ -127,8 +127,9 @@ pub struct Core<H> {
     /// Sessions of apps with authorized connections, by the second they must have signed in
     /// by, in the order they opened (so in deadline order).
     awaiting_signin: VecDeque<(u32, u64)>,
-    /// Subscribers of cache channels waiting for the cluster's answer, by (app, channel).
-    pub(super) awaiting_cache: HashMap<(usize, Box<str>), Vec<u64>>,
+    /// Subscribers of cache channels waiting for the cluster's answer, by (app, channel), with
+    /// the second the shard asked.
+    pub(super) awaiting_cache: HashMap<(usize, Box<str>), (u32, Vec<u64>)>,
 }
 
 impl<H: Handle> Core<H> {
@@ -546,6 +547,7 @@ impl<H: Handle> Core<H> {
         self.flush_subscription_counts(now);
         let second = self.second(now);
         self.close_unauthorized(second);
+        self.expire_cache_asks(now);
         let (silence, message_time) = (self.config.inactivity_timeout, self.config.head_timeout);
         for handle in self.sessions.values() {
             let silent = second.saturating_sub(handle.last_active());

@@ -14,6 +14,10 @@ use crate::protocol::{codes, ChannelKind};
 use crate::webhooks::{WebhookEvent, WebhookKind};
 use crate::ws::frame::text_frame;
 
+/// Seconds a shard waits for the cluster's answer about a cache channel before it answers with
+/// a miss: the bridge answers within its request timeout, or at once while Redis is away.
+const CACHE_ASK_TIMEOUT: u32 = 5;
+
 impl<H: Handle> Core<H> {
     /// A text message from a session's client.
     pub fn client_message(&mut self, id: u64, text: &str, now: Instant) {
@@ -139,7 +143,10 @@ impl<H: Handle> Core<H> {
         if !self.place.clustered {
             return self.cache_miss((app, id), name);
         }
-        let waiting = self.awaiting_cache.entry((app, name.into())).or_default();
+        let second = self.second(now);
+        let (_, waiting) = (self.awaiting_cache)
+            .entry((app, name.into()))
+            .or_insert((second, Vec::new()));
         waiting.push(id);
         if waiting.len() == 1 {
             let channel = name.into();
@@ -157,7 +164,7 @@ impl<H: Handle> Core<H> {
         cached: Option<(Bytes, Duration)>,
         now: Instant,
     ) {
-        let Some(waiting) = self.awaiting_cache.remove(&(app, name.into())) else {
+        let Some((_, waiting)) = self.awaiting_cache.remove(&(app, name.into())) else {
             return;
         };
         if let Some((frame, left)) = &cached {
@@ -172,6 +179,20 @@ impl<H: Handle> Core<H> {
                 Some((frame, _)) => self.send_to_session(id, frame.clone()),
                 None => self.cache_miss((app, id), name),
             }
+        }
+    }
+
+    /// Answers, as misses, the asks the cluster has not answered within `CACHE_ASK_TIMEOUT`
+    /// seconds (the answer was lost: this shard's inbox was full), so that the channel is asked
+    /// about again by its next subscriber.
+    pub(super) fn expire_cache_asks(&mut self, now: Instant) {
+        let second = self.second(now);
+        let expired: Vec<(usize, Box<str>)> = (self.awaiting_cache.iter())
+            .filter(|(_, (asked, _))| second.saturating_sub(*asked) > CACHE_ASK_TIMEOUT)
+            .map(|(key, _)| key.clone())
+            .collect();
+        for (app, name) in expired {
+            self.cache_answer(app, &name, None, now);
         }
     }
 

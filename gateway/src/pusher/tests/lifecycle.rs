@@ -215,6 +215,29 @@ fn a_clustered_node_asks_the_cluster_for_a_cache_channels_last_event_it_never_sa
 }
 
 #[test]
+fn a_cache_ask_the_cluster_never_answers_ends_in_a_miss_and_is_asked_again() {
+    let mut node = Node::clustered(1, config());
+    let client = node.connect(0);
+    node.subscribe(&client, "cache-lost");
+    node.advance(Duration::from_secs(5));
+    node.tick();
+    assert_eq!(
+        client.event_names(),
+        ["pusher_internal:subscription_succeeded"]
+    );
+    node.advance(Duration::from_secs(1));
+    node.tick();
+    assert_eq!(
+        client.event_names(),
+        ["pusher:cache_miss"],
+        "given up after 5 s"
+    );
+    let late = node.connect(0);
+    node.subscribe(&late, "cache-lost");
+    assert_eq!(cache_asks(&node).len(), 2, "asked again");
+}
+
+#[test]
 fn a_single_node_answers_a_cache_miss_at_once() {
     let mut node = Node::new(1, config());
     let client = node.connect(0);
