@@ -13,6 +13,7 @@ pub mod cluster;
 pub mod config;
 pub mod http;
 pub mod limits;
+pub mod memory;
 pub mod node;
 pub mod protocol;
 pub mod proxy;

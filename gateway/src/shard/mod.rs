@@ -9,6 +9,7 @@ pub(crate) mod io;
 mod session;
 pub mod transport;
 
+use crate::memory::{self, GiveBack};
 use std::cell::RefCell;
 use std::collections::{BTreeMap, VecDeque};
 use std::future::poll_fn;
@@ -438,8 +439,10 @@ async fn accept_loop(
 }
 
 /// Once a second: the core's tick (activity timeouts, subscription counts), after what the inbox
-/// holds, and a retry of what the cluster bridge had no room for.
+/// holds, memory given back after a mass disconnect, and a retry of what the cluster bridge had
+/// no room for.
 async fn sweep_loop(shard: Rc<Shard>) {
+    let mut memory = GiveBack::default();
     loop {
         monoio::time::sleep(Duration::from_secs(1)).await;
         if shard.node.is_draining() {
@@ -447,6 +450,9 @@ async fn sweep_loop(shard: Rc<Shard>) {
         }
         shard.catch_up();
         shard.apply(|core| core.tick(Instant::now()));
+        if memory.observe(shard.core.borrow().sessions()) {
+            memory::give_back();
+        }
         shard.flush_cluster();
     }
 }
