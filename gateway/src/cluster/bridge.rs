@@ -37,7 +37,7 @@ use super::sharded::Message;
 use super::wire::{self, Control, Envelope, Query, RosterChange};
 use super::{BridgeMessage, ClusterStats, Counts};
 use crate::admin::stats::{self, PublishFailure};
-use crate::bus::{Broadcast, Inbox, ShardMessage};
+use crate::bus::{Broadcast, CacheAnswer, Inbox, ShardMessage};
 use crate::channels::presence::{RosterDelta, RosterKey, Source};
 use crate::channels::CACHE_TTL;
 use crate::node::Node;
@@ -240,11 +240,11 @@ fn answer_cache(
     cached: Option<(Bytes, Duration)>,
 ) {
     if let Some(link) = node.shards.get(usize::from(shard)) {
-        let answer = ShardMessage::Cached {
+        let answer = ShardMessage::Cached(Box::new(CacheAnswer {
             app,
             channel,
             cached,
-        };
+        }));
         let _ = link.inbox.send(answer);
     }
 }

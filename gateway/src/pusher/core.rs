@@ -14,7 +14,7 @@ use bytes::Bytes;
 use hdrhistogram::Histogram;
 
 use crate::admin::stats::{self, Disconnect, Rejection, ShardStats};
-use crate::bus::{Broadcast, ShardCounts, ShardMessage};
+use crate::bus::{Broadcast, CacheAnswer, ShardCounts, ShardMessage};
 use crate::channels::counts::OwnedCounts;
 use crate::channels::presence::Source;
 use crate::channels::Registry;
@@ -528,11 +528,14 @@ impl<H: Handle> Core<H> {
                 // The asker may have given up; nothing to do then.
                 let _ = reply.send(self.local_counts(app, channels.as_deref()));
             }
-            ShardMessage::Cached {
-                app,
-                channel,
-                cached,
-            } => self.cache_answer(app, &channel, cached, now),
+            ShardMessage::Cached(answer) => {
+                let CacheAnswer {
+                    app,
+                    channel,
+                    cached,
+                } = *answer;
+                self.cache_answer(app, &channel, cached, now);
+            }
             ShardMessage::Latency { reply } => {
                 let _ = reply.send(self.latency.clone());
             }

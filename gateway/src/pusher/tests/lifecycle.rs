@@ -6,7 +6,7 @@ use serde_json::Value;
 
 use super::{config, counting_config, Client, Node};
 use crate::admin::stats::Disconnect;
-use crate::bus::ShardMessage;
+use crate::bus::{CacheAnswer, ShardMessage};
 use crate::protocol::codes;
 
 #[test]
@@ -165,11 +165,11 @@ fn a_clustered_node_asks_the_cluster_for_a_cache_channels_last_event_it_never_sa
     let frame =
         crate::ws::frame::text_frame(r#"{"event":"tick","channel":"cache-prices","data":"7"}"#);
     let cached = Some((frame, Duration::from_secs(600)));
-    let answer = ShardMessage::Cached {
+    let answer = ShardMessage::Cached(Box::new(CacheAnswer {
         app: 0,
         channel: "cache-prices".into(),
         cached,
-    };
+    }));
     node.inboxes[1].push_back(answer);
     node.handle_inbox(1, usize::MAX);
     for client in [&first, &second] {
@@ -193,11 +193,11 @@ fn a_clustered_node_asks_the_cluster_for_a_cache_channels_last_event_it_never_sa
     node.subscribe(&gone, "cache-empty");
     node.subscribe(&waiting, "cache-empty");
     node.close(&gone, Disconnect::ClientGone);
-    let miss = ShardMessage::Cached {
+    let miss = ShardMessage::Cached(Box::new(CacheAnswer {
         app: 0,
         channel: "cache-empty".into(),
         cached: None,
-    };
+    }));
     node.inboxes[0].push_back(miss);
     node.handle_inbox(0, usize::MAX);
     let names = waiting.event_names();
