@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use rustls::client::{ClientConnectionData, UnbufferedClientConnection};
 use rustls::crypto::cipher::{
-    MessageDecrypter, MessageEncrypter, OutboundChunks, OutboundPlainMessage,
+    AeadKey, Iv, MessageDecrypter, MessageEncrypter, OutboundChunks, OutboundPlainMessage,
 };
 use rustls::kernel::KernelConnection;
 use rustls::pki_types::{PrivateKeyDer, ServerName};
@@ -343,17 +343,22 @@ fn server_reads_all(server: &mut TlsSession, wire: &mut Vec<u8>) {
     wire.clear();
 }
 
+/// The AEAD key and iv of traffic secrets, whatever the cipher.
+fn key_and_iv(keys: ConnectionTrafficSecrets) -> (AeadKey, Iv) {
+    match keys {
+        ConnectionTrafficSecrets::Aes128Gcm { key, iv }
+        | ConnectionTrafficSecrets::Aes256Gcm { key, iv }
+        | ConnectionTrafficSecrets::Chacha20Poly1305 { key, iv } => (key, iv),
+        _ => panic!("keys of an unknown kind"),
+    }
+}
+
 /// rustls' record protection under `keys` of `suite`: what its client seals records with.
 pub fn encrypter(
     suite: SupportedCipherSuite,
     keys: ConnectionTrafficSecrets,
 ) -> Box<dyn MessageEncrypter> {
-    let (key, iv) = match keys {
-        ConnectionTrafficSecrets::Aes128Gcm { key, iv }
-        | ConnectionTrafficSecrets::Aes256Gcm { key, iv }
-        | ConnectionTrafficSecrets::Chacha20Poly1305 { key, iv } => (key, iv),
-        _ => panic!("keys of an unknown kind"),
-    };
+    let (key, iv) = key_and_iv(keys);
     match suite {
         SupportedCipherSuite::Tls13(suite) => suite.aead_alg.encrypter(key, iv),
         SupportedCipherSuite::Tls12(suite) => {
@@ -370,12 +375,7 @@ pub fn decrypter(
     suite: SupportedCipherSuite,
     keys: ConnectionTrafficSecrets,
 ) -> Box<dyn MessageDecrypter> {
-    let (key, iv) = match keys {
-        ConnectionTrafficSecrets::Aes128Gcm { key, iv }
-        | ConnectionTrafficSecrets::Aes256Gcm { key, iv }
-        | ConnectionTrafficSecrets::Chacha20Poly1305 { key, iv } => (key, iv),
-        _ => panic!("keys of an unknown kind"),
-    };
+    let (key, iv) = key_and_iv(keys);
     match suite {
         SupportedCipherSuite::Tls13(suite) => suite.aead_alg.decrypter(key, iv),
         SupportedCipherSuite::Tls12(suite) => {
