@@ -157,7 +157,7 @@ fn render_cluster(out: &mut String, stats: &ClusterStats) {
         out,
         "gateway_cluster_partial_answers_total",
         "counter",
-        "HTTP API answers that lack some node's share (no answer in time, or Redis away).",
+        "Answers that lack the other nodes' share: HTTP API answers (no answer in time, or Redis away), and cache asks the bridge had no room for.",
         stats.partial_answers.load(Relaxed),
     );
     let lag = |value: &AtomicU64| value.load(Relaxed) as f64 / 1e6;

@@ -83,7 +83,8 @@ pub struct ClusterStats {
     pub subscriptions: AtomicU64,
     /// Other nodes heard from within the node timeout.
     pub nodes: AtomicU64,
-    /// HTTP API answers that lack some node's share (it did not answer in time, or Redis was away).
+    /// Answers that lack the other nodes' share: HTTP API answers (a node did not answer in
+    /// time, or Redis was away), and cache asks the bridge had no room for.
     pub partial_answers: AtomicU64,
     /// Time from publish on another node to arrival here, in microseconds: median, 99th
     /// percentile, how many were measured and their sum. Written once a second.
@@ -169,6 +170,20 @@ impl ClusterLink {
     /// inbox hands it back, for the caller to keep and send again.
     pub fn offer(&self, message: BridgeMessage) -> Result<(), BridgeMessage> {
         self.sender.offer(message)
+    }
+
+    /// Asks the bridge for a cache channel's last event, unless its inbox is full: the ask
+    /// comes from a client's subscription, so it is not kept for later; the shard answers a
+    /// miss when no answer comes. Counted as a partial answer then.
+    pub fn ask_cache(&self, shard: u16, app: usize, channel: Box<str>) {
+        let ask = BridgeMessage::AskCache {
+            shard,
+            app,
+            channel,
+        };
+        if self.sender.send(ask).is_err() {
+            self.stats.partial_answers.fetch_add(1, Relaxed);
+        }
     }
 
     /// Asks the bridge to close a user's sockets on the other nodes; false when it cannot now

@@ -136,13 +136,9 @@ impl Shard {
                 }
             }
             Transmit::AskCache { app, channel } => {
-                let shard = self.index as u16;
-                let ask = BridgeMessage::AskCache {
-                    shard,
-                    app,
-                    channel,
-                };
-                self.carry_out(Transmit::Cluster(ask));
+                if let Some(cluster) = &self.node.cluster {
+                    cluster.ask_cache(self.index as u16, app, channel);
+                }
             }
             Transmit::Webhook(job) => {
                 let sent = self.node.webhooks.as_ref().map(|q| q.try_send(job));
