@@ -13,6 +13,7 @@ use futures_channel::oneshot;
 use futures_util::task::AtomicWaker;
 use hdrhistogram::Histogram;
 
+use crate::channels::counts::Decision;
 use crate::channels::presence::RosterDelta;
 use crate::protocol::SocketId;
 
@@ -48,6 +49,13 @@ pub enum ShardMessage {
         channel: Box<str>,
         shard: usize,
         count: u64,
+    },
+    /// From the node that decides about the channel across the cluster, to the channel's owner
+    /// shard: send what the decision says.
+    Decided {
+        app: usize,
+        channel: Box<str>,
+        decision: Decision,
     },
     /// Close every socket signed in as this user, with 4009.
     TerminateUser {

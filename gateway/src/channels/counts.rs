@@ -27,6 +27,26 @@ pub enum Change {
     Counted,
 }
 
+/// What a count going from `before` to `after` changed.
+pub fn change(before: u64, after: u64) -> Change {
+    match (before, after) {
+        _ if before == after => Change::Unchanged,
+        (0, _) => Change::Occupied,
+        (_, 0) => Change::Vacated,
+        _ => Change::Counted,
+    }
+}
+
+/// What the node that decides about a channel across the cluster tells the channel's owner
+/// shard to send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    Occupied,
+    Vacated,
+    /// The channel's subscribers on every node, changed since last told.
+    Count(u64),
+}
+
 /// The counts of the channels one shard owns, by app.
 #[derive(Debug)]
 pub struct OwnedCounts {
@@ -75,11 +95,7 @@ impl OwnedCounts {
         if remember {
             self.changed[app].insert(channel.into());
         }
-        match (before, after) {
-            (0, _) => Change::Occupied,
-            (_, 0) => Change::Vacated,
-            _ => Change::Counted,
-        }
+        change(before, after)
     }
 
     /// A channel's subscribers on every shard.

@@ -8,14 +8,18 @@
 //! What is pure lives in its own module with its tests: `wire` (Redis channel names, the
 //! broadcast envelope, control messages), `interest` (which shards hold which channels),
 //! `nodes` (heartbeats and expiry), `queries` (questions waiting on other nodes), `rosters`
-//! (presence members and signed-in users of every node), `slots` (Redis Cluster's hash slots
-//! and which master holds which sharded subscription) and `backoff`.
+//! (presence members and signed-in users of every node), `occupancy` (every node's subscriber
+//! counts, and which node decides about each channel), `parts` (snapshots in parts), `slots`
+//! (Redis Cluster's hash slots and which master holds which sharded subscription) and
+//! `backoff`.
 
 mod backoff;
 mod bridge;
 pub mod interest;
 pub mod link;
 pub mod nodes;
+pub mod occupancy;
+mod parts;
 pub mod queries;
 pub mod rosters;
 pub mod sharded;
@@ -57,6 +61,13 @@ pub enum BridgeMessage {
     },
     /// A shard's change to its own source in a roster, for the other nodes.
     Roster(Arc<RosterDelta>),
+    /// This node's subscribers of a channel now, from the channel's owner shard, for an app that
+    /// keeps cluster-wide counts; sent when it changes.
+    Count {
+        app: usize,
+        channel: Box<str>,
+        count: u64,
+    },
     /// Close the user's sockets on the other nodes.
     Terminate { app: usize, user_id: Arc<str> },
     /// A cache channel's last event, as the cluster keeps it; answered in `shard`'s inbox.

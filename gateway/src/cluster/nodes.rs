@@ -25,6 +25,9 @@ pub enum Heard {
 #[derive(Debug)]
 struct Peer {
     last_seen: Instant,
+    /// When it joined (as its heartbeats say, or when first heard): a node that has just joined
+    /// may not have the others' snapshots yet, and decides nothing until it has settled.
+    since: Instant,
     /// Its sessions by app index, as its last heartbeat reported them (see `reported`).
     connections: Box<[u64]>,
 }
@@ -64,14 +67,58 @@ impl NodeTable {
                 Heard::Collision
             };
         }
-        let peer = Peer {
-            last_seen: now,
-            connections,
-        };
-        match self.peers.insert(node, peer) {
-            None => Heard::Joined,
-            Some(_) => Heard::Alive,
+        match self.peers.get_mut(&node) {
+            Some(peer) => {
+                peer.last_seen = now;
+                peer.connections = connections;
+                Heard::Alive
+            }
+            None => {
+                let peer = Peer {
+                    last_seen: now,
+                    since: now,
+                    connections,
+                };
+                self.peers.insert(node, peer);
+                Heard::Joined
+            }
         }
+    }
+
+    /// A node's heartbeat said how long it has been connected to Redis: it joined then, as
+    /// every node reckons it (not when this one first heard it).
+    pub fn online_for(&mut self, node: u32, online: Duration, now: Instant) {
+        if let Some(peer) = self.peers.get_mut(&node) {
+            peer.since = now.checked_sub(online).unwrap_or(now);
+        }
+    }
+
+    /// The nodes that may decide about channels, this one included (it joined at `own_since`):
+    /// those heard from within `recent` that joined at least `settle` ago. When none has settled
+    /// (the whole cluster has just started), every node heard from within `recent`. Sorted.
+    pub fn deciders(
+        &self,
+        now: Instant,
+        recent: Duration,
+        settle: Duration,
+        own_since: Instant,
+    ) -> Vec<u32> {
+        let settled = |since: Instant| now.saturating_duration_since(since) >= settle;
+        let mut live: Vec<(u32, Instant)> = self
+            .peers
+            .iter()
+            .filter(|(_, peer)| now.saturating_duration_since(peer.last_seen) <= recent)
+            .map(|(&node, peer)| (node, peer.since))
+            .collect();
+        live.push((self.own, own_since));
+        let any_settled = live.iter().any(|&(_, since)| settled(since));
+        let mut nodes: Vec<u32> = live
+            .into_iter()
+            .filter(|&(_, since)| !any_settled || settled(since))
+            .map(|(node, _)| node)
+            .collect();
+        nodes.sort_unstable();
+        nodes
     }
 
     /// The sessions the other nodes reported, summed by app index, for `apps` apps: what counts
@@ -112,6 +159,11 @@ impl NodeTable {
             .collect();
         nodes.sort_unstable();
         nodes
+    }
+
+    /// Whether a node is known: heard from within the timeout.
+    pub fn knows(&self, node: u32) -> bool {
+        self.peers.contains_key(&node)
     }
 
     /// Other nodes known.
@@ -176,6 +228,50 @@ mod tests {
             table.heartbeat(3, 34, none(), start + 10 * second),
             Heard::Joined,
             "a node that comes back joins again"
+        );
+    }
+
+    #[test]
+    fn nodes_decide_once_they_have_settled() {
+        let start = Instant::now();
+        let second = Duration::from_secs(1);
+        let (recent, settle) = (2 * second, 2 * second);
+        let mut table = NodeTable::new(1, 11, 5 * second);
+        table.heartbeat(2, 22, none(), start);
+        assert_eq!(
+            table.deciders(start, recent, settle, start),
+            vec![1, 2],
+            "a cluster that has just started: everyone"
+        );
+        let later = start + 3 * second;
+        table.heartbeat(2, 22, none(), later);
+        table.heartbeat(3, 33, none(), later);
+        assert_eq!(table.deciders(later, recent, settle, start), vec![1, 2]);
+        let settled = later + 2 * second;
+        table.heartbeat(2, 22, none(), settled);
+        table.heartbeat(3, 33, none(), settled);
+        assert_eq!(
+            table.deciders(settled, recent, settle, start),
+            vec![1, 2, 3]
+        );
+        table.online_for(2, second, settled);
+        assert_eq!(
+            table.deciders(settled, recent, settle, start),
+            vec![1, 3],
+            "a node that reconnected a second ago settles again"
+        );
+        table.online_for(3, Duration::from_secs(100), settled);
+        table.online_for(9, second, settled);
+        assert_eq!(table.deciders(settled, recent, settle, start), vec![1, 3]);
+        assert_eq!(
+            table.deciders(settled, recent, settle, settled),
+            vec![3],
+            "so does this one"
+        );
+        assert_eq!(
+            table.deciders(settled + 3 * second, recent, settle, settled),
+            vec![1],
+            "quiet nodes do not decide"
         );
     }
 

@@ -12,6 +12,7 @@ use std::collections::HashMap;
 
 use serde_json::Value;
 
+use super::parts::Parts;
 use super::wire::RosterChange;
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -44,18 +45,11 @@ impl Key {
     }
 }
 
-/// A snapshot arriving in parts.
-#[derive(Debug, Default)]
-struct Incoming {
-    next_part: u32,
-    entries: HashMap<Key, Value>,
-}
-
 /// One node's entries, with the info each user joined with.
 #[derive(Debug, Default)]
 struct Held {
     entries: HashMap<Key, Value>,
-    incoming: Option<Incoming>,
+    incoming: Parts<RosterChange>,
 }
 
 /// Roster entries by node.
@@ -91,25 +85,13 @@ impl Rosters {
         entries: Vec<RosterChange>,
     ) -> Vec<RosterChange> {
         let held = self.nodes.entry(node).or_default();
-        if part == 0 {
-            held.incoming = Some(Incoming::default());
-        }
-        let Some(incoming) = held.incoming.as_mut() else {
+        let Some(entries) = held.incoming.take(part, last, entries) else {
             return Vec::new();
         };
-        if incoming.next_part != part {
-            held.incoming = None;
-            return Vec::new();
-        }
-        incoming.next_part += 1;
+        let mut fresh = HashMap::new();
         for entry in entries.into_iter().filter(|e| e.joined) {
-            let key = Key::of(&entry);
-            incoming.entries.entry(key).or_insert(entry.info);
+            fresh.entry(Key::of(&entry)).or_insert(entry.info);
         }
-        if !last {
-            return Vec::new();
-        }
-        let fresh = held.incoming.take().unwrap_or_default().entries;
         let mut changes: Vec<RosterChange> = fresh
             .iter()
             .filter(|(key, _)| !held.entries.contains_key(key))

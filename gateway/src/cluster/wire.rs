@@ -38,7 +38,10 @@
 //! an HTTP API answer; `{"type":"answer","node":N,"id":I,"counts":[["channel",3],...]}` sent back
 //! on the asker's own channel. Presence members and signed-in users travel as `roster` messages
 //! (changes as they happen) and `snapshot` messages (everything a node holds, when another node
-//! asks with `sync`); `terminate` closes a user's sockets on every node.
+//! asks with `sync`); `terminate` closes a user's sockets on every node. For the apps that keep
+//! cluster-wide subscriber counts, each node's count of a channel travels in `counts` messages
+//! when it changes, `{"type":"counts","node":N,"counts":[{"app":"1","channel":"room","count":3}]}`,
+//! and in the `counts` field of its snapshot.
 //!
 //! A roster entry is one user present on one shard of one node, in a presence channel (`channel`
 //! set) or among an app's signed-in users (`channel` absent):
@@ -238,6 +241,15 @@ pub struct RosterChange {
     pub info: serde_json::Value,
 }
 
+/// One node's subscribers of one channel, for the apps that keep cluster-wide counts (see
+/// `occupancy`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChannelCount {
+    pub app: String,
+    pub channel: String,
+    pub count: u64,
+}
+
 /// A message on the control channels.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -251,6 +263,10 @@ pub enum Control {
         nonce: u64,
         #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
         connections: BTreeMap<String, u64>,
+        /// How long the node has been connected to Redis this time, in milliseconds: every
+        /// node then agrees on when it joined (see `NodeTable::deciders`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        online_ms: Option<u64>,
     },
     /// Sent by `node`; answered on `node_channel(prefix, node)`.
     Query { node: u32, id: u64, query: Query },
@@ -265,13 +281,21 @@ pub enum Control {
         node: u32,
         changes: Vec<RosterChange>,
     },
-    /// Part `part` (from 0) of every roster entry `node` holds; the receivers replace what they
-    /// knew of `node` once the `last` part has arrived.
+    /// Part `part` (from 0) of every roster entry and channel count `node` holds; the receivers
+    /// replace what they knew of `node` once the `last` part has arrived. Nodes from before
+    /// cluster-wide counts send no `counts`.
     Snapshot {
         node: u32,
         part: u32,
         last: bool,
         entries: Vec<RosterChange>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        counts: Vec<ChannelCount>,
+    },
+    /// `node`'s new counts of channels, in the order they changed.
+    Counts {
+        node: u32,
+        counts: Vec<ChannelCount>,
     },
     /// `node` has just connected and asks every other node for its snapshot.
     Sync { node: u32 },
@@ -372,6 +396,7 @@ mod tests {
             node: 9,
             nonce: u64::MAX,
             connections: BTreeMap::new(),
+            online_ms: None,
         };
         assert_eq!(
             heartbeat.encode(),
@@ -425,11 +450,32 @@ mod tests {
             part: 0,
             last: true,
             entries: vec![signed_out],
+            counts: Vec::new(),
         };
         assert_eq!(
             snapshot.encode(),
             r#"{"type":"snapshot","node":2,"part":0,"last":true,"entries":[{"app":"1","user":"u1","shard":1,"joined":false}]}"#
         );
+        let room = ChannelCount {
+            app: "1".into(),
+            channel: "room".into(),
+            count: 3,
+        };
+        let counts = Control::Counts {
+            node: 2,
+            counts: vec![room.clone()],
+        };
+        assert_eq!(
+            counts.encode(),
+            r#"{"type":"counts","node":2,"counts":[{"app":"1","channel":"room","count":3}]}"#
+        );
+        let counted_snapshot = Control::Snapshot {
+            node: 2,
+            part: 1,
+            last: false,
+            entries: Vec::new(),
+            counts: vec![room],
+        };
         let sync = Control::Sync { node: 2 };
         let terminate = Control::Terminate {
             node: 2,
@@ -440,13 +486,23 @@ mod tests {
             node: 9,
             nonce: 1,
             connections: BTreeMap::from([("2".into(), 3), ("10".into(), 0)]),
+            online_ms: Some(2500),
         };
         assert_eq!(
             counted.encode(),
-            r#"{"type":"heartbeat","node":9,"nonce":1,"connections":{"10":0,"2":3}}"#
+            r#"{"type":"heartbeat","node":9,"nonce":1,"connections":{"10":0,"2":3},"online_ms":2500}"#
         );
         let messages = [
-            heartbeat, counted, query, answer, roster, snapshot, sync, terminate,
+            heartbeat,
+            counted,
+            query,
+            answer,
+            roster,
+            snapshot,
+            counted_snapshot,
+            counts,
+            sync,
+            terminate,
         ];
         for message in messages {
             assert_eq!(
@@ -467,6 +523,7 @@ mod tests {
                 node: 9,
                 nonce: 1,
                 connections: BTreeMap::new(),
+                online_ms: None,
             }
         );
         let negative = br#"{"type":"heartbeat","node":9,"nonce":1,"connections":{"2":-1}}"#;

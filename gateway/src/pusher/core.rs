@@ -519,6 +519,11 @@ impl<H: Handle> Core<H> {
                 shard,
                 count,
             } => self.count_subscribers(app, &channel, shard, count),
+            ShardMessage::Decided {
+                app,
+                channel,
+                decision,
+            } => self.decided(app, &channel, decision, now),
             ShardMessage::TerminateUser { app, user_id } => self.terminate_user(app, &user_id),
             ShardMessage::ChannelCounts {
                 app,

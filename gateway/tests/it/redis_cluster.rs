@@ -3,11 +3,14 @@
 //! the channels of its slots, and a master killed with its replica taking over.
 
 use std::collections::BTreeMap;
+
+use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
 use crate::cluster::{late_subscriber_gets_the_last_event, lines, received, subscribed};
 use crate::common::redis_cluster::{RedisCluster, NODE_TIMEOUT_MS};
-use crate::common::{wait_until, Client, Gateway};
+use crate::common::webhooks::Receiver;
+use crate::common::{wait_until, Client, Gateway, KEY, SECRET};
 use gateway::cluster::slots::slot;
 
 /// Channels spread over the slot space, so that every master holds some.
@@ -24,7 +27,12 @@ fn redis_channel(name: &str) -> String {
 
 /// Starts `n` gateways on the cluster and waits until each hears the others.
 fn nodes(cluster: &RedisCluster, n: usize) -> Vec<Gateway> {
-    let nodes: Vec<Gateway> = (0..n).map(|_| cluster.gateway()).collect();
+    heard((0..n).map(|_| cluster.gateway()).collect())
+}
+
+/// Waits until each node hears the others.
+fn heard(nodes: Vec<Gateway>) -> Vec<Gateway> {
+    let n = nodes.len();
     for node in &nodes {
         assert!(
             wait_until(Duration::from_secs(10), || node
@@ -249,4 +257,74 @@ fn a_killed_master_is_replaced_by_its_replica_and_delivery_resumes_on_its_own() 
         assert_eq!(node.metric("gateway_redis_shard_up"), 3.0);
         assert_eq!(node.metric("gateway_redis_unplaced_subscriptions"), 0.0);
     }
+}
+
+/// Reads events until the channel's subscription count is `count`.
+fn wait_count(client: &mut Client, count: u64) {
+    loop {
+        let event = client.next_named("pusher_internal:subscription_count");
+        let data: Value = serde_json::from_str(event["data"].as_str().unwrap_or("")).unwrap();
+        if data["subscription_count"] == count {
+            return;
+        }
+    }
+}
+
+/// The channels of the webhook events named `name` among `events`, sorted.
+fn hooked(events: &[(Value, Instant)], name: &str) -> Vec<String> {
+    let named = events.iter().filter(|(event, _)| event["name"] == name);
+    let mut channels: Vec<String> = named
+        .map(|(event, _)| event["channel"].as_str().unwrap_or("").to_string())
+        .collect();
+    channels.sort();
+    channels
+}
+
+#[test]
+fn channels_on_two_nodes_are_occupied_counted_and_vacated_once_for_the_cluster() {
+    let receiver = Receiver::start(0);
+    let app = json!({"id": "1", "key": KEY, "secret": SECRET, "webhook_url": receiver.url(),
+                     "webhook_events": ["channel_occupied", "channel_vacated"],
+                     "subscription_count_events": true});
+    let config = json!({ "apps": [app] });
+    let cluster = RedisCluster::start();
+    let mut nodes = heard(vec![
+        cluster.gateway_with_config(&config),
+        cluster.gateway_with_config(&config),
+    ]);
+    let mut room = vec![nodes[0].client(), nodes[0].client(), nodes[1].client()];
+    for client in &mut room {
+        subscribed(client, "room");
+    }
+    // Every subscriber, on either node, is told the cluster's count.
+    for client in &mut room {
+        wait_count(client, 3);
+    }
+    room.pop().unwrap().close();
+    wait_count(&mut room[0], 2);
+    // "hall" loses its subscriber on the second node with the node itself.
+    let mut hall = vec![nodes[0].client(), nodes[1].client()];
+    for client in &mut hall {
+        subscribed(client, "hall");
+    }
+    for client in &mut hall {
+        wait_count(client, 2);
+    }
+
+    for client in room.drain(..).chain(hall.drain(..1)) {
+        client.close();
+    }
+    nodes.pop().unwrap().child.kill().unwrap();
+    // "room" is vacated after the 3 s hold, "hall" after the node timeout (5 s) and the hold.
+    let events = receiver.collect(Duration::from_secs(10));
+    assert_eq!(
+        hooked(&events, "channel_occupied"),
+        ["hall", "room"],
+        "{events:?}"
+    );
+    assert_eq!(
+        hooked(&events, "channel_vacated"),
+        ["hall", "room"],
+        "{events:?}"
+    );
 }

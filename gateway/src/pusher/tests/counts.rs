@@ -1,9 +1,12 @@
 //! Node-wide subscriber counts: each channel's owner shard sums what the shards report, sends
-//! occupied and vacated webhooks once, and a burst of subscriptions makes one count event.
+//! occupied and vacated webhooks once, and a burst of subscriptions makes one count event. In a
+//! cluster the owner reports the node's count to the bridge and sends what it is told.
 
 use super::{config, counting_config, Client, Node};
 use crate::admin::stats::Disconnect;
-use crate::channels::counts::owner;
+use crate::bus::ShardMessage;
+use crate::channels::counts::{owner, Decision};
+use crate::cluster::BridgeMessage;
 use crate::webhooks::WebhookEvent;
 
 fn counts_received(client: &Client) -> Vec<u64> {
@@ -69,6 +72,75 @@ fn the_owner_sends_one_count_per_tick_to_subscribers_on_every_shard() {
     node.tick();
     node.settle();
     assert_eq!(counts_received(&clients[0]), [5]);
+}
+
+/// The node's counts the owner told the bridge, in order.
+fn counts_told(node: &mut Node) -> Vec<u64> {
+    let told = node.bridge.drain(..).filter_map(|message| match message {
+        BridgeMessage::Count { count, .. } => Some(count),
+        _ => None,
+    });
+    told.collect()
+}
+
+#[test]
+fn in_a_cluster_the_owner_tells_the_bridge_and_sends_what_the_decider_says() {
+    let mut node = Node::clustered(2, counting_config());
+    let clients: Vec<Client> = (0..3).map(|n| node.connect(n % 2)).collect();
+    for client in &clients {
+        node.subscribe(client, "lobby");
+    }
+    node.settle();
+    node.tick();
+    node.settle();
+    assert_eq!(
+        counts_told(&mut node),
+        [1, 2, 3],
+        "the node's count as it changes"
+    );
+    assert!(
+        node.take_webhooks().is_empty(),
+        "the node decides nothing itself"
+    );
+    assert!(counts_received(&clients[0]).is_empty());
+
+    let owner = owner(0, "lobby", 2);
+    let decide = |node: &mut Node, decision| {
+        let now = node.now;
+        let message = ShardMessage::Decided {
+            app: 0,
+            channel: "lobby".into(),
+            decision,
+        };
+        node.apply(owner, |core| core.handle_message(message, now));
+        node.settle();
+    };
+    decide(&mut node, Decision::Occupied);
+    decide(&mut node, Decision::Count(7));
+    let webhooks = node.take_webhooks();
+    let occupied = WebhookEvent::ChannelOccupied {
+        channel: "lobby".into(),
+    };
+    let counted = WebhookEvent::SubscriptionCount {
+        channel: "lobby".into(),
+        count: 7,
+    };
+    assert_eq!(webhooks, [occupied, counted]);
+    for client in &clients {
+        assert_eq!(counts_received(client), [7], "the cluster's count");
+    }
+    assert_eq!(node.cluster_publishes.len(), 1, "and the other nodes'");
+
+    for client in &clients {
+        node.close(client, Disconnect::ClientGone);
+    }
+    node.settle();
+    assert_eq!(counts_told(&mut node), [2, 1, 0]);
+    decide(&mut node, Decision::Vacated);
+    let vacated = WebhookEvent::ChannelVacated {
+        channel: "lobby".into(),
+    };
+    assert_eq!(node.take_webhooks(), [vacated]);
 }
 
 #[test]

@@ -31,21 +31,12 @@ impl Redis {
     /// Starts a gateway with two shards clustered through this server, and waits until it is
     /// connected.
     pub fn gateway(&self) -> Gateway {
-        connected(Gateway::start(&[
-            "--shards",
-            "2",
-            "--redis-url",
-            &self.url(),
-        ]))
+        clustered(&self.url(), None)
     }
 
     /// The same, with a config file holding `config`.
     pub fn gateway_with_config(&self, config: &serde_json::Value) -> Gateway {
-        let url = self.url();
-        connected(Gateway::start_with_config(
-            config,
-            &["--shards", "2", "--redis-url", &url],
-        ))
+        clustered(&self.url(), Some(config))
     }
 
     /// Waits until `nodes` gateways receive a Pusher channel's traffic (app 1, default prefix).
@@ -120,9 +111,19 @@ impl Redis {
 }
 
 /// Waits until a gateway is connected to Redis.
+/// A gateway with two shards clustered through `redis_url` (one server or a cluster), with a
+/// config file holding `config` if given, once it is connected.
+pub fn clustered(redis_url: &str, config: Option<&serde_json::Value>) -> Gateway {
+    let extra = ["--shards", "2", "--redis-url", redis_url];
+    connected(match config {
+        Some(config) => Gateway::start_with_config(config, &extra),
+        None => Gateway::start(&extra),
+    })
+}
+
 fn connected(gateway: Gateway) -> Gateway {
     assert!(
-        wait_until(Duration::from_secs(5), || gateway.health()["cluster"]
+        wait_until(Duration::from_secs(10), || gateway.health()["cluster"]
             == "ok"),
         "gateway connects to redis"
     );

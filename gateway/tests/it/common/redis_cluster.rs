@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use super::redis::clustered;
 use super::{free_port, wait_until, Gateway};
 
 /// Milliseconds a master may be unreachable before its replica takes over.
@@ -98,13 +99,12 @@ impl RedisCluster {
 
     /// A gateway with two shards clustered through this Redis Cluster, connected.
     pub fn gateway(&self) -> Gateway {
-        let gateway = Gateway::start(&["--shards", "2", "--redis-url", &self.url()]);
-        assert!(
-            wait_until(Duration::from_secs(10), || gateway.health()["cluster"]
-                == "ok"),
-            "gateway connects to the redis cluster"
-        );
-        gateway
+        clustered(&self.url(), None)
+    }
+
+    /// Like `gateway`, with this configuration.
+    pub fn gateway_with_config(&self, config: &serde_json::Value) -> Gateway {
+        clustered(&self.url(), Some(config))
     }
 
     fn live_ports(&self) -> impl Iterator<Item = u16> + '_ {

@@ -27,14 +27,17 @@ use futures_util::stream::{FuturesUnordered, StreamExt};
 use hdrhistogram::Histogram;
 use serde_json::Value;
 
+mod counts;
+
 use super::backoff::Backoff;
 use super::interest::{Change, Interest};
 use super::link::{Command, Publisher, Subscriber, Target};
 use super::nodes::{self, Heard, NodeTable};
+use super::occupancy::ClusterCounts;
 use super::queries::{Done, Pending};
 use super::rosters::Rosters;
 use super::sharded::Message;
-use super::wire::{self, Control, Envelope, Query, RosterChange};
+use super::wire::{self, ChannelCount, Control, Envelope, Query, RosterChange};
 use super::{BridgeMessage, ClusterStats, Counts};
 use crate::admin::stats::{self, PublishFailure};
 use crate::bus::{Broadcast, CacheAnswer, Inbox, ShardMessage};
@@ -119,6 +122,7 @@ struct Outgoing {
     /// The last wanted state of each Redis channel whose interest changed in the batch.
     changes: HashMap<String, bool>,
     roster: Vec<RosterChange>,
+    counts: Vec<ChannelCount>,
 }
 
 /// Subscribes to the Redis channels a batch came to need and unsubscribes from those it no
@@ -149,6 +153,7 @@ fn control_sender(control: &Control) -> u32 {
         | Control::Answer { node, .. }
         | Control::Roster { node, .. }
         | Control::Snapshot { node, .. }
+        | Control::Counts { node, .. }
         | Control::Sync { node }
         | Control::Terminate { node, .. } => *node,
     }
@@ -183,6 +188,11 @@ struct Bridge {
     interest: Interest,
     nodes: NodeTable,
     rosters: Rosters,
+    /// Every node's subscriber counts, for the apps that keep cluster-wide counts.
+    counts: ClusterCounts,
+    /// When this session with Redis began.
+    online_since: Instant,
+    last_count_flush: Instant,
     pending: Pending<oneshot::Sender<Counts>>,
     /// Lag of broadcasts from other nodes, microseconds.
     lag: Histogram<u64>,
@@ -311,6 +321,9 @@ impl Bridge {
             prefix,
             nonce,
             rosters: Rosters::default(),
+            counts: ClusterCounts::default(),
+            online_since: now,
+            last_count_flush: now,
             pending: Pending::default(),
             lag: crate::admin::stats::latency_histogram(),
             last_heartbeat: now,
@@ -392,6 +405,12 @@ impl Bridge {
                         self.rosters.apply(self.node.id, &change);
                     }
                 }
+                // Kept for the snapshot sent when Redis is back.
+                BridgeMessage::Count {
+                    app,
+                    channel,
+                    count,
+                } => self.own_count(app, channel, count, None),
                 // The API already answered that the other nodes cannot be reached.
                 BridgeMessage::Terminate { .. } => {}
                 BridgeMessage::AskCache {
@@ -500,21 +519,19 @@ impl Bridge {
         }
     }
 
-    /// Publishes every roster entry this node holds, in parts.
+    /// Publishes every roster entry and channel count this node holds, in parts.
     fn publish_snapshot(&self, publisher: &Publisher, in_flight: &mut InFlight) {
         let entries = self.rosters.held(self.node.id);
-        let parts: Vec<&[RosterChange]> = if entries.is_empty() {
-            vec![&[]]
-        } else {
-            entries.chunks(ROSTER_CHUNK).collect()
-        };
-        let count = parts.len();
-        for (part, chunk) in parts.into_iter().enumerate() {
+        let mut entries = entries.chunks(ROSTER_CHUNK).map(<[_]>::to_vec);
+        let mut counts = self.count_snapshot().into_iter();
+        let parts = entries.len().max(counts.len()).max(1);
+        for part in 0..parts {
             let message = Control::Snapshot {
                 node: self.node.id,
                 part: part as u32,
-                last: part + 1 == count,
-                entries: chunk.to_vec(),
+                last: part + 1 == parts,
+                entries: entries.next().unwrap_or_default(),
+                counts: counts.next().unwrap_or_default(),
             };
             in_flight.push(publish(publisher, self.control.clone(), message.encode()));
         }
@@ -553,6 +570,7 @@ impl Bridge {
         let mut in_flight = InFlight::new();
         let now = Instant::now();
         self.last_echo = now;
+        self.online_since = now;
         self.heartbeat(&publisher, &mut in_flight, now);
         // Other nodes may have forgotten this one, and this one them, while it was away.
         let sync = Control::Sync { node: self.node.id };
@@ -613,6 +631,7 @@ impl Bridge {
         if now.saturating_duration_since(self.last_heartbeat) >= HEARTBEAT_INTERVAL {
             self.heartbeat(publisher, in_flight, now);
         }
+        self.tick_counts(now);
         Ok(())
     }
 
@@ -623,6 +642,7 @@ impl Bridge {
             node: node.id,
             nonce: self.nonce,
             connections: nodes::own_connections(&node.config.apps, |app| node.app_connections(app)),
+            online_ms: Some(now.saturating_duration_since(self.online_since).as_millis() as u64),
         };
         in_flight.push(publish(publisher, self.control.clone(), message.encode()));
         self.stats
@@ -676,6 +696,7 @@ impl Bridge {
             queued: 0,
             changes: HashMap::new(),
             roster: Vec::new(),
+            counts: Vec::new(),
         };
         for message in batch.drain(..) {
             self.take(message, &mut outgoing, publisher, in_flight);
@@ -688,6 +709,7 @@ impl Bridge {
             };
             in_flight.push(publish(publisher, self.control.clone(), message.encode()));
         }
+        self.publish_counts(publisher, in_flight, &outgoing.counts);
         if outgoing.queued > 0 {
             self.send(publisher, in_flight, outgoing.publishes, outgoing.queued);
         }
@@ -740,6 +762,11 @@ impl Bridge {
                     }
                 }
             }
+            BridgeMessage::Count {
+                app,
+                channel,
+                count,
+            } => self.own_count(app, channel, count, Some(&mut outgoing.counts)),
             BridgeMessage::AskCache {
                 shard,
                 app,
@@ -882,7 +909,14 @@ impl Bridge {
                 node,
                 nonce,
                 connections,
-            } => self.on_heartbeat(node, nonce, &connections, now),
+                online_ms,
+            } => {
+                self.on_heartbeat(node, nonce, &connections, now);
+                if let Some(online) = online_ms {
+                    self.nodes
+                        .online_for(node, Duration::from_millis(online), now);
+                }
+            }
             Control::Query { node, id, query } if node != self.node.id => {
                 // Answers past the cap are skipped: the asker answers without this node's share.
                 if in_flight.len() < MAX_IN_FLIGHT {
@@ -911,11 +945,14 @@ impl Bridge {
                 part,
                 last,
                 entries,
+                counts,
             } => {
                 for change in self.rosters.snapshot(node, part, last, entries) {
                     self.forward_roster(node, &change, false);
                 }
+                self.on_count_snapshot(node, part, last, counts);
             }
+            Control::Counts { node, counts } => self.on_counts(node, counts),
             Control::Sync { .. } => self.publish_snapshot(publisher, in_flight),
             Control::Terminate { app, user, .. } => {
                 if let Some((app, _)) = self.node.config.app_by_id(&app) {
