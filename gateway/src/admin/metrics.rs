@@ -216,6 +216,22 @@ fn render_redis_shards(out: &mut String, stats: &ClusterStats) {
             shard.addr
         );
     }
+    header(
+        out,
+        "gateway_redis_shard_publish_failures_total",
+        "counter",
+        "Broadcasts a Redis Cluster master did not take (by the master serving their slot when the failure was seen).",
+    );
+    let mut failures = (**stats.shard_failures.load()).clone();
+    for shard in shards.iter() {
+        failures.entry(shard.addr.clone()).or_default();
+    }
+    for (addr, count) in failures {
+        let _ = writeln!(
+            out,
+            "gateway_redis_shard_publish_failures_total{{shard=\"{addr}\"}} {count}"
+        );
+    }
 }
 
 /// The other nodes' sessions of each app with a quota, as this node counts them against it.

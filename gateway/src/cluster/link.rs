@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use futures_util::future::{try_join_all, LocalBoxFuture};
+use futures_util::future::{join_all, LocalBoxFuture};
 use futures_util::StreamExt;
 use redis::aio::{MultiplexedConnection, PubSubSink, PubSubStream};
 use redis::cluster::ClusterClient;
@@ -196,7 +196,8 @@ impl Publisher {
         channel: String,
         message: Vec<u8>,
     ) -> LocalBoxFuture<'static, redis::RedisResult<()>> {
-        self.publish_all(vec![Command::Publish { channel, message }])
+        let sent = self.publish_all(vec![Command::Publish { channel, message }]);
+        Box::pin(async move { sent.await.map_err(|unsent| unsent.error) })
     }
 
     /// A cache channel's last event kept under `key` and the time it has left, if any.
@@ -223,7 +224,7 @@ impl Publisher {
     pub fn publish_all(
         &self,
         messages: Vec<Command>,
-    ) -> LocalBoxFuture<'static, redis::RedisResult<()>> {
+    ) -> LocalBoxFuture<'static, Result<(), Unsent>> {
         let name = self.command();
         match self.clone() {
             Publisher::Single(mut conn) => Box::pin(async move {
@@ -231,35 +232,65 @@ impl Publisher {
                 for command in messages {
                     command.add_to(&mut pipe, name);
                 }
-                pipe.query_async::<()>(&mut conn).await
+                let sent = pipe.query_async::<()>(&mut conn).await;
+                sent.map_err(|error| Unsent {
+                    error,
+                    slots: Vec::new(),
+                })
             }),
             Publisher::Cluster(cluster) => Box::pin(async move {
                 let conn = cluster.conn.borrow().clone();
-                let sends = per_slot(name, messages).into_values().map(|pipe| {
+                let sends = per_slot(name, messages).into_iter().map(|(slot, batch)| {
                     let mut conn = conn.clone();
-                    async move { pipe.query_async::<()>(&mut conn).await }
+                    async move {
+                        let sent = batch.pipe.query_async::<()>(&mut conn).await;
+                        sent.map_err(|error| (slot, batch.publishes, error))
+                    }
                 });
-                let sent = try_join_all(sends).await.map(|_| ());
-                if sent.is_err() {
-                    cluster.renew().await;
-                }
-                sent
+                let failed: Vec<_> = join_all(sends)
+                    .await
+                    .into_iter()
+                    .filter_map(Result::err)
+                    .collect();
+                let Some((_, _, error)) = failed.first() else {
+                    return Ok(());
+                };
+                let error = error.clone();
+                cluster.renew().await;
+                let slots = failed.into_iter().map(|(slot, n, _)| (slot, n)).collect();
+                Err(Unsent { error, slots })
             }),
         }
     }
 }
 
+/// Messages Redis did not take: the first error, and on a cluster the hash slots whose
+/// pipelines failed, with the publishes each carried (on one server, all of them failed).
+#[derive(Debug)]
+pub struct Unsent {
+    pub error: redis::RedisError,
+    pub slots: Vec<(u16, u64)>,
+}
+
+/// One hash slot's pipeline and the publishes in it.
+#[derive(Default)]
+struct SlotBatch {
+    pipe: redis::Pipeline,
+    publishes: u64,
+}
+
 /// Messages as one pipeline per hash slot, in order within each: a cluster takes a pipeline
 /// only when all its keys share a slot, and one channel's messages must keep their order.
-fn per_slot(publish: &str, commands: Vec<Command>) -> BTreeMap<u16, redis::Pipeline> {
-    let mut pipes: BTreeMap<u16, redis::Pipeline> = BTreeMap::new();
+fn per_slot(publish: &str, commands: Vec<Command>) -> BTreeMap<u16, SlotBatch> {
+    let mut batches: BTreeMap<u16, SlotBatch> = BTreeMap::new();
     for command in commands {
-        let pipe = pipes
+        let batch = batches
             .entry(slot(command.slot_key().as_bytes()))
             .or_default();
-        command.add_to(pipe, publish);
+        batch.publishes += u64::from(matches!(command, Command::Publish { .. }));
+        command.add_to(&mut batch.pipe, publish);
     }
-    pipes
+    batches
 }
 
 /// Subscriptions: one pub/sub connection to one server, or one per master of a cluster.
@@ -318,6 +349,15 @@ impl Subscriber {
             .collect()
     }
 
+    /// The master that serves a hash slot now, as this node's subscriptions see it; none for
+    /// one server.
+    pub fn master_of(&self, slot: u16) -> Option<String> {
+        match self {
+            Subscriber::Single { .. } => None,
+            Subscriber::Cluster(sharded) => sharded.master_of(slot),
+        }
+    }
+
     /// Wanted channels that no server holds now (a cluster's failover in progress).
     pub fn unplaced(&self) -> usize {
         match self {
@@ -337,6 +377,10 @@ pub struct RedisShard {
     pub subscriptions: usize,
 }
 
+/// Broadcasts a Redis Cluster master did not take, by the master's address (the one serving
+/// their slot when the failure was seen), since start.
+pub type ShardFailures = BTreeMap<String, u64>;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -347,11 +391,22 @@ mod tests {
             channel: channel.to_owned(),
             message: vec![],
         });
-        let pipes = per_slot("SPUBLISH", messages.to_vec());
-        assert_eq!(pipes.len(), 3, "a and {{a}}x share a slot");
-        let counts = |name: &[u8]| pipes[&slot(name)].cmd_iter().count();
-        assert_eq!((counts(b"a"), counts(b"b"), counts(b"c")), (3, 1, 1));
-        let packed = String::from_utf8(pipes[&slot(b"a")].get_packed_pipeline()).unwrap();
+        let mut messages = messages.to_vec();
+        messages.push(Command::Keep {
+            key: "{b}#last".into(),
+            value: vec![],
+            ttl: Duration::from_secs(1),
+        });
+        let batches = per_slot("SPUBLISH", messages);
+        assert_eq!(batches.len(), 3, "a and {{a}}x share a slot");
+        let counts = |name: &[u8]| batches[&slot(name)].pipe.cmd_iter().count();
+        assert_eq!((counts(b"a"), counts(b"b"), counts(b"c")), (3, 2, 1));
+        assert_eq!(
+            batches[&slot(b"b")].publishes,
+            1,
+            "a kept event is no publish"
+        );
+        let packed = String::from_utf8(batches[&slot(b"a")].pipe.get_packed_pipeline()).unwrap();
         let (first, last) = (
             packed.find("\r\na\r\n").unwrap(),
             packed.find("{a}x").unwrap(),

@@ -108,6 +108,8 @@ pub struct ClusterStats {
     pub unplaced: AtomicU64,
     /// A Redis Cluster's masters as the bridge last saw them; empty with one server.
     pub redis_shards: ArcSwap<Vec<link::RedisShard>>,
+    /// Broadcasts each Redis Cluster master did not take, since start.
+    pub shard_failures: ArcSwap<link::ShardFailures>,
 }
 
 impl Default for ClusterStats {
@@ -130,6 +132,7 @@ impl Default for ClusterStats {
             lag_sum_micros: AtomicU64::new(0),
             unplaced: AtomicU64::new(0),
             redis_shards: ArcSwap::from_pointee(Vec::new()),
+            shard_failures: ArcSwap::from_pointee(link::ShardFailures::new()),
         }
     }
 }

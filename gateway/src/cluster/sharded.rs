@@ -110,6 +110,11 @@ impl ShardedSubscriber {
         self.placement.unplaced()
     }
 
+    /// The master serving a hash slot, as the slot map last said.
+    pub fn master_of(&self, slot: u16) -> Option<Addr> {
+        self.placement.map().master_of(slot).cloned()
+    }
+
     /// Each master: its address, whether its link is up, the channels it holds for this node.
     pub fn masters(&self) -> Vec<(Addr, bool, usize)> {
         self.placement.masters()

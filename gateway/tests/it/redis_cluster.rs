@@ -257,6 +257,15 @@ fn a_killed_master_is_replaced_by_its_replica_and_delivery_resumes_on_its_own() 
         assert_eq!(node.metric("gateway_redis_shard_up"), 3.0);
         assert_eq!(node.metric("gateway_redis_unplaced_subscriptions"), 0.0);
     }
+    // The publishes lost meanwhile are counted against the master that was killed.
+    let failures = "gateway_redis_shard_publish_failures_total";
+    let on_victim = a.metric(&format!("{failures}{{shard=\"127.0.0.1:{victim}\"}}"));
+    println!(
+        "publishes lost on the killed master: {on_victim}, in all: {}",
+        a.metric(failures)
+    );
+    assert!(on_victim > 0.0, "failures counted on the killed master");
+    assert!(a.metric(failures) <= a.metric("gateway_redis_publish_failures_total"));
 }
 
 /// Reads events until the channel's subscription count is `count`.

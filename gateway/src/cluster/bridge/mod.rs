@@ -31,7 +31,7 @@ mod counts;
 
 use super::backoff::Backoff;
 use super::interest::{Change, Interest};
-use super::link::{Command, Publisher, Subscriber, Target};
+use super::link::{Command, Publisher, ShardFailures, Subscriber, Target, Unsent};
 use super::nodes::{self, Heard, NodeTable};
 use super::occupancy::ClusterCounts;
 use super::queries::{Done, Pending};
@@ -107,7 +107,7 @@ enum SessionEnd {
 enum Work {
     Published {
         count: u64,
-        result: redis::RedisResult<()>,
+        result: Result<(), Unsent>,
     },
     Sent(redis::RedisResult<()>),
 }
@@ -193,6 +193,8 @@ struct Bridge {
     /// When this session with Redis began.
     online_since: Instant,
     last_count_flush: Instant,
+    /// Broadcasts each master did not take, since start (shown in /metrics).
+    shard_failures: ShardFailures,
     pending: Pending<oneshot::Sender<Counts>>,
     /// Lag of broadcasts from other nodes, microseconds.
     lag: Histogram<u64>,
@@ -324,6 +326,7 @@ impl Bridge {
             counts: ClusterCounts::default(),
             online_since: now,
             last_count_flush: now,
+            shard_failures: ShardFailures::new(),
             pending: Pending::default(),
             lag: crate::admin::stats::latency_histogram(),
             last_heartbeat: now,
@@ -590,7 +593,7 @@ impl Bridge {
                     Ok(None) => Err(SessionEnd::Closed),
                     Err(error) => Err(SessionEnd::Redis(error)),
                 },
-                Some(work) = in_flight.next(), if !in_flight.is_empty() => self.finished(work),
+                Some(work) = in_flight.next(), if !in_flight.is_empty() => self.finished(work, &subscriber),
                 _ = tick.tick() => {
                     let now = Instant::now();
                     self.tick(now);
@@ -656,20 +659,18 @@ impl Bridge {
         self.stats.lag_sum_micros.store(sum as u64, Relaxed);
     }
 
-    fn finished(&mut self, work: Work) -> Result<(), SessionEnd> {
+    fn finished(&mut self, work: Work, subscriber: &Subscriber) -> Result<(), SessionEnd> {
         let error = match work {
             Work::Published { count, result } => {
                 self.unconfirmed = self.unconfirmed.saturating_sub(count);
-                match result {
-                    Ok(()) => {
-                        self.stats.messages_out.fetch_add(count, Relaxed);
-                        return Ok(());
-                    }
-                    Err(error) => {
-                        self.stats.publish_failed(PublishFailure::Error, count);
-                        error
-                    }
-                }
+                let Err(unsent) = result else {
+                    self.stats.messages_out.fetch_add(count, Relaxed);
+                    return Ok(());
+                };
+                let failed = self.count_unsent(count, &unsent.slots, subscriber);
+                self.stats.messages_out.fetch_add(count - failed, Relaxed);
+                self.stats.publish_failed(PublishFailure::Error, failed);
+                unsent.error
             }
             Work::Sent(Ok(())) => return Ok(()),
             Work::Sent(Err(error)) => error,
@@ -682,6 +683,28 @@ impl Bridge {
         }
         tracing::debug!(%error, "redis refused a command");
         Ok(())
+    }
+
+    /// Counts the broadcasts of a pipeline that Redis did not take, by master on a cluster;
+    /// returns how many.
+    fn count_unsent(&mut self, count: u64, slots: &[(u16, u64)], subscriber: &Subscriber) -> u64 {
+        if slots.is_empty() {
+            return count;
+        }
+        for &(slot, publishes) in slots {
+            let master = subscriber
+                .master_of(slot)
+                .unwrap_or_else(|| "unknown".into());
+            *self.shard_failures.entry(master).or_default() += publishes;
+        }
+        self.stats
+            .shard_failures
+            .store(Arc::new(self.shard_failures.clone()));
+        slots
+            .iter()
+            .map(|&(_, publishes)| publishes)
+            .sum::<u64>()
+            .min(count)
     }
 
     async fn handle_online(
