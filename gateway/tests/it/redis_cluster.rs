@@ -337,3 +337,67 @@ fn channels_on_two_nodes_are_occupied_counted_and_vacated_once_for_the_cluster()
         "{events:?}"
     );
 }
+
+#[test]
+fn a_channel_whose_slot_moves_to_another_master_is_followed_there() {
+    let cluster = RedisCluster::start();
+    let nodes = nodes(&cluster, 2);
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let (moved, stays) = (channel(0), channel(1));
+    let moved_slot = slot(redis_channel(&moved).as_bytes());
+    let masters = cluster.masters();
+    let from = masters.iter().find(|m| m.serves(moved_slot)).unwrap().port;
+    let to = masters.iter().find(|m| m.port != from).unwrap().port;
+    let mut listener = b.client();
+    for name in [&moved, &stays] {
+        subscribed(&mut listener, name);
+        wait_shard_subscribers(&cluster, name, 1);
+    }
+
+    let watched = [moved.clone(), stays.clone()];
+    let reader = std::thread::spawn(move || {
+        let watched: Vec<&str> = watched.iter().map(String::as_str).collect();
+        collect_until_end(&mut listener, &watched)
+    });
+    let ticks: u64 = 120;
+    let mut moved_at = None;
+    for n in 0..ticks {
+        if n == 20 {
+            cluster.move_slot(moved_slot, from, to);
+            moved_at = Some(Instant::now());
+        }
+        for name in [&moved, &stays] {
+            a.publish(name, "tick", &n.to_string());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Checked while the listener is still subscribed.
+    let redis = redis_channel(&moved);
+    assert!(
+        cluster.shard_channels(to).contains(&redis),
+        "now held on {to}"
+    );
+    assert!(
+        !cluster.shard_channels(from).contains(&redis),
+        "not on {from}"
+    );
+    for name in [&moved, &stays] {
+        a.publish(name, "end", "");
+    }
+    let got = reader.join().unwrap();
+    for (name, events) in &got {
+        let numbers: Vec<u64> = events.iter().map(|&(n, _)| n).collect();
+        assert!(
+            numbers.windows(2).all(|pair| pair[0] < pair[1]),
+            "{name}: in order, each once: {numbers:?}"
+        );
+        assert!(
+            numbers.contains(&(ticks - 1)),
+            "{name}: delivered after the move"
+        );
+    }
+    let gap = longest_gap(&got[&moved], moved_at.unwrap());
+    let lost = ticks as usize - got[&moved].len();
+    println!("slot move: longest silence on the moved channel {gap:?}, {lost} of {ticks} lost");
+    assert!(gap < Duration::from_secs(10), "{gap:?}");
+}

@@ -165,6 +165,36 @@ impl RedisCluster {
         lines.get(1).and_then(|n| n.parse().ok()).unwrap_or(0)
     }
 
+    /// Moves a hash slot, with its keys, from one master to another, as `redis-cli --cluster
+    /// reshard` does: importing and migrating states, `MIGRATE` of every key, then the new
+    /// owner told to every master.
+    pub fn move_slot(&self, slot: u16, from: u16, to: u16) {
+        let id = |port: u16| cli(port, &["CLUSTER", "MYID"]).concat();
+        let (from_id, to_id) = (id(from), id(to));
+        let slot = slot.to_string();
+        let ok = |port: u16, args: &[&str]| {
+            assert_eq!(cli(port, args), ["OK"], "{port}: {args:?}");
+        };
+        ok(to, &["CLUSTER", "SETSLOT", &slot, "IMPORTING", &from_id]);
+        ok(from, &["CLUSTER", "SETSLOT", &slot, "MIGRATING", &to_id]);
+        loop {
+            let mut keys = cli(from, &["CLUSTER", "GETKEYSINSLOT", &slot, "100"]);
+            keys.retain(|key| !key.is_empty());
+            if keys.is_empty() {
+                break;
+            }
+            let to_port = to.to_string();
+            let mut args = vec!["MIGRATE", "127.0.0.1", &to_port, "", "0", "5000", "KEYS"];
+            args.extend(keys.iter().map(String::as_str));
+            ok(from, &args);
+        }
+        ok(to, &["CLUSTER", "SETSLOT", &slot, "NODE", &to_id]);
+        ok(from, &["CLUSTER", "SETSLOT", &slot, "NODE", &to_id]);
+        for master in self.masters() {
+            cli(master.port, &["CLUSTER", "SETSLOT", &slot, "NODE", &to_id]);
+        }
+    }
+
     /// Kills a node at once, as a crash would.
     pub fn kill(&mut self, port: u16) {
         let at = self
