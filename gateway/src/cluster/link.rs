@@ -349,6 +349,15 @@ impl Subscriber {
             .collect()
     }
 
+    /// Whether every one of these channels is subscribed where messages to it go (always with
+    /// one server, where subscribing waits for the server's answer).
+    pub fn confirmed(&self, channels: &[String]) -> bool {
+        match self {
+            Subscriber::Single { .. } => true,
+            Subscriber::Cluster(sharded) => channels.iter().all(|c| sharded.confirmed(c)),
+        }
+    }
+
     /// The master that serves a hash slot now, as this node's subscriptions see it; none for
     /// one server.
     pub fn master_of(&self, slot: u16) -> Option<String> {

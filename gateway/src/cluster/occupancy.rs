@@ -7,6 +7,7 @@
 use std::collections::{HashMap, HashSet};
 
 use super::parts::Parts;
+use super::wire::lane_of;
 use crate::channels::counts::{change, Change};
 use crate::protocol::ChannelKind;
 
@@ -30,17 +31,36 @@ pub struct Changed {
 }
 
 /// Every node's counts, and their sums.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct ClusterCounts {
+    /// The lanes snapshots come in (see `wire::lane_of`).
+    lanes: u16,
     by_node: HashMap<u32, HashMap<ChannelKey, u64>>,
     totals: HashMap<ChannelKey, u64>,
-    incoming: HashMap<u32, Parts<NodeCount>>,
+    /// Snapshots arriving, by node and lane.
+    incoming: HashMap<(u32, u16), Parts<NodeCount>>,
     /// Channels whose total changed since `take_changed`; presence channels are not among them
     /// (their subscribers are told user counts, not subscription counts).
     changed: HashSet<ChannelKey>,
 }
 
+impl Default for ClusterCounts {
+    fn default() -> ClusterCounts {
+        ClusterCounts::new(1)
+    }
+}
+
 impl ClusterCounts {
+    pub fn new(lanes: u16) -> ClusterCounts {
+        ClusterCounts {
+            lanes,
+            by_node: HashMap::new(),
+            totals: HashMap::new(),
+            incoming: HashMap::new(),
+            changed: HashSet::new(),
+        }
+    }
+
     /// Records `node`'s count of a channel now.
     pub fn record(&mut self, node: u32, app: usize, channel: &str, count: u64) -> Change {
         let key: ChannelKey = (app, channel.into());
@@ -65,30 +85,32 @@ impl ClusterCounts {
         change(before, after)
     }
 
-    /// Takes part `part` of a snapshot of `node`'s counts. Once the last part is in, it replaces
-    /// what was known of `node`, and the changes that makes are returned.
+    /// Takes part `part` of a snapshot of `node`'s counts in `lane`. Once the last part is in,
+    /// it replaces what was known of `node` in that lane, and the changes that makes are
+    /// returned.
     pub fn snapshot(
         &mut self,
         node: u32,
+        lane: u16,
         part: u32,
         last: bool,
         counts: Vec<NodeCount>,
     ) -> Vec<Changed> {
-        let Some(fresh) = self
-            .incoming
-            .entry(node)
-            .or_default()
-            .take(part, last, counts)
-        else {
+        let parts = self.incoming.entry((node, lane)).or_default();
+        let Some(fresh) = parts.take(part, last, counts) else {
             return Vec::new();
         };
-        let mut gone: HashSet<ChannelKey> = self.channels_of(node).collect();
+        let lanes = self.lanes;
+        let in_lane = |channel: &str| lane_of(lanes, channel) == lane;
+        let mut gone: HashSet<ChannelKey> = (self.channels_of(node))
+            .filter(|(_, channel)| in_lane(channel))
+            .collect();
         let mut changes = Vec::new();
         for NodeCount {
             app,
             channel,
             count,
-        } in fresh
+        } in fresh.into_iter().filter(|count| in_lane(&count.channel))
         {
             gone.remove(&(app, channel.clone()));
             changes.push(self.changed_by(node, app, channel, count));
@@ -102,7 +124,7 @@ impl ClusterCounts {
 
     /// Forgets a node: its counts drop out of every total.
     pub fn forget(&mut self, node: u32) -> Vec<Changed> {
-        self.incoming.remove(&node);
+        self.incoming.retain(|&(from, _), _| from != node);
         let channels: Vec<ChannelKey> = self.channels_of(node).collect();
         channels
             .into_iter()
@@ -116,11 +138,10 @@ impl ClusterCounts {
         self.by_node.keys().copied()
     }
 
-    /// Every count `node` holds: its snapshot.
+    /// Every count `node` holds: its snapshot (sent lane by lane).
     pub fn held(&self, node: u32) -> Vec<NodeCount> {
         self.by_node.get(&node).map_or_else(Vec::new, |counts| {
-            counts
-                .iter()
+            (counts.iter())
                 .map(|((app, channel), &count)| NodeCount {
                     app: *app,
                     channel: channel.clone(),
@@ -245,11 +266,11 @@ mod tests {
         counts.record(7, 0, "leaves", 1);
         counts.record(8, 0, "shared", 1);
         assert!(counts
-            .snapshot(7, 0, false, vec![count(0, "stays", 1)])
+            .snapshot(7, 0, 0, false, vec![count(0, "stays", 1)])
             .is_empty());
         let fresh = vec![count(0, "arrives", 2), count(0, "shared", 3)];
         assert_eq!(
-            changes(counts.snapshot(7, 1, true, fresh)),
+            changes(counts.snapshot(7, 0, 1, true, fresh)),
             [
                 ("arrives".into(), Change::Occupied),
                 ("leaves".into(), Change::Vacated),
@@ -267,11 +288,40 @@ mod tests {
             ]
         );
         assert!(
-            counts.snapshot(7, 0, true, counts.held(7)).is_empty(),
+            counts.snapshot(7, 0, 0, true, counts.held(7)).is_empty(),
             "an unchanged snapshot changes nothing"
         );
-        assert!(counts.snapshot(7, 1, true, vec![]).is_empty(), "no part 0");
+        assert!(
+            counts.snapshot(7, 0, 1, true, vec![]).is_empty(),
+            "no part 0"
+        );
         assert_eq!(counts.total(0, "arrives"), 2);
+    }
+
+    #[test]
+    fn a_snapshot_replaces_only_its_own_lane() {
+        let lanes = 16;
+        let mut counts = ClusterCounts::new(lanes);
+        let (a, b) = ("room-1", "room-2");
+        let b = if lane_of(lanes, a) == lane_of(lanes, b) {
+            "room-3"
+        } else {
+            b
+        };
+        assert_ne!(lane_of(lanes, a), lane_of(lanes, b));
+        counts.record(7, 0, a, 1);
+        counts.record(7, 0, b, 1);
+        let lane = lane_of(lanes, a);
+        let stray = vec![count(0, b, 5)];
+        assert_eq!(
+            changes(counts.snapshot(7, lane, 0, true, stray)),
+            [(a.to_string(), Change::Vacated)],
+            "the lane's own channel left; another lane's is not taken"
+        );
+        assert_eq!(counts.total(0, b), 1);
+        let mut held = counts.held(7);
+        held.sort_by(|x, y| x.channel.cmp(&y.channel));
+        assert_eq!(held, [count(0, b, 1)]);
     }
 
     #[test]

@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use serde_json::Value;
 
 use super::parts::Parts;
-use super::wire::RosterChange;
+use super::wire::{lane_of, RosterChange};
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct Key {
@@ -33,6 +33,10 @@ impl Key {
         }
     }
 
+    fn lane(&self, lanes: u16) -> u16 {
+        lane_of(lanes, self.channel.as_deref().unwrap_or(&self.user))
+    }
+
     fn change(&self, joined: bool, info: Value) -> RosterChange {
         RosterChange {
             app: self.app.clone(),
@@ -49,16 +53,32 @@ impl Key {
 #[derive(Debug, Default)]
 struct Held {
     entries: HashMap<Key, Value>,
-    incoming: Parts<RosterChange>,
+    /// Snapshots arriving, by lane.
+    incoming: HashMap<u16, Parts<RosterChange>>,
 }
 
 /// Roster entries by node.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Rosters {
+    /// The lanes snapshots come in (see `wire::lane_of`).
+    lanes: u16,
     nodes: HashMap<u32, Held>,
 }
 
+impl Default for Rosters {
+    fn default() -> Rosters {
+        Rosters::new(1)
+    }
+}
+
 impl Rosters {
+    pub fn new(lanes: u16) -> Rosters {
+        Rosters {
+            lanes,
+            nodes: HashMap::new(),
+        }
+    }
+
     /// Applies a change `node` made to its own entries; false when it changes nothing known.
     pub fn apply(&mut self, node: u32, change: &RosterChange) -> bool {
         let held = self.nodes.entry(node).or_default();
@@ -73,24 +93,31 @@ impl Rosters {
         true
     }
 
-    /// Takes part `part` of a snapshot of `node`'s entries. Once the last part is in, what was
-    /// known of `node` is replaced, and the changes that makes are returned: arrivals first, so
-    /// that a user who only moved between shards is never briefly absent. A part out of order
-    /// (one was lost with a connection) drops the snapshot; the next sync sends a whole one.
+    /// Takes part `part` of a snapshot of `node`'s entries in `lane`. Once the last part is in,
+    /// what was known of `node` in that lane is replaced, and the changes that makes are
+    /// returned: arrivals first, so that a user who only moved between shards is never briefly
+    /// absent. A part out of order (one was lost with a connection) drops the snapshot; the next
+    /// sync sends a whole one.
     pub fn snapshot(
         &mut self,
         node: u32,
+        lane: u16,
         part: u32,
         last: bool,
         entries: Vec<RosterChange>,
     ) -> Vec<RosterChange> {
+        let lanes = self.lanes;
         let held = self.nodes.entry(node).or_default();
-        let Some(entries) = held.incoming.take(part, last, entries) else {
+        let parts = held.incoming.entry(lane).or_default();
+        let Some(entries) = parts.take(part, last, entries) else {
             return Vec::new();
         };
         let mut fresh = HashMap::new();
         for entry in entries.into_iter().filter(|e| e.joined) {
-            fresh.entry(Key::of(&entry)).or_insert(entry.info);
+            let key = Key::of(&entry);
+            if key.lane(lanes) == lane {
+                fresh.entry(key).or_insert(entry.info);
+            }
         }
         let mut changes: Vec<RosterChange> = fresh
             .iter()
@@ -98,12 +125,12 @@ impl Rosters {
             .map(|(key, info)| key.change(true, info.clone()))
             .collect();
         changes.extend(
-            held.entries
-                .keys()
-                .filter(|key| !fresh.contains_key(key))
+            (held.entries.keys())
+                .filter(|key| key.lane(lanes) == lane && !fresh.contains_key(key))
                 .map(|key| key.change(false, Value::Null)),
         );
-        held.entries = fresh;
+        held.entries.retain(|key, _| key.lane(lanes) != lane);
+        held.entries.extend(fresh);
         changes
     }
 
@@ -117,7 +144,7 @@ impl Rosters {
         })
     }
 
-    /// Every entry `node` holds, as arrivals: its snapshot.
+    /// Every entry `node` holds, as arrivals: its snapshot (sent lane by lane).
     pub fn held(&self, node: u32) -> Vec<RosterChange> {
         self.nodes.get(&node).map_or_else(Vec::new, |held| {
             held.entries
@@ -181,9 +208,9 @@ mod tests {
         let mut rosters = Rosters::default();
         rosters.apply(7, &change("stays", 0, true));
         rosters.apply(7, &change("leaves", 0, true));
-        let none = rosters.snapshot(7, 0, false, vec![change("stays", 0, true)]);
+        let none = rosters.snapshot(7, 0, 0, false, vec![change("stays", 0, true)]);
         assert!(none.is_empty(), "nothing changes before the last part");
-        let changes = rosters.snapshot(7, 1, true, vec![change("arrives", 1, true)]);
+        let changes = rosters.snapshot(7, 0, 1, true, vec![change("arrives", 1, true)]);
         assert_eq!(
             changes.first().map(|c| c.joined),
             Some(true),
@@ -193,7 +220,7 @@ mod tests {
             sorted(changes),
             vec![("arrives".into(), 1, true), ("leaves".into(), 0, false)]
         );
-        let again = rosters.snapshot(7, 0, true, rosters.held(7));
+        let again = rosters.snapshot(7, 0, 0, true, rosters.held(7));
         assert!(again.is_empty(), "an unchanged snapshot changes nothing");
         let arrived = rosters.held(7).into_iter().find(|c| c.user == "arrives");
         assert_eq!(arrived.map(|c| c.info), Some(json!({"name": "arrives"})));
@@ -203,14 +230,44 @@ mod tests {
     fn a_snapshot_with_a_missing_part_is_dropped() {
         let mut rosters = Rosters::default();
         rosters.apply(7, &change("u1", 0, true));
-        rosters.snapshot(7, 0, false, vec![]);
-        assert!(rosters.snapshot(7, 2, true, vec![]).is_empty());
+        rosters.snapshot(7, 0, 0, false, vec![]);
+        assert!(rosters.snapshot(7, 0, 2, true, vec![]).is_empty());
         assert_eq!(rosters.held(7).len(), 1, "what was known stands");
         assert!(
-            rosters.snapshot(7, 1, true, vec![]).is_empty(),
+            rosters.snapshot(7, 0, 1, true, vec![]).is_empty(),
             "the rest of a dropped snapshot is ignored"
         );
         assert_eq!(rosters.held(7).len(), 1);
+    }
+
+    #[test]
+    fn a_snapshot_replaces_only_its_own_lane() {
+        let lanes = 16;
+        let mut rosters = Rosters::new(lanes);
+        let in_lane = |name: &str| lane_of(lanes, name);
+        let (a, b) = ("presence-a", "presence-b");
+        let b = if in_lane(a) == in_lane(b) {
+            "presence-c"
+        } else {
+            b
+        };
+        assert_ne!(in_lane(a), in_lane(b));
+        let on = |channel: &str, user: &str| RosterChange {
+            channel: Some(channel.into()),
+            ..change(user, 0, true)
+        };
+        rosters.apply(7, &on(a, "u1"));
+        rosters.apply(7, &on(b, "u2"));
+        let changes = rosters.snapshot(7, in_lane(a), 0, true, vec![on(a, "u3")]);
+        assert_eq!(
+            sorted(changes),
+            vec![("u1".into(), 0, false), ("u3".into(), 0, true)]
+        );
+        let held = rosters.held(7).into_iter();
+        let in_b: Vec<RosterChange> = held.filter(|c| c.lane(lanes) == in_lane(b)).collect();
+        assert_eq!(in_b, vec![on(b, "u2")], "untouched");
+        let stray = rosters.snapshot(7, in_lane(b), 0, true, vec![on(b, "u2"), on(a, "u4")]);
+        assert!(stray.is_empty(), "an entry of another lane is not taken");
     }
 
     #[test]

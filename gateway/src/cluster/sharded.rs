@@ -40,6 +40,8 @@ pub struct Message {
 enum Event {
     Message(Message),
     Up(Addr, u64),
+    /// The server confirmed a subscription.
+    Subscribed(Addr, String),
     /// The server dropped a subscription (its slot moved), or confirmed our own unsubscribe.
     Unsubscribed(Addr, String),
     Down(Addr, u64),
@@ -67,6 +69,8 @@ pub struct ShardedSubscriber {
     refresh: tokio::time::Interval,
     /// Whether a slot-map request is out.
     asking: bool,
+    /// Channels whose subscription a master confirmed, with that master.
+    confirmed: HashMap<String, Addr>,
 }
 
 impl ShardedSubscriber {
@@ -83,6 +87,7 @@ impl ShardedSubscriber {
             seeds,
             refresh: tokio::time::interval(REFRESH),
             asking: false,
+            confirmed: HashMap::new(),
         };
         subscriber.follow_map(&reply).map_err(|error| {
             redis::RedisError::from((redis::ErrorKind::Client, "CLUSTER SLOTS", error))
@@ -103,6 +108,12 @@ impl ShardedSubscriber {
             let changes = self.placement.unwant(channel);
             self.carry_out(changes);
         }
+    }
+
+    /// Whether the master holding a wanted channel has confirmed its subscription: messages
+    /// published to it from now on arrive.
+    pub fn confirmed(&self, channel: &str) -> bool {
+        (self.confirmed.get(channel)).is_some_and(|node| self.placement.holds(node, channel))
     }
 
     /// Wanted channels that no live master holds now.
@@ -141,7 +152,13 @@ impl ShardedSubscriber {
                 let changes = self.placement.node_up(&node);
                 self.carry_out(changes);
             }
+            Event::Subscribed(node, channel) => {
+                self.confirmed.insert(channel, node);
+            }
             Event::Unsubscribed(node, channel) => {
+                if self.confirmed.get(&channel) == Some(&node) {
+                    self.confirmed.remove(&channel);
+                }
                 // Ours, or the server's after a slot moved: whichever, a channel still wanted
                 // there is asked for again (a repeated SSUBSCRIBE changes nothing).
                 if self.placement.holds(&node, &channel) {
@@ -151,6 +168,7 @@ impl ShardedSubscriber {
             }
             Event::Down(node, id) if self.is_current(&node, id) => {
                 self.links.remove(&node);
+                self.confirmed.retain(|_, at| *at != node);
                 self.placement.node_down(&node);
                 self.refresh_soon();
             }
@@ -361,6 +379,7 @@ fn to_event(node: &str, push: Push) -> Option<Event> {
             channel: text(channel),
             payload: payload.clone(),
         })),
+        (b"ssubscribe", [channel, ..]) => Some(Event::Subscribed(node.into(), text(channel))),
         (b"sunsubscribe", [channel, ..]) => Some(Event::Unsubscribed(node.into(), text(channel))),
         _ => None,
     }
@@ -461,8 +480,13 @@ mod tests {
         assert_eq!(read.len(), 3);
         assert_eq!(read[1].kind, b"smessage");
         assert_eq!(read[1].fields, [b"c:1".to_vec(), b"hi\r\nyou".to_vec()]);
-        let message = to_event("n:1", read.into_iter().nth(1).unwrap());
+        let mut events = read.into_iter().map(|push| to_event("n:1", push));
+        let confirmed = events.next().flatten();
+        assert!(matches!(confirmed, Some(Event::Subscribed(n, c)) if n == "n:1" && c == "c:1"));
+        let message = events.next().flatten();
         assert!(matches!(message, Some(Event::Message(m)) if m.payload == b"hi\r\nyou"));
+        let dropped = events.next().flatten();
+        assert!(matches!(dropped, Some(Event::Unsubscribed(_, c)) if c == "c:1"));
     }
 
     #[test]

@@ -77,6 +77,29 @@ pub fn control_channel(prefix: &str) -> String {
     format!("{prefix}#cluster")
 }
 
+/// Lanes on a Redis Cluster: control channels that carry roster and count changes and
+/// snapshots, spread over the masters by their hash slots, so that presence traffic does not all
+/// pass through the one master of the control channel. With one Redis there is one lane: the
+/// control channel itself.
+pub const CLUSTER_LANES: u16 = 16;
+
+/// The Redis channel of lane `lane` of `lanes`.
+pub fn lane_channel(prefix: &str, lanes: u16, lane: u16) -> String {
+    match lanes {
+        0 | 1 => control_channel(prefix),
+        _ => format!("{prefix}#lane:{lane}"),
+    }
+}
+
+/// The lane of a roster or count: by the name of its channel (or of its user, for an app's
+/// signed-in users), so each one's changes and snapshots travel in order on one lane.
+pub fn lane_of(lanes: u16, name: &str) -> u16 {
+    match lanes {
+        0 | 1 => 0,
+        _ => crate::cluster::slots::slot(name.as_bytes()) % lanes,
+    }
+}
+
 /// The Redis channel one node listens on for answers to its queries.
 pub fn node_channel(prefix: &str, node: u32) -> String {
     format!("{prefix}#node:{node}")
@@ -281,11 +304,14 @@ pub enum Control {
         node: u32,
         changes: Vec<RosterChange>,
     },
-    /// Part `part` (from 0) of every roster entry and channel count `node` holds; the receivers
-    /// replace what they knew of `node` once the `last` part has arrived. Nodes from before
-    /// cluster-wide counts send no `counts`.
+    /// Part `part` (from 0) of every roster entry and channel count `node` holds in `lane`;
+    /// the receivers replace what they knew of `node` in that lane once the `last` part has
+    /// arrived. Nodes from before cluster-wide counts send no `counts`; with one Redis there is
+    /// only lane 0, left out.
     Snapshot {
         node: u32,
+        #[serde(default, skip_serializing_if = "is_zero")]
+        lane: u16,
         part: u32,
         last: bool,
         entries: Vec<RosterChange>,
@@ -305,6 +331,17 @@ pub enum Control {
         app: String,
         user: String,
     },
+}
+
+fn is_zero(lane: &u16) -> bool {
+    *lane == 0
+}
+
+impl RosterChange {
+    /// Its lane: by its presence channel, or by its user among signed-in users.
+    pub fn lane(&self, lanes: u16) -> u16 {
+        lane_of(lanes, self.channel.as_deref().unwrap_or(&self.user))
+    }
 }
 
 impl Control {
@@ -348,6 +385,36 @@ mod tests {
         assert_eq!(data_channel("gw", "1", "news"), "gw:1:news");
         assert_eq!(control_channel("gw"), "gw#cluster");
         assert_eq!(node_channel("gw", 42), "gw#node:42");
+        assert_eq!(lane_channel("gw", 16, 3), "gw#lane:3");
+        assert_eq!(
+            lane_channel("gw", 1, 0),
+            "gw#cluster",
+            "one lane: the control channel"
+        );
+    }
+
+    #[test]
+    fn lanes_spread_over_a_clusters_masters() {
+        assert_eq!(lane_of(1, "presence-room"), 0);
+        let lanes: std::collections::BTreeSet<u16> = (0..200)
+            .map(|n| lane_of(CLUSTER_LANES, &format!("room-{n}")))
+            .collect();
+        assert_eq!(
+            lanes.len(),
+            usize::from(CLUSTER_LANES),
+            "every lane is used"
+        );
+        // The lanes' names hash to slots all over the slot space, so that the masters of a
+        // cluster share them.
+        let slots: Vec<u16> = (0..CLUSTER_LANES)
+            .map(|lane| {
+                crate::cluster::slots::slot(lane_channel("gateway", CLUSTER_LANES, lane).as_bytes())
+            })
+            .collect();
+        for third in 0..3u16 {
+            let range = third * 5462..(third + 1) * 5462;
+            assert!(slots.iter().any(|slot| range.contains(slot)), "{slots:?}");
+        }
     }
 
     #[test]
@@ -447,6 +514,7 @@ mod tests {
         };
         let snapshot = Control::Snapshot {
             node: 2,
+            lane: 0,
             part: 0,
             last: true,
             entries: vec![signed_out],
@@ -471,6 +539,7 @@ mod tests {
         );
         let counted_snapshot = Control::Snapshot {
             node: 2,
+            lane: 7,
             part: 1,
             last: false,
             entries: Vec::new(),

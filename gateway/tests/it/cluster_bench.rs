@@ -293,3 +293,119 @@ fn try_open(gateway: &Gateway) -> Option<Client> {
         socket_id: String::new(),
     })
 }
+
+/// Presence channels the churn joins, and public channels the publisher sends to.
+const CHURN_CHANNELS: usize = 20;
+/// How long the mixed load runs.
+const MIXED_RUN: Duration = Duration::from_secs(10);
+
+#[test]
+#[ignore = "a measurement for the README; run with --ignored --nocapture"]
+fn control_traffic_share_on_a_redis_cluster() {
+    let cluster = RedisCluster::start();
+    let nodes: Vec<Gateway> = (0..3).map(|_| cluster.gateway()).collect();
+    let rooms: Vec<String> = (0..CHURN_CHANNELS).map(|n| format!("room-{n}")).collect();
+    // A subscriber of every public channel on every node, so each broadcast reaches all three.
+    let _subscribers: Vec<Client> = (nodes.iter())
+        .flat_map(|node| rooms.iter().map(|room| subscriber(node, room)))
+        .collect();
+    for room in &rooms {
+        let name = format!("gateway:1:{room}");
+        assert!(wait_until(Duration::from_secs(10), || cluster
+            .shard_subscribers(&name)
+            == 3));
+    }
+    let spublish_calls = || -> Vec<(u16, u64)> {
+        let masters = cluster.masters().into_iter();
+        masters
+            .map(|master| (master.port, spublish_calls(master.port)))
+            .collect()
+    };
+    let before = spublish_calls();
+    let started = Instant::now();
+    let (joins, publishes) = thread::scope(|scope| {
+        let churns: Vec<_> = (nodes.iter().enumerate())
+            .map(|(n, node)| scope.spawn(move || churn(node, n, started)))
+            .collect();
+        let (rooms, first) = (&rooms, &nodes[0]);
+        let publisher = scope.spawn(move || publish_spaced(first, rooms, started));
+        let joins: usize = churns.into_iter().map(|c| c.join().unwrap()).sum();
+        (joins, publisher.join().unwrap())
+    });
+    let seconds = started.elapsed().as_secs_f64();
+    let after = spublish_calls();
+    let masters = cluster.masters();
+    let on_master = |port: u16| {
+        let of = |list: &[(u16, u64)]| list.iter().find(|(p, _)| *p == port).map_or(0, |x| x.1);
+        of(&after) - of(&before)
+    };
+    // What each master holds of the control channel and the lanes.
+    let holds = |port: u16| {
+        let names = (0..gateway::cluster::wire::CLUSTER_LANES)
+            .map(|lane| format!("gateway#lane:{lane}"))
+            .chain(["gateway#cluster".to_owned()]);
+        let slot = |name: &String| gateway::cluster::slots::slot(name.as_bytes());
+        let master = masters.iter().find(|m| m.port == port);
+        names
+            .filter(|name| master.is_some_and(|m| m.serves(slot(name))))
+            .count()
+    };
+    let all: u64 = masters.iter().map(|m| on_master(m.port)).sum();
+    let busiest = masters.iter().map(|m| on_master(m.port)).max().unwrap_or(0);
+    println!(
+        "3 nodes for {seconds:.1} s: {:.0} presence joins and as many leaves per second (all nodes), {:.0} publishes per second",
+        joins as f64 / seconds,
+        publishes as f64 / seconds
+    );
+    for master in &masters {
+        println!(
+            "  master {} ({} of the control channel and lanes): {:.0} SPUBLISH/s",
+            master.port,
+            holds(master.port),
+            on_master(master.port) as f64 / seconds
+        );
+    }
+    println!(
+        "  all masters: {:.0} SPUBLISH/s; the busiest takes {:.1}% of them",
+        all as f64 / seconds,
+        100.0 * busiest as f64 / all.max(1) as f64
+    );
+}
+
+/// `SPUBLISH` calls a Redis server has served since it started.
+fn spublish_calls(port: u16) -> u64 {
+    let info = crate::common::redis_cluster::cli(port, &["INFO", "commandstats"]);
+    info.iter()
+        .find_map(|line| line.strip_prefix("cmdstat_spublish:calls="))
+        .and_then(|rest| rest.split(',').next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Clients that connect, join a presence channel and leave, back to back, until the run ends;
+/// returns how many joined.
+fn churn(node: &Gateway, n: usize, started: Instant) -> usize {
+    let mut joins = 0;
+    while started.elapsed() < MIXED_RUN {
+        let mut client = node.client();
+        let room = format!("presence-room-{}", joins % CHURN_CHANNELS);
+        client.join(&room, &format!("user-{n}-{joins}"), json!({"n": joins}));
+        client.close();
+        joins += 1;
+    }
+    joins
+}
+
+/// Publishes to the rooms in turn, one every 5 ms, until the run ends; returns how many.
+fn publish_spaced(node: &Gateway, rooms: &[String], started: Instant) -> usize {
+    let mut publisher = Publisher::connect(node);
+    let path = format!("/apps/{APP_ID}/events");
+    let mut sent = 0;
+    while started.elapsed() < MIXED_RUN {
+        let room = &rooms[sent % rooms.len()];
+        let body = json!({"name": "e", "channel": room, "data": sent.to_string()}).to_string();
+        assert_eq!(publisher.post(&path, &body), 200);
+        sent += 1;
+        thread::sleep(Duration::from_millis(5));
+    }
+    sent - sent % rooms.len()
+}

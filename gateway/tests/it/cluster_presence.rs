@@ -11,7 +11,7 @@ use crate::common::{wait_until, watch_events, Client, Ended, Gateway, KEY, SECRE
 use gateway::cluster::NODE_TIMEOUT;
 use serde_json::{json, Value};
 
-const ROOM: &str = "presence-room";
+pub(crate) const ROOM: &str = "presence-room";
 
 /// The JSON inside an event's `data` string.
 fn data(event: &Value) -> Value {
@@ -30,7 +30,7 @@ fn cluster(redis: &Redis, n: usize) -> Vec<Gateway> {
 }
 
 /// The members a node's HTTP API lists for the room, sorted.
-fn users(gateway: &Gateway) -> Vec<String> {
+pub(crate) fn users(gateway: &Gateway) -> Vec<String> {
     let (status, body) = gateway.api("GET", &format!("/apps/1/channels/{ROOM}/users"), &[], "");
     assert_eq!(status, 200, "{body}");
     let body: Value = serde_json::from_str(&body).unwrap();
@@ -44,7 +44,7 @@ fn users(gateway: &Gateway) -> Vec<String> {
     ids
 }
 
-fn ids(list: &[&str]) -> Vec<String> {
+pub(crate) fn ids(list: &[&str]) -> Vec<String> {
     list.iter().map(|s| s.to_string()).collect()
 }
 

@@ -8,6 +8,7 @@ use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
 use crate::cluster::{late_subscriber_gets_the_last_event, lines, received, subscribed};
+use crate::cluster_presence::{ids, users, ROOM};
 use crate::common::redis_cluster::{RedisCluster, NODE_TIMEOUT_MS};
 use crate::common::webhooks::Receiver;
 use crate::common::{wait_until, Client, Gateway, KEY, SECRET};
@@ -268,12 +269,16 @@ fn a_killed_master_is_replaced_by_its_replica_and_delivery_resumes_on_its_own() 
     assert!(a.metric(failures) <= a.metric("gateway_redis_publish_failures_total"));
 }
 
+/// An event's data, which Pusher sends as a JSON string.
+fn data(event: &Value) -> Value {
+    serde_json::from_str(event["data"].as_str().unwrap_or("")).unwrap()
+}
+
 /// Reads events until the channel's subscription count is `count`.
 fn wait_count(client: &mut Client, count: u64) {
     loop {
         let event = client.next_named("pusher_internal:subscription_count");
-        let data: Value = serde_json::from_str(event["data"].as_str().unwrap_or("")).unwrap();
-        if data["subscription_count"] == count {
+        if data(&event)["subscription_count"] == count {
             return;
         }
     }
@@ -400,4 +405,43 @@ fn a_channel_whose_slot_moves_to_another_master_is_followed_there() {
     let lost = ticks as usize - got[&moved].len();
     println!("slot move: longest silence on the moved channel {gap:?}, {lost} of {ticks} lost");
     assert!(gap < Duration::from_secs(10), "{gap:?}");
+}
+
+#[test]
+fn presence_crosses_a_redis_cluster_on_lanes_spread_over_its_masters() {
+    let cluster = RedisCluster::start();
+    let mut nodes = nodes(&cluster, 2);
+    let mut alice = nodes[0].client();
+    alice.join(ROOM, "alice", json!({"name": "Alice"}));
+    let mut bob = nodes[1].client();
+    bob.join(ROOM, "bob", json!(null));
+    let added = alice.next_named("pusher_internal:member_added");
+    assert_eq!(data(&added)["user_id"], "bob", "{added}");
+    // A node that comes later learns both from the others' snapshots, lane by lane.
+    nodes.push(cluster.gateway());
+    let late = &nodes[2];
+    assert!(
+        wait_until(Duration::from_secs(10), || users(late)
+            == ids(&["alice", "bob"])),
+        "{:?}",
+        users(late)
+    );
+    // The lanes live on more than one master, each on the master of its slot.
+    let mut masters_with_lanes = 0;
+    for master in cluster.masters() {
+        let lanes: Vec<String> = (cluster.shard_channels(master.port).into_iter())
+            .filter(|name| name.starts_with("gateway#lane:"))
+            .collect();
+        for lane in &lanes {
+            assert!(master.serves(slot(lane.as_bytes())), "{lane}");
+        }
+        masters_with_lanes += usize::from(!lanes.is_empty());
+    }
+    assert!(
+        masters_with_lanes >= 2,
+        "lanes on {masters_with_lanes} master(s)"
+    );
+    bob.close();
+    let removed = alice.next_named("pusher_internal:member_removed");
+    assert_eq!(data(&removed)["user_id"], "bob", "{removed}");
 }

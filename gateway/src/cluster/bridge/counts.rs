@@ -5,13 +5,12 @@
 
 use std::time::{Duration, Instant};
 
-use super::{publish, Bridge, InFlight, RECENT, ROSTER_CHUNK};
+use super::{Bridge, RECENT};
 use crate::admin::stats;
 use crate::bus::ShardMessage;
 use crate::channels::counts::{owner, Change, Decision};
-use crate::cluster::link::Publisher;
 use crate::cluster::occupancy::{decider, Changed, NodeCount};
-use crate::cluster::wire::{ChannelCount, Control};
+use crate::cluster::wire::ChannelCount;
 
 /// A node decides about channels only once it has been in the cluster this long, so that the
 /// others' snapshots (asked for when it connects) have arrived.
@@ -51,10 +50,11 @@ impl Bridge {
         }
     }
 
-    /// A part of another node's snapshot of its counts.
+    /// A part of another node's snapshot of its counts in a lane.
     pub(super) fn on_count_snapshot(
         &mut self,
         node: u32,
+        lane: u16,
         part: u32,
         last: bool,
         counts: Vec<ChannelCount>,
@@ -63,18 +63,15 @@ impl Bridge {
             .into_iter()
             .filter_map(|c| self.read_count(c))
             .collect();
-        let changes = self.counts.snapshot(node, part, last, counts);
+        let changes = self.counts.snapshot(node, lane, part, last, counts);
         self.decide_all(changes);
     }
 
-    /// This node's counts, as the parts of its snapshot carry them.
-    pub(super) fn count_snapshot(&self) -> Vec<Vec<ChannelCount>> {
-        let held = self.counts.held(self.node.id);
-        let wire: Vec<ChannelCount> = held
-            .into_iter()
-            .filter_map(|c| self.wire_count(c.app, &c.channel, c.count))
-            .collect();
-        wire.chunks(ROSTER_CHUNK).map(<[_]>::to_vec).collect()
+    /// This node's counts, for its snapshot.
+    pub(super) fn count_snapshot(&self) -> Vec<ChannelCount> {
+        let held = self.counts.held(self.node.id).into_iter();
+        held.filter_map(|c| self.wire_count(c.app, &c.channel, c.count))
+            .collect()
     }
 
     /// Online, at every tick: drops the counts of nodes no longer heard from (only online: a
@@ -95,22 +92,6 @@ impl Bridge {
         self.last_count_flush = now;
         for ((app, channel), count) in self.counts.take_changed() {
             self.decide(app, &channel, Decision::Count(count), now);
-        }
-    }
-
-    /// Publishes this node's changed counts, in parts.
-    pub(super) fn publish_counts(
-        &self,
-        publisher: &Publisher,
-        in_flight: &mut InFlight,
-        counts: &[ChannelCount],
-    ) {
-        for chunk in counts.chunks(ROSTER_CHUNK) {
-            let message = Control::Counts {
-                node: self.node.id,
-                counts: chunk.to_vec(),
-            };
-            in_flight.push(publish(publisher, self.control.clone(), message.encode()));
         }
     }
 

@@ -145,6 +145,15 @@ async fn follow_interest(
     Ok(())
 }
 
+/// Items grouped by lane, each group in the order given.
+fn by_lane<T>(items: Vec<T>, lane: impl Fn(&T) -> u16) -> BTreeMap<u16, Vec<T>> {
+    let mut lanes: BTreeMap<u16, Vec<T>> = BTreeMap::new();
+    for item in items {
+        lanes.entry(lane(&item)).or_default().push(item);
+    }
+    lanes
+}
+
 /// The node a control message comes from.
 fn control_sender(control: &Control) -> u32 {
     match control {
@@ -184,6 +193,8 @@ struct Bridge {
     prefix: String,
     control: String,
     own_channel: String,
+    /// The lanes' Redis channels, by lane (see `wire::lane_of`).
+    lanes: Vec<String>,
     nonce: u64,
     interest: Interest,
     nodes: NodeTable,
@@ -310,9 +321,16 @@ impl Bridge {
         let prefix = node.config.redis_prefix.clone();
         let nonce = fastrand::u64(..);
         let now = Instant::now();
+        let lanes = match client.is_cluster() {
+            true => wire::CLUSTER_LANES,
+            false => 1,
+        };
         Bridge {
             control: wire::control_channel(&prefix),
             own_channel: wire::node_channel(&prefix, node.id),
+            lanes: (0..lanes)
+                .map(|lane| wire::lane_channel(&prefix, lanes, lane))
+                .collect(),
             interest: Interest::new(node.config.apps.len()),
             nodes: NodeTable::new(node.id, nonce, NODE_TIMEOUT),
             node,
@@ -322,8 +340,8 @@ impl Bridge {
             client,
             prefix,
             nonce,
-            rosters: Rosters::default(),
-            counts: ClusterCounts::default(),
+            rosters: Rosters::new(lanes),
+            counts: ClusterCounts::new(lanes),
             online_since: now,
             last_count_flush: now,
             shard_failures: ShardFailures::new(),
@@ -522,21 +540,29 @@ impl Bridge {
         }
     }
 
-    /// Publishes every roster entry and channel count this node holds, in parts.
+    /// Publishes every roster entry and channel count this node holds, lane by lane, in parts.
     fn publish_snapshot(&self, publisher: &Publisher, in_flight: &mut InFlight) {
-        let entries = self.rosters.held(self.node.id);
-        let mut entries = entries.chunks(ROSTER_CHUNK).map(<[_]>::to_vec);
-        let mut counts = self.count_snapshot().into_iter();
-        let parts = entries.len().max(counts.len()).max(1);
-        for part in 0..parts {
-            let message = Control::Snapshot {
-                node: self.node.id,
-                part: part as u32,
-                last: part + 1 == parts,
-                entries: entries.next().unwrap_or_default(),
-                counts: counts.next().unwrap_or_default(),
-            };
-            in_flight.push(publish(publisher, self.control.clone(), message.encode()));
+        let lanes = self.lanes.len() as u16;
+        let mut entries = by_lane(self.rosters.held(self.node.id), |e| e.lane(lanes));
+        let mut counts = by_lane(self.count_snapshot(), |c| wire::lane_of(lanes, &c.channel));
+        for (lane, channel) in self.lanes.iter().enumerate() {
+            let lane = lane as u16;
+            let entries = entries.remove(&lane).unwrap_or_default();
+            let mut entries = entries.chunks(ROSTER_CHUNK).map(<[_]>::to_vec);
+            let counts = counts.remove(&lane).unwrap_or_default();
+            let mut counts = counts.chunks(ROSTER_CHUNK).map(<[_]>::to_vec);
+            let parts = entries.len().max(counts.len()).max(1);
+            for part in 0..parts {
+                let message = Control::Snapshot {
+                    node: self.node.id,
+                    lane,
+                    part: part as u32,
+                    last: part + 1 == parts,
+                    entries: entries.next().unwrap_or_default(),
+                    counts: counts.next().unwrap_or_default(),
+                };
+                in_flight.push(publish(publisher, channel.clone(), message.encode()));
+            }
         }
     }
 
@@ -552,6 +578,12 @@ impl Bridge {
         backoff: &mut Backoff,
     ) -> SessionEnd {
         let mut names = vec![self.control.clone(), self.own_channel.clone()];
+        names.extend(
+            self.lanes
+                .iter()
+                .filter(|lane| **lane != self.control)
+                .cloned(),
+        );
         names.extend(
             self.interest
                 .channels()
@@ -575,10 +607,8 @@ impl Bridge {
         self.last_echo = now;
         self.online_since = now;
         self.heartbeat(&publisher, &mut in_flight, now);
-        // Other nodes may have forgotten this one, and this one them, while it was away.
-        let sync = Control::Sync { node: self.node.id };
-        in_flight.push(publish(&publisher, self.control.clone(), sync.encode()));
-        self.publish_snapshot(&publisher, &mut in_flight);
+        let mut synced = false;
+        self.sync_when_subscribed(&mut synced, &publisher, &subscriber, &mut in_flight);
         let mut tick = tokio::time::interval(TICK);
         loop {
             let outcome = tokio::select! {
@@ -596,6 +626,7 @@ impl Bridge {
                 Some(work) = in_flight.next(), if !in_flight.is_empty() => self.finished(work, &subscriber),
                 _ = tick.tick() => {
                     let now = Instant::now();
+                    self.sync_when_subscribed(&mut synced, &publisher, &subscriber, &mut in_flight);
                     self.tick(now);
                     self.share_redis_shards(&subscriber);
                     self.tick_online(&publisher, &mut in_flight, now)
@@ -605,6 +636,31 @@ impl Bridge {
                 return end;
             }
         }
+    }
+
+    /// Once this session's control channel and lanes are subscribed, asks every other node
+    /// for its snapshot and sends this node's: other nodes may have forgotten this one, and
+    /// this one them, while it was away. On a cluster, subscriptions are confirmed only after
+    /// connecting; snapshots sent before would pass this node by.
+    fn sync_when_subscribed(
+        &self,
+        synced: &mut bool,
+        publisher: &Publisher,
+        subscriber: &Subscriber,
+        in_flight: &mut InFlight,
+    ) {
+        if *synced {
+            return;
+        }
+        let mut needed = self.lanes.clone();
+        needed.push(self.control.clone());
+        if !subscriber.confirmed(&needed) {
+            return;
+        }
+        *synced = true;
+        let sync = Control::Sync { node: self.node.id };
+        in_flight.push(publish(publisher, self.control.clone(), sync.encode()));
+        self.publish_snapshot(publisher, in_flight);
     }
 
     /// Hands /metrics and /health what the subscriptions see of the Redis servers.
@@ -725,14 +781,13 @@ impl Bridge {
             self.take(message, &mut outgoing, publisher, in_flight);
         }
         self.batch = batch;
-        for changes in outgoing.roster.chunks(ROSTER_CHUNK) {
-            let message = Control::Roster {
-                node: self.node.id,
-                changes: changes.to_vec(),
-            };
-            in_flight.push(publish(publisher, self.control.clone(), message.encode()));
-        }
-        self.publish_counts(publisher, in_flight, &outgoing.counts);
+        let (node, lanes) = (self.node.id, self.lanes.len() as u16);
+        let roster = |changes| Control::Roster { node, changes };
+        let lane = |change: &RosterChange| change.lane(lanes);
+        self.publish_on_lanes(publisher, in_flight, outgoing.roster, lane, roster);
+        let counts = |counts| Control::Counts { node, counts };
+        let lane = |count: &ChannelCount| wire::lane_of(lanes, &count.channel);
+        self.publish_on_lanes(publisher, in_flight, outgoing.counts, lane, counts);
         if outgoing.queued > 0 {
             self.send(publisher, in_flight, outgoing.publishes, outgoing.queued);
         }
@@ -741,6 +796,25 @@ impl Bridge {
             .subscriptions
             .store(self.interest.len() as u64, Relaxed);
         Ok(())
+    }
+
+    /// Publishes changes each on its lane, in the order given, in messages of at most
+    /// `ROSTER_CHUNK`.
+    fn publish_on_lanes<T: Clone>(
+        &self,
+        publisher: &Publisher,
+        in_flight: &mut InFlight,
+        items: Vec<T>,
+        lane: impl Fn(&T) -> u16,
+        message: impl Fn(Vec<T>) -> Control,
+    ) {
+        for (lane, items) in by_lane(items, lane) {
+            for chunk in items.chunks(ROSTER_CHUNK) {
+                let channel = self.lanes[usize::from(lane)].clone();
+                let message = message(chunk.to_vec());
+                in_flight.push(publish(publisher, channel, message.encode()));
+            }
+        }
     }
 
     /// Takes one message of a shard into what the batch sends.
@@ -911,7 +985,10 @@ impl Bridge {
 
     fn on_message(&mut self, message: &Message, publisher: &Publisher, in_flight: &mut InFlight) {
         let (channel, payload) = (message.channel.as_str(), message.payload.as_slice());
-        if channel == self.control || channel == self.own_channel {
+        if channel == self.control
+            || channel == self.own_channel
+            || self.lanes.iter().any(|lane| lane == channel)
+        {
             self.on_control(payload, publisher, in_flight);
         } else {
             self.on_broadcast(payload);
@@ -965,15 +1042,16 @@ impl Bridge {
             }
             Control::Snapshot {
                 node,
+                lane,
                 part,
                 last,
                 entries,
                 counts,
             } => {
-                for change in self.rosters.snapshot(node, part, last, entries) {
+                for change in self.rosters.snapshot(node, lane, part, last, entries) {
                     self.forward_roster(node, &change, false);
                 }
-                self.on_count_snapshot(node, part, last, counts);
+                self.on_count_snapshot(node, lane, part, last, counts);
             }
             Control::Counts { node, counts } => self.on_counts(node, counts),
             Control::Sync { .. } => self.publish_snapshot(publisher, in_flight),
