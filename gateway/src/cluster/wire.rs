@@ -6,7 +6,8 @@
 //! | Redis channel | carries | subscribed by |
 //! |---|---|---|
 //! | `{prefix}:{app_id}:{channel}` | broadcasts to one Pusher channel (binary envelope) | nodes with a local subscriber of that channel, only while they have one |
-//! | `{prefix}#cluster` | heartbeats and queries (JSON) | every node |
+//! | `{prefix}#cluster` | heartbeats and queries (JSON); with one Redis also what lanes carry | every node |
+//! | `{prefix}#lane:{n}` (Redis Cluster only, n < 16) | roster and count changes and snapshots of the names in lane n (JSON) | every node |
 //! | `{prefix}#node:{node_id}` | answers to one node's queries (JSON) | that node |
 //!
 //! Pusher channel names cannot hold `:` or `#`, so the three kinds never collide, and several
