@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use hdrhistogram::Histogram;
 
+use super::fanout::Fanout;
 use crate::admin::stats::{self, Disconnect, Rejection, ShardStats};
 use crate::bus::{Broadcast, CacheAnswer, ShardCounts, ShardMessage};
 use crate::channels::counts::OwnedCounts;
@@ -20,7 +21,6 @@ use crate::channels::presence::Source;
 use crate::channels::Registry;
 use crate::cluster::BridgeMessage;
 use crate::config::Config;
-use crate::protocol::channel::server_to_user;
 use crate::protocol::{codes, message, ChannelKind, SocketId};
 use crate::pusher::requests::{self, Refusal};
 use crate::webhooks::{Job, WebhookEvent, WebhookKind};
@@ -35,9 +35,9 @@ pub trait Handle: Clone {
     /// costs the core one table entry and no allocation of its own.
     fn state(&self) -> &SessionState;
     /// Queues a frame. When the queue would pass `limit` bytes the handle may first hand the
-    /// kernel what it takes now; `Ok` says how many bytes that wrote, `Err` that the frame did
-    /// not fit even so.
-    fn send(&self, frame: Bytes, limit: usize) -> Result<usize, QueueFull>;
+    /// kernel what it takes now; `Ok` says what happened, `Err` that the frame did not fit even
+    /// so.
+    fn send(&self, frame: Bytes, limit: usize) -> Result<Sent, QueueFull>;
     /// Asks the session to close with this code. The first request wins.
     fn close(&self, code: u16, reason: Disconnect);
     /// Whether a close was asked for.
@@ -46,6 +46,17 @@ pub trait Handle: Clone {
     fn last_active(&self) -> u32;
     /// The core's second at which the client's message in flight began, while one is.
     fn incomplete_since(&self) -> Option<u32>;
+}
+
+/// What queuing a frame did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Sent {
+    /// Bytes handed to the kernel on the way, when the queue was near its limit.
+    pub written: usize,
+    /// The queue was empty and the session's task was not woken: the runtime writes the queue
+    /// out once the input at hand is handled (see `Core::take_writable`), so that one system
+    /// call carries every frame this input queued, and no task wakes up for it.
+    pub to_write: bool,
 }
 
 /// A session's outbound queue is full.
@@ -117,10 +128,10 @@ pub struct Core<H> {
     pub(super) registry: Registry<H>,
     /// Node-wide subscriber counts of the channels this shard owns (see `counts`).
     pub(super) counts: OwnedCounts,
-    sessions: HashMap<u64, H>,
+    pub(super) sessions: HashMap<u64, H>,
     next_id: u64,
     /// Fanout latency in microseconds, from publish to queued on this shard's subscribers.
-    latency: Histogram<u64>,
+    pub(super) latency: Histogram<u64>,
     pong: Bytes,
     pub(super) transmits: VecDeque<Transmit>,
     drain: Option<Drain>,
@@ -130,6 +141,10 @@ pub struct Core<H> {
     /// Subscribers of cache channels waiting for the cluster's answer, by (app, channel), with
     /// the second the shard asked.
     pub(super) awaiting_cache: HashMap<(usize, Box<str>), (u32, Vec<u64>)>,
+    /// Sessions whose queue got its first frame and is left for the runtime to write.
+    writable: RefCell<Vec<H>>,
+    /// Broadcasts too big to deliver at once, and those behind them (see `fanout`).
+    pub(super) fanout: Fanout<H>,
 }
 
 impl<H: Handle> Core<H> {
@@ -159,6 +174,8 @@ impl<H: Handle> Core<H> {
             drain: None,
             awaiting_signin: VecDeque::new(),
             awaiting_cache: HashMap::new(),
+            writable: RefCell::new(Vec::new()),
+            fanout: Fanout::default(),
         }
     }
 
@@ -231,11 +248,26 @@ impl<H: Handle> Core<H> {
         self.stats.disconnect(app, reason);
     }
 
+    /// Whether the runtime has frames to write (see `take_writable`) or broadcasts to deliver
+    /// (see `fan_out_slice`).
+    pub fn has_output(&self) -> bool {
+        !self.writable.borrow().is_empty() || self.fanout_waiting()
+    }
+
+    /// Moves the sessions whose queues the runtime is to write now into `into` (see
+    /// `Sent::to_write`), each once.
+    pub fn take_writable(&mut self, into: &mut Vec<H>) {
+        into.append(self.writable.get_mut());
+    }
+
     /// Queues a frame to a session, closing it as a slow consumer when it cannot take it.
     pub fn send(&self, handle: &H, frame: Bytes) -> bool {
         match handle.send(frame, self.config.outbound_queue_bytes) {
-            Ok(written) => {
-                stats::add(&self.stats.bytes_out, written as u64);
+            Ok(sent) => {
+                stats::add(&self.stats.bytes_out, sent.written as u64);
+                if sent.to_write {
+                    self.writable.borrow_mut().push(handle.clone());
+                }
                 true
             }
             Err(QueueFull) => {
@@ -391,42 +423,6 @@ impl<H: Handle> Core<H> {
         if self.place.clustered {
             self.transmits
                 .push_back(Transmit::ClusterPublish(broadcast));
-        }
-    }
-
-    /// Queues a broadcast to this shard's subscribers of its channel.
-    fn deliver(&mut self, broadcast: &Broadcast, now: Instant) {
-        let me = (self.place.node, self.place.shard as u32);
-        let excluded = |id: u64| {
-            broadcast
-                .except
-                .is_some_and(|except| except.local == id && (except.node, except.shard) == me)
-        };
-        let delivered = if let Some(user_id) = server_to_user(&broadcast.channel) {
-            let sockets = self.registry.users(broadcast.app).sockets_of(user_id);
-            let ids = sockets.iter().copied().filter(|id| !excluded(*id));
-            self.send_to(ids, &broadcast.frame)
-        } else {
-            if broadcast.cache && ChannelKind::of(&broadcast.channel).is_cache() {
-                self.registry.set_cached(
-                    broadcast.app,
-                    &broadcast.channel,
-                    broadcast.frame.clone(),
-                    broadcast.published,
-                );
-            }
-            self.fan_out(
-                broadcast.app,
-                &broadcast.channel,
-                &broadcast.frame,
-                excluded,
-            )
-        };
-        if delivered > 0 {
-            let micros = now
-                .saturating_duration_since(broadcast.published)
-                .as_micros() as u64;
-            self.latency.saturating_record(micros.max(1));
         }
     }
 

@@ -4,6 +4,7 @@
 
 mod core;
 mod counts;
+mod fanout;
 mod members;
 pub mod requests;
 mod session;
@@ -11,5 +12,5 @@ mod session;
 mod tests;
 
 pub use self::core::{
-    Core, Handle, Place, Publish, QueueFull, SessionState, Transmit, DRAIN_TICKS_PER_SECOND,
+    Core, Handle, Place, Publish, QueueFull, Sent, SessionState, Transmit, DRAIN_TICKS_PER_SECOND,
 };

@@ -13,7 +13,7 @@ use monoio::net::TcpStream;
 
 use crate::admin::stats::Disconnect;
 use crate::budget::InputBudget;
-use crate::pusher::{Handle, QueueFull, SessionState};
+use crate::pusher::{Handle, QueueFull, Sent, SessionState};
 use crate::shard::io as socket;
 use crate::shard::transport::{self, TlsSession};
 use crate::shard::OpenSocket;
@@ -112,16 +112,19 @@ impl Conn {
         }
     }
 
-    /// Queues a frame. Returns false, queuing nothing, when the queue would grow past `limit`
-    /// bytes: the caller closes the connection as a slow consumer.
-    pub fn enqueue(&self, frame: Bytes, limit: usize) -> bool {
+    /// Queues a frame, waking the session's task if `wake`. Returns false, queuing nothing,
+    /// when the queue would grow past `limit` bytes: the caller closes the connection as a slow
+    /// consumer.
+    fn enqueue(&self, frame: Bytes, limit: usize, wake: bool) -> bool {
         let queued = self.queued_bytes.get() + queue_cost(&frame);
         if queued > limit {
             return false;
         }
         self.queued_bytes.set(queued);
         self.outbound.borrow_mut().push_back(frame);
-        self.wake();
+        if wake {
+            self.wake();
+        }
         true
     }
 
@@ -166,6 +169,22 @@ impl Conn {
         match self.waker.take() {
             Some(old) if old.will_wake(waker) => self.waker.set(Some(old)),
             _ => self.waker.set(Some(waker.clone())),
+        }
+    }
+
+    /// Writes what is queued from outside the session's task, which is woken only to wait for
+    /// the socket (full) or to end the session (failed).
+    pub fn write_queued(&self) -> usize {
+        match self.flush() {
+            Ok((Flush::Drained, written)) => written,
+            Ok((Flush::Blocked, written)) => {
+                self.wake();
+                written
+            }
+            Err(_) => {
+                self.wake();
+                0
+            }
         }
     }
 
@@ -331,16 +350,25 @@ impl Handle for Rc<Conn> {
         &self.pusher
     }
 
-    fn send(&self, frame: Bytes, limit: usize) -> Result<usize, QueueFull> {
-        if self.enqueue(frame.clone(), limit) {
-            return Ok(0);
+    fn send(&self, frame: Bytes, limit: usize) -> Result<Sent, QueueFull> {
+        // TLS connections are written by their own task, which holds their TLS state; a
+        // plaintext one whose queue was empty is written by its shard once the input at hand is
+        // handled, without waking its task.
+        let to_write = !self.tls && !self.has_outbound();
+        if self.enqueue(frame.clone(), limit, !to_write) {
+            return Ok(Sent {
+                written: 0,
+                to_write,
+            });
         }
-        // TLS connections are written by their own task, which holds their TLS state.
         if self.tls {
             return Err(QueueFull);
         }
         match self.flush() {
-            Ok((_, written)) if self.enqueue(frame, limit) => Ok(written),
+            Ok((_, written)) if self.enqueue(frame, limit, true) => Ok(Sent {
+                written,
+                to_write: false,
+            }),
             _ => Err(QueueFull),
         }
     }

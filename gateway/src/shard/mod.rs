@@ -10,7 +10,7 @@ mod session;
 pub mod transport;
 
 use crate::memory::{self, GiveBack};
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, VecDeque};
 use std::future::poll_fn;
 use std::os::fd::AsRawFd;
@@ -60,6 +60,10 @@ pub struct Shard {
     cluster_backlog: RefCell<VecDeque<BridgeMessage>>,
     /// TLS handshakes this shard may start, when `tls_handshake_rate` is set.
     handshakes: RefCell<Option<HandshakeBudget>>,
+    /// Connections whose queued frames the shard writes after the input at hand.
+    writable: RefCell<Vec<Rc<Conn>>>,
+    /// The output task, parked while nothing waits to be written or delivered.
+    output_waker: Cell<Option<Waker>>,
 }
 
 /// Which channels a counts query covers.
@@ -94,6 +98,8 @@ impl Shard {
             drain_waiters: RefCell::new(Vec::new()),
             cluster_backlog: RefCell::new(VecDeque::new()),
             handshakes: RefCell::new(handshakes),
+            writable: RefCell::new(Vec::new()),
+            output_waker: Cell::new(None),
         }
     }
 
@@ -112,14 +118,30 @@ impl Shard {
         self.started.elapsed().as_secs() as u32
     }
 
-    /// Feeds the core one input and carries out what it asks of the shard.
+    /// Feeds the core one input and carries out what it asks of the shard. Frames it queued to
+    /// plaintext connections, and broadcasts it left to deliver in slices, are for the output
+    /// task, woken here.
     fn apply<R>(&self, input: impl FnOnce(&mut Core<Rc<Conn>>) -> R) -> R {
         let mut core = self.core.borrow_mut();
         let result = input(&mut core);
         while let Some(transmit) = core.poll_transmit() {
             self.carry_out(transmit);
         }
+        if core.has_output() {
+            if let Some(waker) = self.output_waker.take() {
+                waker.wake();
+            }
+        }
         result
+    }
+
+    /// Writes out what the inputs handled since the last time queued to plaintext connections:
+    /// one system call per connection for all of it, and no session task woken.
+    fn write_queued(&self) {
+        let mut writable = self.writable.borrow_mut();
+        self.core.borrow_mut().take_writable(&mut writable);
+        let written: usize = writable.drain(..).map(|conn| conn.write_queued()).sum();
+        stats::add(&self.stats().bytes_out, written as u64);
     }
 
     fn carry_out(&self, transmit: Transmit) {
@@ -336,6 +358,7 @@ pub fn run(
             ));
         }
         monoio::spawn(inbox_loop(shard.clone()));
+        monoio::spawn(output_loop(shard.clone()));
         monoio::spawn(sweep_loop(shard.clone()));
         shard.drain_started().await;
         // Here, not in the accept loops: with no clients to drain the shard returns at once,
@@ -363,6 +386,30 @@ async fn inbox_loop(shard: Rc<Shard>) {
                 waker.wake();
             }
         }
+    }
+}
+
+/// Writes what the shard's inputs queued to plaintext connections once the tasks that ran
+/// before it are done, so that a publish is answered before its frames are written and one
+/// system call per connection carries what several inputs queued. Then delivers the broadcasts
+/// too big to deliver at once, a slice at a time, with a pause between slices in which the
+/// shard serves everything else (see `pusher::fanout`).
+async fn output_loop(shard: Rc<Shard>) {
+    loop {
+        poll_fn(|cx| {
+            if shard.core.borrow().has_output() {
+                return Poll::Ready(());
+            }
+            shard.output_waker.set(Some(cx.waker().clone()));
+            Poll::Pending
+        })
+        .await;
+        shard.write_queued();
+        while shard.apply(|core| core.fan_out_slice(Instant::now())) {
+            shard.write_queued();
+            pause().await;
+        }
+        shard.write_queued();
     }
 }
 

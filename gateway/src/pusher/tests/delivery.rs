@@ -259,3 +259,77 @@ fn an_unsubscribed_client_gets_nothing_more() {
     assert_eq!(received(&clients[0], "e"), ["1"]);
     assert!(clients[1].take().is_empty());
 }
+
+#[test]
+fn a_wide_broadcast_is_delivered_in_slices_and_what_follows_waits_behind_it() {
+    let mut node = Node::new(1, config());
+    node.cores[0].set_fanout_slice(2);
+    node.manual_fanout = true;
+    let wide = subscribers(&mut node, "wide", 5);
+    let narrow = node.connect(0);
+    node.subscribe(&narrow, "narrow");
+    node.subscribe(&wide[0], "narrow");
+    narrow.take();
+    wide[0].take();
+
+    node.publish(0, "wide", "e", "first");
+    let got = |clients: &[Client]| {
+        clients
+            .iter()
+            .filter(|c| !received(c, "e").is_empty())
+            .count()
+    };
+    assert_eq!(got(&wide), 0, "answered before any delivery");
+    node.publish(0, "narrow", "e", "second");
+    assert!(
+        received(&narrow, "e").is_empty(),
+        "queued behind the wide one"
+    );
+    let mut slices = 0;
+    while node.fan_out_slice(0) {
+        slices += 1;
+    }
+    assert_eq!(slices, 3, "five frames, then two more, two at a time");
+    assert_eq!(
+        received(&wide[0], "e"),
+        ["first", "second"],
+        "in publish order"
+    );
+    assert_eq!(received(&narrow, "e"), ["second"]);
+    for client in &wide[1..] {
+        assert_eq!(received(client, "e"), ["first"]);
+    }
+    node.publish(0, "narrow", "e", "third");
+    assert_eq!(received(&narrow, "e"), ["third"], "nothing waits: at once");
+}
+
+#[test]
+fn a_subscriber_that_leaves_while_a_broadcast_waits_does_not_get_it() {
+    let mut node = Node::new(1, config());
+    node.cores[0].set_fanout_slice(1);
+    node.manual_fanout = true;
+    let clients = subscribers(&mut node, "wide", 3);
+    node.publish(0, "wide", "e", "first");
+    node.fan_out_slice(0);
+    let reached = clients.iter().position(|c| !received(c, "e").is_empty());
+    let gone = (0..3).find(|&n| Some(n) != reached).unwrap();
+    node.close(&clients[gone], Disconnect::ClientGone);
+    while node.fan_out_slice(0) {}
+    assert!(received(&clients[gone], "e").is_empty());
+}
+
+#[test]
+fn a_cache_channel_subscriber_that_comes_while_a_broadcast_waits_gets_it_once() {
+    let mut node = Node::new(1, config());
+    node.cores[0].set_fanout_slice(1);
+    node.manual_fanout = true;
+    let _earlier = subscribers(&mut node, "cache-wide", 3);
+    node.publish(0, "cache-wide", "e", "first");
+    while node.fan_out_slice(0) {}
+    node.publish(0, "cache-wide", "e", "second");
+    let late = node.connect(0);
+    node.subscribe(&late, "cache-wide");
+    assert_eq!(received(&late, "e"), ["first"], "the event kept before it");
+    while node.fan_out_slice(0) {}
+    assert_eq!(received(&late, "e"), ["second"]);
+}

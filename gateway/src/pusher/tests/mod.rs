@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use serde_json::Value;
 
-use super::core::{Core, Handle, Place, Publish, QueueFull, SessionState, Transmit};
+use super::core::{Core, Handle, Place, Publish, QueueFull, Sent, SessionState, Transmit};
 use crate::admin::stats::{Disconnect, ShardStats};
 use crate::bus::{Broadcast, ShardMessage};
 use crate::cluster::BridgeMessage;
@@ -63,7 +63,7 @@ impl Handle for Recording {
         &self.0.state
     }
 
-    fn send(&self, frame: Bytes, limit: usize) -> Result<usize, QueueFull> {
+    fn send(&self, frame: Bytes, limit: usize) -> Result<Sent, QueueFull> {
         let recorder = &self.0;
         if recorder.stalled.get() {
             let queued = recorder.queued.get() + frame.len();
@@ -73,7 +73,7 @@ impl Handle for Recording {
             recorder.queued.set(queued);
         }
         recorder.frames.borrow_mut().push(frame);
-        Ok(0)
+        Ok(Sent::default())
     }
 
     fn close(&self, code: u16, reason: Disconnect) {
@@ -178,6 +178,9 @@ pub struct Node {
     pub stats: Vec<Arc<ShardStats>>,
     pub now: Instant,
     pub config: Arc<Config>,
+    /// Whether the test delivers waiting broadcasts itself (`fan_out_slice`); otherwise every
+    /// input's are delivered before the next, as a shard with nothing else to do would.
+    pub manual_fanout: bool,
 }
 
 impl Node {
@@ -216,11 +219,14 @@ impl Node {
             stats,
             now: started,
             config,
+            manual_fanout: false,
         }
     }
 
     /// Carries out what a shard's core asked for.
     fn route(&mut self, shard: usize) {
+        let now = self.now;
+        while !self.manual_fanout && self.cores[shard].fan_out_slice(now) {}
         while let Some(transmit) = self.cores[shard].poll_transmit() {
             match transmit {
                 Transmit::Shard { to, message } => self.inboxes[to].push_back(message),
@@ -245,6 +251,12 @@ impl Node {
         let result = input(&mut self.cores[shard]);
         self.route(shard);
         result
+    }
+
+    /// A shard delivers one slice of the broadcasts waiting there; returns whether some wait.
+    pub fn fan_out_slice(&mut self, shard: usize) -> bool {
+        let now = self.now;
+        self.apply(shard, |core| core.fan_out_slice(now))
     }
 
     /// A shard handles up to `limit` messages of its inbox, oldest first; returns how many.

@@ -1,0 +1,189 @@
+//! Delivery of broadcasts to this shard's subscribers. A broadcast to at most a slice's worth of
+//! them is delivered at once; a bigger one waits in a queue, and the runtime delivers it in
+//! slices (`fan_out_slice`), serving HTTP requests, handshakes and reads between them, so that a
+//! publish is answered as soon as it is accepted, whatever its channel's size. Every broadcast
+//! accepted after a waiting one waits too: a shard delivers in the order it accepts, and so
+//! keeps publish order (see `Shard::publish`).
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::core::{Core, Handle};
+use crate::admin::stats;
+use crate::bus::Broadcast;
+use crate::protocol::channel::server_to_user;
+use crate::protocol::ChannelKind;
+
+/// Frames queued to subscribers in one go: about a millisecond of a shard's time.
+pub const FANOUT_SLICE: usize = 512;
+
+/// Broadcasts waiting for their delivery on this shard.
+pub(super) struct Fanout<H> {
+    waiting: VecDeque<Arc<Broadcast>>,
+    /// The oldest waiting broadcast's subscribers that have not got it yet, by session number;
+    /// taken when its turn comes, so that who subscribes or leaves meanwhile does not move the
+    /// others. One that has closed since is skipped.
+    recipients: Vec<(u64, H)>,
+    /// Whether the oldest waiting broadcast's recipients were taken.
+    started: bool,
+    /// How many got the oldest waiting broadcast so far.
+    delivered: u64,
+    slice: usize,
+}
+
+impl<H> Default for Fanout<H> {
+    fn default() -> Fanout<H> {
+        Fanout {
+            waiting: VecDeque::new(),
+            recipients: Vec::new(),
+            started: false,
+            delivered: 0,
+            slice: FANOUT_SLICE,
+        }
+    }
+}
+
+impl<H: Handle> Core<H> {
+    /// Delivers a broadcast to this shard's subscribers of its channel now, or queues it for
+    /// `fan_out_slice`.
+    pub(super) fn deliver(&mut self, broadcast: &Arc<Broadcast>, now: Instant) {
+        let fits = server_to_user(&broadcast.channel).is_some()
+            || self.registry.count(broadcast.app, &broadcast.channel) <= self.fanout.slice as u64;
+        if self.fanout.waiting.is_empty() && fits {
+            self.keep_if_cached(broadcast);
+            let delivered = self.deliver_all(broadcast);
+            self.record_latency(broadcast, delivered, now);
+        } else {
+            self.fanout.waiting.push_back(broadcast.clone());
+        }
+    }
+
+    /// A cache channel keeps the broadcast from its turn on: who subscribes before it reaches
+    /// the front gets the channel's event before it, then this one, as if they had subscribed
+    /// before it was published; never it twice.
+    fn keep_if_cached(&mut self, broadcast: &Broadcast) {
+        let channel = &broadcast.channel;
+        if broadcast.cache
+            && ChannelKind::of(channel).is_cache()
+            && server_to_user(channel).is_none()
+        {
+            self.registry.set_cached(
+                broadcast.app,
+                channel,
+                broadcast.frame.clone(),
+                broadcast.published,
+            );
+        }
+    }
+
+    /// Whether broadcasts wait for `fan_out_slice`.
+    pub fn fanout_waiting(&self) -> bool {
+        !self.fanout.waiting.is_empty()
+    }
+
+    /// Queues up to a slice's worth of frames of the waiting broadcasts, oldest first; returns
+    /// whether some still wait.
+    pub fn fan_out_slice(&mut self, now: Instant) -> bool {
+        let mut budget = self.fanout.slice;
+        while budget > 0 {
+            let Some(broadcast) = self.fanout.waiting.front().cloned() else {
+                break;
+            };
+            if !self.fanout.started {
+                self.keep_if_cached(&broadcast);
+                if server_to_user(&broadcast.channel).is_some() {
+                    let delivered = self.deliver_all(&broadcast);
+                    self.finish_oldest(&broadcast, delivered, now);
+                    budget = budget.saturating_sub(delivered.max(1) as usize);
+                    continue;
+                }
+                self.take_recipients(&broadcast);
+            }
+            budget -= self.deliver_some(&broadcast, budget);
+            if self.fanout.recipients.is_empty() {
+                let delivered = self.fanout.delivered;
+                self.finish_oldest(&broadcast, delivered, now);
+            }
+        }
+        self.fanout_waiting()
+    }
+
+    /// The oldest waiting broadcast's subscribers here, but for the socket it excludes.
+    fn take_recipients(&mut self, broadcast: &Broadcast) {
+        let me = (self.place.node, self.place.shard as u32);
+        let subscribers = self.registry.subscribers(broadcast.app, &broadcast.channel);
+        let recipients = subscribers
+            .filter(|(id, _)| !is_excluded(broadcast, me, *id))
+            .map(|(id, handle)| (id, handle.clone()));
+        self.fanout.recipients.extend(recipients);
+        self.fanout.started = true;
+        self.fanout.delivered = 0;
+    }
+
+    /// Queues the broadcast to up to `budget` of its recipients; returns how many it tried.
+    fn deliver_some(&mut self, broadcast: &Broadcast, budget: usize) -> usize {
+        let mut recipients = std::mem::take(&mut self.fanout.recipients);
+        let start = recipients.len().saturating_sub(budget);
+        let tried = recipients.len() - start;
+        let mut delivered = 0;
+        for (id, handle) in recipients.drain(start..) {
+            let open = !handle.is_closing() && self.sessions.contains_key(&id);
+            if open && self.send(&handle, broadcast.frame.clone()) {
+                delivered += 1;
+            }
+        }
+        self.fanout.recipients = recipients;
+        self.fanout.delivered += delivered;
+        stats::add(&self.stats.messages_out, delivered);
+        tried
+    }
+
+    fn finish_oldest(&mut self, broadcast: &Broadcast, delivered: u64, now: Instant) {
+        self.fanout.waiting.pop_front();
+        self.fanout.started = false;
+        self.record_latency(broadcast, delivered, now);
+    }
+
+    /// Queues a broadcast to every subscriber here (or the user's sockets, for
+    /// `#server-to-user-{id}`) at once; returns how many got it.
+    fn deliver_all(&self, broadcast: &Broadcast) -> u64 {
+        let me = (self.place.node, self.place.shard as u32);
+        let excluded = |id: u64| is_excluded(broadcast, me, id);
+        match server_to_user(&broadcast.channel) {
+            Some(user_id) => {
+                let sockets = self.registry.users(broadcast.app).sockets_of(user_id);
+                let ids = sockets.iter().copied().filter(|id| !excluded(*id));
+                self.send_to(ids, &broadcast.frame)
+            }
+            None => self.fan_out(
+                broadcast.app,
+                &broadcast.channel,
+                &broadcast.frame,
+                excluded,
+            ),
+        }
+    }
+
+    fn record_latency(&mut self, broadcast: &Broadcast, delivered: u64, now: Instant) {
+        if delivered > 0 {
+            let micros = now
+                .saturating_duration_since(broadcast.published)
+                .as_micros() as u64;
+            self.latency.saturating_record(micros.max(1));
+        }
+    }
+
+    /// Sets the slice, for tests that slice small channels.
+    #[cfg(test)]
+    pub fn set_fanout_slice(&mut self, slice: usize) {
+        self.fanout.slice = slice.max(1);
+    }
+}
+
+/// Whether a broadcast excludes this socket of this shard (`me`: node and shard).
+fn is_excluded(broadcast: &Broadcast, me: (u32, u32), id: u64) -> bool {
+    broadcast
+        .except
+        .is_some_and(|except| except.local == id && (except.node, except.shard) == me)
+}
