@@ -354,6 +354,14 @@ fn render_sessions(out: &mut String, node: &Node) {
         "Membership and interest changes waiting for room in the Redis bridge's queue.",
         |s| &s.cluster_backlog,
     );
+    per_shard_of_kind(
+        out,
+        node,
+        "gateway_fanout_waiting",
+        "gauge",
+        "Deliveries waiting on a shard to be made in slices (broadcasts to wide channels, and what came after them), counted by the subscribers each had when queued.",
+        |s| &s.fanout_waiting,
+    );
     by_reason::<Disconnect>(
         out,
         node,

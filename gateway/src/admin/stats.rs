@@ -145,6 +145,9 @@ pub struct ShardStats {
     pub inbox_drops: AtomicU64,
     /// Messages for the Redis bridge that wait in this shard because its queue was full.
     pub cluster_backlog: AtomicU64,
+    /// Deliveries waiting on this shard to be made in slices (see `pusher::fanout`): the
+    /// subscribers each waiting broadcast had when it was queued.
+    pub fanout_waiting: AtomicU64,
     pub tls_handshakes: AtomicU64,
     /// TLS connections closed for a record that failed authentication or broke the protocol.
     pub tls_record_errors: AtomicU64,
@@ -172,6 +175,7 @@ impl ShardStats {
             slow_consumer_disconnects: AtomicU64::new(0),
             inbox_drops: AtomicU64::new(0),
             cluster_backlog: AtomicU64::new(0),
+            fanout_waiting: AtomicU64::new(0),
             tls_handshakes: AtomicU64::new(0),
             tls_record_errors: AtomicU64::new(0),
             tls_failures: counters(TlsFailure::ALL.len()),

@@ -17,10 +17,16 @@ use crate::protocol::ChannelKind;
 
 /// Frames queued to subscribers in one go: about a millisecond of a shard's time.
 pub const FANOUT_SLICE: usize = 512;
+/// Deliveries that may wait on a shard before publishes are held back (see
+/// `Shard::wait_for_fanout`): about a tenth of a second of a shard's work.
+pub const FANOUT_BACKLOG: u64 = 10_000;
 
 /// Broadcasts waiting for their delivery on this shard.
 pub(super) struct Fanout<H> {
-    waiting: VecDeque<Arc<Broadcast>>,
+    /// With the subscribers each had here when it was queued.
+    waiting: VecDeque<(Arc<Broadcast>, u64)>,
+    /// The sum of those.
+    deliveries: u64,
     /// The oldest waiting broadcast's subscribers that have not got it yet, by session number;
     /// taken when its turn comes, so that who subscribes or leaves meanwhile does not move the
     /// others. One that has closed since is skipped.
@@ -36,6 +42,7 @@ impl<H> Default for Fanout<H> {
     fn default() -> Fanout<H> {
         Fanout {
             waiting: VecDeque::new(),
+            deliveries: 0,
             recipients: Vec::new(),
             started: false,
             delivered: 0,
@@ -48,15 +55,26 @@ impl<H: Handle> Core<H> {
     /// Delivers a broadcast to this shard's subscribers of its channel now, or queues it for
     /// `fan_out_slice`.
     pub(super) fn deliver(&mut self, broadcast: &Arc<Broadcast>, now: Instant) {
-        let fits = server_to_user(&broadcast.channel).is_some()
-            || self.registry.count(broadcast.app, &broadcast.channel) <= self.fanout.slice as u64;
-        if self.fanout.waiting.is_empty() && fits {
+        let subscribers = match server_to_user(&broadcast.channel) {
+            Some(_) => 1,
+            None => self.registry.count(broadcast.app, &broadcast.channel),
+        };
+        if self.fanout.waiting.is_empty() && subscribers <= self.fanout.slice as u64 {
             self.keep_if_cached(broadcast);
             let delivered = self.deliver_all(broadcast);
             self.record_latency(broadcast, delivered, now);
         } else {
-            self.fanout.waiting.push_back(broadcast.clone());
+            self.fanout
+                .waiting
+                .push_back((broadcast.clone(), subscribers));
+            self.fanout.deliveries += subscribers;
+            self.count_waiting();
         }
+    }
+
+    fn count_waiting(&self) {
+        let deliveries = self.fanout.deliveries;
+        (self.stats.fanout_waiting).store(deliveries, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// A cache channel keeps the broadcast from its turn on: who subscribes before it reaches
@@ -87,7 +105,7 @@ impl<H: Handle> Core<H> {
     pub fn fan_out_slice(&mut self, now: Instant) -> bool {
         let mut budget = self.fanout.slice;
         while budget > 0 {
-            let Some(broadcast) = self.fanout.waiting.front().cloned() else {
+            let Some((broadcast, _)) = self.fanout.waiting.front().cloned() else {
                 break;
             };
             if !self.fanout.started {
@@ -140,7 +158,10 @@ impl<H: Handle> Core<H> {
     }
 
     fn finish_oldest(&mut self, broadcast: &Broadcast, delivered: u64, now: Instant) {
-        self.fanout.waiting.pop_front();
+        if let Some((_, subscribers)) = self.fanout.waiting.pop_front() {
+            self.fanout.deliveries -= subscribers;
+        }
+        self.count_waiting();
         self.fanout.started = false;
         self.record_latency(broadcast, delivered, now);
     }

@@ -5,6 +5,8 @@
 mod core;
 mod counts;
 mod fanout;
+
+pub use fanout::FANOUT_BACKLOG;
 mod members;
 pub mod requests;
 mod session;

@@ -446,6 +446,7 @@ fn authenticate<'a>(
 async fn publish_event(request: &ApiRequest<'_>) -> Result<String, ApiError> {
     let max_data = request.shard.node.config.max_event_data_bytes;
     let event = api::parse_publish(request.body, max_data)?;
+    fanout_room(request.shard).await?;
     publish(request.shard, request.app, &event);
     let states = match event.info {
         Some(info) => {
@@ -461,6 +462,7 @@ async fn publish_event(request: &ApiRequest<'_>) -> Result<String, ApiError> {
 async fn publish_batch(request: &ApiRequest<'_>) -> Result<String, ApiError> {
     let max_data = request.shard.node.config.max_event_data_bytes;
     let events = api::parse_batch(request.body, max_data)?;
+    fanout_room(request.shard).await?;
     for event in &events {
         publish(request.shard, request.app, event);
     }
@@ -609,6 +611,16 @@ fn cached_event(frame: &[u8], ttl: Duration) -> Option<api::CachedEvent> {
         data: event["data"].take(),
         ttl: ttl.as_secs(),
     })
+}
+
+/// Waits for the node's fanout to have room for a publish; 503 when it has none in time.
+async fn fanout_room(shard: &Shard) -> Result<(), ApiError> {
+    match shard.wait_for_fanout().await {
+        true => Ok(()),
+        false => Err(ApiError::unavailable(
+            "the node cannot deliver publishes as fast as they come; try again",
+        )),
+    }
 }
 
 fn publish(shard: &Shard, app: usize, event: &api::Publish) {

@@ -8,6 +8,7 @@ mod http;
 pub(crate) mod io;
 mod session;
 pub mod transport;
+mod turn;
 
 use crate::memory::{self, GiveBack};
 use std::cell::{Cell, RefCell};
@@ -27,7 +28,7 @@ use crate::cluster::{wire, BridgeMessage, QUERY_DEADLINE};
 use crate::http::api::ApiError;
 use crate::limits::{HandshakeBudget, IpClaim};
 use crate::node::{add_counts, Node};
-use crate::pusher::{Core, Place, Publish, Transmit, DRAIN_TICKS_PER_SECOND};
+use crate::pusher::{Core, Place, Publish, Transmit, DRAIN_TICKS_PER_SECOND, FANOUT_BACKLOG};
 
 pub use conn::Conn;
 
@@ -38,6 +39,8 @@ const QUERY_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a shard waits for the other nodes' share of an answer: the bridge's own deadline
 /// plus room for the bridge to be busy.
 const CLUSTER_QUERY_TIMEOUT: Duration = QUERY_DEADLINE.saturating_add(Duration::from_millis(500));
+/// Longest a publish waits for the node's fanout backlog to shrink before it is refused.
+const FANOUT_WAIT: Duration = Duration::from_secs(2);
 /// Time left to clients to finish their close handshakes after a drain.
 const DRAIN_GRACE: Duration = Duration::from_secs(3);
 
@@ -191,6 +194,31 @@ impl Shard {
         self.stats()
             .cluster_backlog
             .store(backlog.len() as u64, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether any shard of the node has as many deliveries waiting as it may:
+    /// publishes wait then (see `wait_for_fanout`).
+    fn fanout_backlogged(&self) -> bool {
+        (self.node.shards.iter()).any(|link| {
+            link.stats
+                .fanout_waiting
+                .load(std::sync::atomic::Ordering::Relaxed)
+                >= FANOUT_BACKLOG
+        })
+    }
+
+    /// Holds a publish back while the node's shards are behind with their fanout, for at most
+    /// `FANOUT_WAIT`: publishers slow down to what the node delivers, instead of its backlog
+    /// growing without bound. False when the wait ran out.
+    pub async fn wait_for_fanout(&self) -> bool {
+        let deadline = Instant::now() + FANOUT_WAIT;
+        while self.fanout_backlogged() {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            pause().await;
+        }
+        true
     }
 
     /// Publishes an event from this shard (see `Core::publish`).
@@ -373,7 +401,19 @@ pub fn run(
 
 async fn inbox_loop(shard: Rc<Shard>) {
     let mut batch = Vec::new();
+    let waiting = || {
+        shard
+            .stats()
+            .fanout_waiting
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
     loop {
+        // Publishes wait for room (`wait_for_fanout`); broadcasts from other nodes and client
+        // events do not, and past twice the backlog the inbox is left to fill, so that what
+        // comes then is dropped and counted (`gateway_inbox_drops_total`) rather than held.
+        while waiting() >= 2 * FANOUT_BACKLOG {
+            pause().await;
+        }
         shard.inbox.next_batch(&mut batch).await;
         shard.apply(|core| {
             let now = Instant::now();
@@ -395,6 +435,9 @@ async fn inbox_loop(shard: Rc<Shard>) {
 /// too big to deliver at once, a slice at a time, with a pause between slices in which the
 /// shard serves everything else (see `pusher::fanout`).
 async fn output_loop(shard: Rc<Shard>) {
+    let turn = turn::DriverTurn::new()
+        .inspect_err(|error| tracing::warn!(%error, "no socket pair for driver turns; pausing 1 ms between fanout slices"))
+        .ok();
     loop {
         poll_fn(|cx| {
             if shard.core.borrow().has_output() {
@@ -407,7 +450,10 @@ async fn output_loop(shard: Rc<Shard>) {
         shard.write_queued();
         while shard.apply(|core| core.fan_out_slice(Instant::now())) {
             shard.write_queued();
-            pause().await;
+            match &turn {
+                Some(turn) if turn.take().await.is_ok() => {}
+                _ => pause().await,
+            }
         }
         shard.write_queued();
     }

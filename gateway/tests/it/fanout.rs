@@ -124,3 +124,61 @@ fn cache_channels_replay_the_last_event_on_every_shard() {
         );
     }
 }
+
+/// More subscribers on a shard than one slice of fanout (`FANOUT_SLICE`, 512) make their
+/// channel's broadcasts wait and go out a slice at a time; a narrow channel's publishes made
+/// between them wait behind them, so a client of both gets everything in publish order.
+#[test]
+fn a_wide_channel_delivered_in_slices_keeps_publish_order_with_a_narrow_one() {
+    const WIDE: usize = 1_400;
+    const ROUNDS: usize = 30;
+    let gateway = Gateway::start(&["--shards", "2"]);
+    let mut clients: Vec<_> = (0..WIDE).map(|_| gateway.client()).collect();
+    for client in &mut clients {
+        assert_eq!(
+            client.subscribe("wide")["event"],
+            "pusher_internal:subscription_succeeded"
+        );
+    }
+    let both = &mut clients[0];
+    assert_eq!(
+        both.subscribe("narrow")["event"],
+        "pusher_internal:subscription_succeeded"
+    );
+    let mut expected = Vec::new();
+    for n in 0..ROUNDS {
+        gateway.publish("wide", "w", &n.to_string());
+        gateway.publish("narrow", "n", &n.to_string());
+        expected.extend([format!("w{n}"), format!("n{n}")]);
+    }
+    let got: Vec<String> = (0..2 * ROUNDS)
+        .map(|_| {
+            let event = clients[0].next_event();
+            format!(
+                "{}{}",
+                event["event"].as_str().unwrap(),
+                event["data"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert_eq!(got, expected, "in publish order");
+    let wide: Vec<String> = (0..ROUNDS).map(|n| format!("w{n}")).collect();
+    for client in &mut clients[1..] {
+        let got: Vec<String> = (0..ROUNDS)
+            .map(|_| {
+                let event = client.next_event();
+                format!(
+                    "{}{}",
+                    event["event"].as_str().unwrap(),
+                    event["data"].as_str().unwrap()
+                )
+            })
+            .collect();
+        assert_eq!(got, wide);
+    }
+    assert_eq!(gateway.metric("gateway_fanout_waiting"), 0.0);
+    assert_eq!(
+        gateway.metric("gateway_messages_out_total"),
+        (WIDE * ROUNDS + ROUNDS) as f64
+    );
+}
