@@ -355,7 +355,9 @@ fn spawn_shards(
     let mut shards = Vec::new();
     for (index, (inbox, listeners)) in inboxes.into_iter().zip(listeners).enumerate() {
         let node = node.clone();
-        let core = cores.get(index % cores.len().max(1)).copied();
+        let core = (node.config.pin_shards)
+            .then(|| cores.get(index % cores.len().max(1)).copied())
+            .flatten();
         shards.push(spawn(format!("shard-{index}"), move || {
             if let Some(core) = core {
                 core_affinity::set_for_current(core);
