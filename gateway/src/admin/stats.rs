@@ -84,6 +84,7 @@ labelled! {
         ClientEventRate => "client_event_rate",
         ClientEventNameTooLong => "client_event_name_too_long",
         ClientEventTooLarge => "client_event_too_large",
+        FanoutBacklog => "fanout_backlog",
         SigninTimeout => "signin_timeout",
         UnsupportedEvent => "unsupported_event",
         Unavailable => "unavailable",

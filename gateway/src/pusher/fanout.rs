@@ -28,14 +28,14 @@ pub(super) struct Fanout<H> {
     /// The sum of those.
     deliveries: u64,
     /// The oldest waiting broadcast's subscribers that have not got it yet, by session number;
-    /// taken when its turn comes, so that who subscribes or leaves meanwhile does not move the
-    /// others. One that has closed since is skipped.
+    /// taken when its turn comes (none taken yet while this is empty), so that who subscribes
+    /// or leaves meanwhile does not move the others. One that has closed since is skipped.
     recipients: Vec<(u64, H)>,
-    /// Whether the oldest waiting broadcast's recipients were taken.
-    started: bool,
     /// How many got the oldest waiting broadcast so far.
     delivered: u64,
     slice: usize,
+    /// `FANOUT_BACKLOG`, but for tests.
+    backlog: u64,
 }
 
 impl<H> Default for Fanout<H> {
@@ -44,9 +44,9 @@ impl<H> Default for Fanout<H> {
             waiting: VecDeque::new(),
             deliveries: 0,
             recipients: Vec::new(),
-            started: false,
             delivered: 0,
             slice: FANOUT_SLICE,
+            backlog: FANOUT_BACKLOG,
         }
     }
 }
@@ -95,6 +95,12 @@ impl<H: Handle> Core<H> {
         }
     }
 
+    /// Whether this shard is so far behind that client events are refused (publishes through
+    /// the HTTP API wait instead, see `Shard::wait_for_fanout`).
+    pub(super) fn fanout_overloaded(&self) -> bool {
+        self.fanout.deliveries >= 2 * self.fanout.backlog
+    }
+
     /// Whether broadcasts wait for `fan_out_slice`.
     pub fn fanout_waiting(&self) -> bool {
         !self.fanout.waiting.is_empty()
@@ -108,7 +114,7 @@ impl<H: Handle> Core<H> {
             let Some((broadcast, _)) = self.fanout.waiting.front().cloned() else {
                 break;
             };
-            if !self.fanout.started {
+            if self.fanout.recipients.is_empty() {
                 self.keep_if_cached(&broadcast);
                 if server_to_user(&broadcast.channel).is_some() {
                     let delivered = self.deliver_all(&broadcast);
@@ -135,7 +141,6 @@ impl<H: Handle> Core<H> {
             .filter(|(id, _)| !is_excluded(broadcast, me, *id))
             .map(|(id, handle)| (id, handle.clone()));
         self.fanout.recipients.extend(recipients);
-        self.fanout.started = true;
         self.fanout.delivered = 0;
     }
 
@@ -162,7 +167,6 @@ impl<H: Handle> Core<H> {
             self.fanout.deliveries -= subscribers;
         }
         self.count_waiting();
-        self.fanout.started = false;
         self.record_latency(broadcast, delivered, now);
     }
 
@@ -199,6 +203,12 @@ impl<H: Handle> Core<H> {
     #[cfg(test)]
     pub fn set_fanout_slice(&mut self, slice: usize) {
         self.fanout.slice = slice.max(1);
+    }
+
+    /// Sets the backlog, for tests that fill it with few subscribers.
+    #[cfg(test)]
+    pub fn set_fanout_backlog(&mut self, backlog: u64) {
+        self.fanout.backlog = backlog;
     }
 }
 

@@ -260,6 +260,14 @@ impl<H: Handle> Core<H> {
             let error = message::channel_error(name, codes::CLIENT_EVENT_REJECTED, &reason);
             return self.send_to_session(id, text_frame(&error));
         }
+        // Each is a broadcast to every subscriber: a shard that cannot keep up refuses them,
+        // rather than hold them without bound.
+        if self.fanout_overloaded() {
+            self.reject(Rejection::FanoutBacklog);
+            let reason = "the server is busy delivering; try again";
+            let error = message::channel_error(name, codes::CLIENT_EVENT_REJECTED, reason);
+            return self.send_to_session(id, text_frame(&error));
+        }
         // On presence channels the others learn who sent it.
         let user_id: Option<Box<str>> = ChannelKind::of(name)
             .is_presence()

@@ -333,3 +333,33 @@ fn a_cache_channel_subscriber_that_comes_while_a_broadcast_waits_gets_it_once() 
     while node.fan_out_slice(0) {}
     assert_eq!(received(&late, "e"), ["second"]);
 }
+
+#[test]
+fn client_events_are_refused_while_the_shard_is_far_behind_with_its_fanout() {
+    let mut node = Node::new(1, config());
+    node.cores[0].set_fanout_slice(1);
+    node.cores[0].set_fanout_backlog(2);
+    node.manual_fanout = true;
+    let clients = subscribers(&mut node, "private-room", 3);
+    let sender = &clients[0];
+    let event = json!({"event": "client-typing", "channel": "private-room", "data": {}});
+    node.say(sender, &event);
+    assert!(
+        sender.take().is_empty(),
+        "2 deliveries wait: under twice the backlog"
+    );
+    node.say(sender, &event);
+    node.say(sender, &event);
+    let refused = sender.take();
+    assert_eq!(refused.len(), 1, "the third, with 4 waiting: {refused:?}");
+    assert_eq!(refused[0]["event"], "pusher:error");
+    assert_eq!(refused[0]["data"]["code"], codes::CLIENT_EVENT_REJECTED);
+    let counter = &node.stats[0].rejected[Rejection::FanoutBacklog.index()];
+    assert_eq!(counter.load(std::sync::atomic::Ordering::Relaxed), 1);
+    while node.fan_out_slice(0) {}
+    for client in &clients[1..] {
+        assert_eq!(client.event_names(), ["client-typing", "client-typing"]);
+    }
+    node.say(sender, &event);
+    assert!(sender.take().is_empty(), "caught up: taken again");
+}
