@@ -101,6 +101,14 @@ pub fn lane_of(lanes: u16, name: &str) -> u16 {
     }
 }
 
+/// Whether a Redis channel is one of the control channels (the control channel, a lane, a
+/// node's own channel) rather than a Pusher channel's: theirs go `{prefix}:`, these `{prefix}#`.
+pub fn is_control(prefix: &str, channel: &str) -> bool {
+    channel
+        .strip_prefix(prefix)
+        .is_some_and(|rest| rest.starts_with('#'))
+}
+
 /// The Redis channel one node listens on for answers to its queries.
 pub fn node_channel(prefix: &str, node: u32) -> String {
     format!("{prefix}#node:{node}")
@@ -391,6 +399,18 @@ mod tests {
             lane_channel("gw", 1, 0),
             "gw#cluster",
             "one lane: the control channel"
+        );
+        for control in [
+            control_channel("gw"),
+            node_channel("gw", 42),
+            lane_channel("gw", 16, 3),
+        ] {
+            assert!(is_control("gw", &control), "{control}");
+        }
+        assert!(!is_control("gw", &data_channel("gw", "1", "news")));
+        assert!(
+            !is_control("gw", &data_channel("gw", "#1", "news")),
+            "an app id with a #"
         );
     }
 

@@ -985,10 +985,7 @@ impl Bridge {
 
     fn on_message(&mut self, message: &Message, publisher: &Publisher, in_flight: &mut InFlight) {
         let (channel, payload) = (message.channel.as_str(), message.payload.as_slice());
-        if channel == self.control
-            || channel == self.own_channel
-            || self.lanes.iter().any(|lane| lane == channel)
-        {
+        if wire::is_control(&self.prefix, channel) {
             self.on_control(payload, publisher, in_flight);
         } else {
             self.on_broadcast(payload);
