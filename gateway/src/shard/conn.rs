@@ -15,13 +15,12 @@ use crate::admin::stats::Disconnect;
 use crate::budget::InputBudget;
 use crate::pusher::{Handle, QueueFull, Sent, SessionState};
 use crate::shard::io as socket;
+use crate::shard::send_batch::MAX_IOVECS;
 use crate::shard::transport::{self, TlsSession};
 use crate::shard::OpenSocket;
 use crate::tls::records::RecordError;
 use crate::ws::incoming::Incoming;
 
-/// Most frames handed to one sendmsg.
-const MAX_IOVECS: usize = 64;
 /// Ciphertext gathered before one send on a TLS connection.
 const TLS_BATCH_BYTES: usize = 64 * 1024;
 /// What a queued frame costs its connection besides the frame (shared with every other
@@ -250,44 +249,79 @@ impl Conn {
     /// written alongside.
     pub fn flush(&self) -> io::Result<(Flush, usize)> {
         let mut written = 0;
-        let mut outbound = self.outbound.borrow_mut();
-        while !outbound.is_empty() {
-            let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
-            let mut count = 0;
-            for (slot, frame) in slices.iter_mut().zip(outbound.iter()) {
-                *slot = IoSlice::new(frame);
-                count += 1;
-            }
-            let n = match socket::send_vectored(self.fd(), &slices[..count]) {
-                Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+        loop {
+            let sent = {
+                let outbound = self.outbound.borrow();
+                if outbound.is_empty() {
+                    break;
+                }
+                let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
+                let mut count = 0;
+                for (slot, frame) in slices.iter_mut().zip(outbound.iter()) {
+                    *slot = IoSlice::new(frame);
+                    count += 1;
+                }
+                socket::send_vectored(self.fd(), &slices[..count])
+            };
+            match sent {
+                Ok(n) => {
+                    written += n;
+                    self.consume(n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     return Ok((Flush::Blocked, written))
                 }
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
-            };
-            written += n;
-            self.queued_bytes.set(self.queued_bytes.get() - n);
-            let mut left = n;
-            while left > 0 {
-                let front = outbound
-                    .front_mut()
-                    .expect("sendmsg wrote no more than was queued");
-                if front.len() <= left {
-                    left -= front.len();
-                    outbound.pop_front();
-                    self.queued_bytes
-                        .set(self.queued_bytes.get() - QUEUED_FRAME_COST);
-                    self.front_started.set(false);
-                } else {
-                    front.advance(left);
-                    self.front_started.set(true);
-                    left = 0;
-                }
             }
         }
-        Self::release_burst(&mut outbound);
+        Self::release_burst(&mut self.outbound.borrow_mut());
         Ok((Flush::Drained, written))
+    }
+
+    /// The queued frames, for a send that writes many connections at once (`SendBatch`).
+    pub fn queued(&self) -> std::cell::Ref<'_, VecDeque<Bytes>> {
+        self.outbound.borrow()
+    }
+
+    /// Takes what a send of `queued` frames achieved into account, and carries on as
+    /// `write_queued` does. Bytes written.
+    pub fn sent(&self, result: &io::Result<usize>) -> usize {
+        match result {
+            Ok(n) => {
+                self.consume(*n);
+                n + self.write_queued()
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => self.write_queued(),
+            Err(_) => {
+                // Full: the task waits for room. Failed: the task ends the session.
+                self.wake();
+                0
+            }
+        }
+    }
+
+    /// Drops the `n` bytes a send took from the front of the queue.
+    fn consume(&self, n: usize) {
+        let mut outbound = self.outbound.borrow_mut();
+        self.queued_bytes.set(self.queued_bytes.get() - n);
+        let mut left = n;
+        while left > 0 {
+            let front = outbound
+                .front_mut()
+                .expect("sendmsg wrote no more than was queued");
+            if front.len() <= left {
+                left -= front.len();
+                outbound.pop_front();
+                self.queued_bytes
+                    .set(self.queued_bytes.get() - QUEUED_FRAME_COST);
+                self.front_started.set(false);
+            } else {
+                front.advance(left);
+                self.front_started.set(true);
+                left = 0;
+            }
+        }
     }
 
     /// Encrypts queued frames for this connection, batching records into the shard's buffer so

@@ -6,6 +6,7 @@ mod admit;
 mod conn;
 mod http;
 pub(crate) mod io;
+mod send_batch;
 mod session;
 pub mod transport;
 mod turn;
@@ -29,6 +30,7 @@ use crate::http::api::ApiError;
 use crate::limits::{HandshakeBudget, IpClaim};
 use crate::node::{add_counts, Node};
 use crate::pusher::{Core, Place, Publish, Transmit, DRAIN_TICKS_PER_SECOND, FANOUT_BACKLOG};
+use send_batch::SendBatch;
 
 pub use conn::Conn;
 
@@ -67,6 +69,9 @@ pub struct Shard {
     writable: RefCell<Vec<Rc<Conn>>>,
     /// The output task, parked while nothing waits to be written or delivered.
     output_waker: Cell<Option<Waker>>,
+    /// The ring that writes many connections with one system call; none where io_uring refused
+    /// one, and then each connection is written with its own `sendmsg`.
+    sends: RefCell<Option<SendBatch>>,
 }
 
 /// Which channels a counts query covers.
@@ -90,6 +95,9 @@ impl Shard {
         let stats = node.shards[index].stats.clone();
         let core = Core::new(node.config.clone(), stats, place, started);
         let handshakes = HandshakeBudget::new(node.config.tls_handshake_rate);
+        let sends = SendBatch::new()
+            .inspect_err(|error| tracing::warn!(%error, "no io_uring for batched sends; one sendmsg per connection"))
+            .ok();
         Shard {
             index,
             node,
@@ -103,6 +111,7 @@ impl Shard {
             handshakes: RefCell::new(handshakes),
             writable: RefCell::new(Vec::new()),
             output_waker: Cell::new(None),
+            sends: RefCell::new(sends),
         }
     }
 
@@ -143,8 +152,41 @@ impl Shard {
     fn write_queued(&self) {
         let mut writable = self.writable.borrow_mut();
         self.core.borrow_mut().take_writable(&mut writable);
-        let written: usize = writable.drain(..).map(|conn| conn.write_queued()).sum();
+        let written = self.write_batched(&mut writable);
         stats::add(&self.stats().bytes_out, written as u64);
+    }
+
+    /// Writes the connections' queues with one io_uring submission for all of them, and what
+    /// that left with a `sendmsg` each. Bytes written.
+    fn write_batched(&self, conns: &mut Vec<Rc<Conn>>) -> usize {
+        let mut sends = self.sends.borrow_mut();
+        let Some(batch) = sends.as_mut() else {
+            return conns.drain(..).map(|conn| conn.write_queued()).sum();
+        };
+        // A connection whose queue emptied and filled again is listed twice: one send each.
+        conns.sort_unstable_by_key(Rc::as_ptr);
+        conns.dedup_by(|a, b| Rc::ptr_eq(a, b));
+        let queues: Vec<_> = conns.iter().map(|conn| conn.queued()).collect();
+        let messages = (conns.iter().zip(&queues))
+            .map(|(conn, queue)| (conn.fd(), queue.iter().map(|frame| &frame[..])));
+        let sent = batch.send(messages);
+        // The queues change as the results are taken into account.
+        drop(queues);
+        let failure = match sent {
+            Ok(results) => {
+                let written = conns
+                    .iter()
+                    .zip(results)
+                    .map(|(conn, result)| conn.sent(result));
+                let written = written.sum();
+                conns.clear();
+                return written;
+            }
+            Err(error) => error,
+        };
+        tracing::warn!(%failure, "io_uring failed a batched send; one sendmsg per connection from now on");
+        *sends = None;
+        conns.drain(..).map(|conn| conn.write_queued()).sum()
     }
 
     fn carry_out(&self, transmit: Transmit) {
