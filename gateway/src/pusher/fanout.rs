@@ -4,6 +4,10 @@
 //! publish is answered as soon as it is accepted, whatever its channel's size. Every broadcast
 //! accepted after a waiting one waits too: a shard delivers in the order it accepts, and so
 //! keeps publish order (see `Shard::publish`).
+//!
+//! Broadcasts to the same channel that wait next to each other are delivered together: each
+//! recipient gets all of them at once, and its connection writes them with one system call. A
+//! shard that falls behind with a busy wide channel thus does less work per event, not more.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -17,6 +21,8 @@ use crate::protocol::ChannelKind;
 
 /// Frames queued to subscribers in one go: about a millisecond of a shard's time.
 pub const FANOUT_SLICE: usize = 512;
+/// Most waiting broadcasts delivered together (see the module's comment).
+pub const FANOUT_GROUP: usize = 16;
 /// Deliveries that may wait on a shard before publishes are held back (see
 /// `Shard::wait_for_fanout`): about a tenth of a second of a shard's work.
 pub const FANOUT_BACKLOG: u64 = 10_000;
@@ -27,11 +33,14 @@ pub(super) struct Fanout<H> {
     waiting: VecDeque<(Arc<Broadcast>, u64)>,
     /// The sum of those.
     deliveries: u64,
-    /// The oldest waiting broadcast's subscribers that have not got it yet, by session number;
-    /// taken when its turn comes (none taken yet while this is empty), so that who subscribes
-    /// or leaves meanwhile does not move the others. One that has closed since is skipped.
+    /// The subscribers of the oldest waiting broadcasts' channel that have not got them yet, by
+    /// session number; taken when their turn comes, so that who subscribes or leaves meanwhile
+    /// does not move the others. One that has closed since is skipped.
     recipients: Vec<(u64, H)>,
-    /// How many got the oldest waiting broadcast so far.
+    /// How many of the oldest waiting broadcasts `recipients` are for: those next to each other
+    /// to the same channel, at most `FANOUT_GROUP`. None while no recipients are taken.
+    group: usize,
+    /// How many recipients got the group so far.
     delivered: u64,
     slice: usize,
     /// `FANOUT_BACKLOG`, but for tests.
@@ -44,6 +53,7 @@ impl<H> Default for Fanout<H> {
             waiting: VecDeque::new(),
             deliveries: 0,
             recipients: Vec::new(),
+            group: 0,
             delivered: 0,
             slice: FANOUT_SLICE,
             backlog: FANOUT_BACKLOG,
@@ -106,68 +116,93 @@ impl<H: Handle> Core<H> {
         !self.fanout.waiting.is_empty()
     }
 
-    /// Queues up to a slice's worth of frames of the waiting broadcasts, oldest first; returns
-    /// whether some still wait.
+    /// Queues the waiting broadcasts, oldest first, to up to a slice's worth of recipients;
+    /// returns whether some still wait.
     pub fn fan_out_slice(&mut self, now: Instant) -> bool {
         let mut budget = self.fanout.slice;
         while budget > 0 {
             let Some((broadcast, _)) = self.fanout.waiting.front().cloned() else {
                 break;
             };
-            if self.fanout.recipients.is_empty() {
-                self.keep_if_cached(&broadcast);
+            if self.fanout.group == 0 {
                 if server_to_user(&broadcast.channel).is_some() {
+                    self.keep_if_cached(&broadcast);
                     let delivered = self.deliver_all(&broadcast);
-                    self.finish_oldest(&broadcast, delivered, now);
+                    self.fanout.group = 1;
+                    self.fanout.delivered = delivered;
+                    self.finish_group(now);
                     budget = budget.saturating_sub(delivered.max(1) as usize);
                     continue;
                 }
-                self.take_recipients(&broadcast);
+                self.take_group(&broadcast);
             }
-            budget -= self.deliver_some(&broadcast, budget);
+            budget -= self.deliver_some(budget);
             if self.fanout.recipients.is_empty() {
-                let delivered = self.fanout.delivered;
-                self.finish_oldest(&broadcast, delivered, now);
+                self.finish_group(now);
             }
         }
         self.fanout_waiting()
     }
 
-    /// The oldest waiting broadcast's subscribers here, but for the socket it excludes.
-    fn take_recipients(&mut self, broadcast: &Broadcast) {
-        let me = (self.place.node, self.place.shard as u32);
-        let subscribers = self.registry.subscribers(broadcast.app, &broadcast.channel);
-        let recipients = subscribers
-            .filter(|(id, _)| !is_excluded(broadcast, me, *id))
-            .map(|(id, handle)| (id, handle.clone()));
+    /// Takes the oldest waiting broadcasts to the channel of `oldest`, and that channel's
+    /// subscribers here.
+    fn take_group(&mut self, oldest: &Broadcast) {
+        let same_channel = |(broadcast, _): &&(Arc<Broadcast>, u64)| {
+            broadcast.app == oldest.app && broadcast.channel == oldest.channel
+        };
+        let group = self.fanout.waiting.iter().take(FANOUT_GROUP);
+        let group = group.take_while(same_channel).count();
+        for index in 0..group {
+            let broadcast = self.fanout.waiting[index].0.clone();
+            self.keep_if_cached(&broadcast);
+        }
+        let subscribers = self.registry.subscribers(oldest.app, &oldest.channel);
+        let recipients = subscribers.map(|(id, handle)| (id, handle.clone()));
         self.fanout.recipients.extend(recipients);
+        self.fanout.group = group;
         self.fanout.delivered = 0;
     }
 
-    /// Queues the broadcast to up to `budget` of its recipients; returns how many it tried.
-    fn deliver_some(&mut self, broadcast: &Broadcast, budget: usize) -> usize {
+    /// Queues the group's broadcasts, but those that exclude it, to each of up to `budget` of
+    /// its recipients; returns how many recipients it tried.
+    fn deliver_some(&mut self, budget: usize) -> usize {
         let mut recipients = std::mem::take(&mut self.fanout.recipients);
         let start = recipients.len().saturating_sub(budget);
         let tried = recipients.len() - start;
-        let mut delivered = 0;
+        let me = (self.place.node, self.place.shard as u32);
+        let group = || self.fanout.waiting.iter().take(self.fanout.group);
+        let (mut reached, mut frames) = (0, 0);
         for (id, handle) in recipients.drain(start..) {
-            let open = !handle.is_closing() && self.sessions.contains_key(&id);
-            if open && self.send(&handle, broadcast.frame.clone()) {
-                delivered += 1;
+            if handle.is_closing() || !self.sessions.contains_key(&id) {
+                continue;
             }
+            let mut sent = 0;
+            for (broadcast, _) in group().filter(|(b, _)| !is_excluded(b, me, id)) {
+                if !self.send(&handle, broadcast.frame.clone()) {
+                    break;
+                }
+                sent += 1;
+            }
+            reached += u64::from(sent > 0);
+            frames += sent;
         }
         self.fanout.recipients = recipients;
-        self.fanout.delivered += delivered;
-        stats::add(&self.stats.messages_out, delivered);
+        self.fanout.delivered += reached;
+        stats::add(&self.stats.messages_out, frames);
         tried
     }
 
-    fn finish_oldest(&mut self, broadcast: &Broadcast, delivered: u64, now: Instant) {
-        if let Some((_, subscribers)) = self.fanout.waiting.pop_front() {
-            self.fanout.deliveries -= subscribers;
+    /// Ends the turn of the group of oldest waiting broadcasts.
+    fn finish_group(&mut self, now: Instant) {
+        let group = std::mem::take(&mut self.fanout.group);
+        let delivered = self.fanout.delivered;
+        for _ in 0..group {
+            if let Some((broadcast, subscribers)) = self.fanout.waiting.pop_front() {
+                self.fanout.deliveries -= subscribers;
+                self.record_latency(&broadcast, delivered, now);
+            }
         }
         self.count_waiting();
-        self.record_latency(broadcast, delivered, now);
     }
 
     /// Queues a broadcast to every subscriber here (or the user's sockets, for

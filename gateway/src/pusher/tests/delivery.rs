@@ -304,6 +304,51 @@ fn a_wide_broadcast_is_delivered_in_slices_and_what_follows_waits_behind_it() {
 }
 
 #[test]
+fn broadcasts_waiting_next_to_each_other_for_one_channel_go_to_each_recipient_together() {
+    let mut node = Node::new(1, config());
+    node.cores[0].set_fanout_slice(2);
+    node.manual_fanout = true;
+    let wide = subscribers(&mut node, "wide", 5);
+    node.subscribe(&wide[0], "narrow");
+    wide[0].take();
+    for (channel, data) in [("wide", "1"), ("wide", "2"), ("narrow", "x"), ("wide", "3")] {
+        node.publish(0, channel, "e", data);
+    }
+    let mut slices = 0;
+    while node.fan_out_slice(0) {
+        slices += 1;
+    }
+    // 1 and 2 together to 5 recipients, x to 1, 3 to 5: 11 recipients' turns, 2 a slice. One
+    // at a time it would be 16.
+    assert_eq!(slices, 5);
+    assert_eq!(received(&wide[0], "e"), ["1", "2", "x", "3"], "publish order");
+    for client in &wide[1..] {
+        assert_eq!(received(client, "e"), ["1", "2", "3"]);
+    }
+}
+
+#[test]
+fn a_client_event_delivered_together_with_others_still_skips_its_sender() {
+    let mut node = Node::new(1, config());
+    node.cores[0].set_fanout_slice(1);
+    node.manual_fanout = true;
+    let clients = subscribers(&mut node, "private-wide", 3);
+    node.publish(0, "private-wide", "e", "1");
+    let typing = json!({"event": "client-e", "channel": "private-wide", "data": "typing"});
+    node.say(&clients[0], &typing);
+    node.publish(0, "private-wide", "e", "2");
+    while node.fan_out_slice(0) {}
+    let names = |client: &Client| -> Vec<String> {
+        let events = client.events().into_iter();
+        events.map(|(name, data)| format!("{name}:{}", data.as_str().unwrap_or(""))).collect()
+    };
+    assert_eq!(names(&clients[0]), ["e:1", "e:2"]);
+    for client in &clients[1..] {
+        assert_eq!(names(client), ["e:1", "client-e:typing", "e:2"]);
+    }
+}
+
+#[test]
 fn a_subscriber_that_leaves_while_a_broadcast_waits_does_not_get_it() {
     let mut node = Node::new(1, config());
     node.cores[0].set_fanout_slice(1);
