@@ -359,7 +359,7 @@ fn render_sessions(out: &mut String, node: &Node) {
         node,
         "gateway_fanout_waiting",
         "gauge",
-        "Deliveries waiting on a shard to be made in slices (broadcasts to wide channels, and what came after them), counted by the subscribers each had when queued.",
+        "Writes waiting on a shard to be made in slices (broadcasts to wide channels, and what came after them): the subscribers each group of broadcasts to one channel had when queued.",
         |s| &s.fanout_waiting,
     );
     by_reason::<Disconnect>(

@@ -23,16 +23,20 @@ use crate::protocol::ChannelKind;
 pub const FANOUT_SLICE: usize = 512;
 /// Most waiting broadcasts delivered together (see the module's comment).
 pub const FANOUT_GROUP: usize = 16;
-/// Deliveries that may wait on a shard before publishes are held back (see
-/// `Shard::wait_for_fanout`): about a tenth of a second of a shard's work.
+/// Writes (a group's turn at one recipient) that may wait on a shard before publishes are held
+/// back (see `Shard::wait_for_fanout`): about a tenth of a second of a shard's work.
 pub const FANOUT_BACKLOG: u64 = 10_000;
 
 /// Broadcasts waiting for their delivery on this shard.
 pub(super) struct Fanout<H> {
-    /// With the subscribers each had here when it was queued.
+    /// With the writes each added: the subscribers its channel had here when it was queued, or
+    /// none when it joined the group of the broadcast before it.
     waiting: VecDeque<(Arc<Broadcast>, u64)>,
-    /// The sum of those.
-    deliveries: u64,
+    /// The sum of those, but for the group whose recipients are taken: they count instead.
+    writes: u64,
+    /// How many broadcasts the last group waiting has, while later ones may still join it: not
+    /// taken yet, under `FANOUT_GROUP`. None when no group may be joined.
+    open_group: usize,
     /// The subscribers of the oldest waiting broadcasts' channel that have not got them yet, by
     /// session number; taken when their turn comes, so that who subscribes or leaves meanwhile
     /// does not move the others. One that has closed since is skipped.
@@ -51,7 +55,8 @@ impl<H> Default for Fanout<H> {
     fn default() -> Fanout<H> {
         Fanout {
             waiting: VecDeque::new(),
-            deliveries: 0,
+            writes: 0,
+            open_group: 0,
             recipients: Vec::new(),
             group: 0,
             delivered: 0,
@@ -74,17 +79,32 @@ impl<H: Handle> Core<H> {
             let delivered = self.deliver_all(broadcast);
             self.record_latency(broadcast, delivered, now);
         } else {
-            self.fanout
-                .waiting
-                .push_back((broadcast.clone(), subscribers));
-            self.fanout.deliveries += subscribers;
-            self.count_waiting();
+            self.queue(broadcast, subscribers);
         }
     }
 
+    /// Queues a broadcast behind the others, in the last group if it may join it.
+    fn queue(&mut self, broadcast: &Arc<Broadcast>, subscribers: u64) {
+        let fanout = &mut self.fanout;
+        let joins = fanout.open_group > 0
+            && fanout.open_group < FANOUT_GROUP
+            && server_to_user(&broadcast.channel).is_none()
+            && (fanout.waiting.back()).is_some_and(|(last, _)| same_channel(last, broadcast));
+        let writes = if joins { 0 } else { subscribers };
+        fanout.open_group = if joins { fanout.open_group + 1 } else { 1 };
+        fanout.waiting.push_back((broadcast.clone(), writes));
+        fanout.writes += writes;
+        self.count_waiting();
+    }
+
+    /// Writes waiting: the recipients the group in its turn has left, and every later group's.
+    fn writes_waiting(&self) -> u64 {
+        self.fanout.writes + self.fanout.recipients.len() as u64
+    }
+
     fn count_waiting(&self) {
-        let deliveries = self.fanout.deliveries;
-        (self.stats.fanout_waiting).store(deliveries, std::sync::atomic::Ordering::Relaxed);
+        let writes = self.writes_waiting();
+        (self.stats.fanout_waiting).store(writes, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// A cache channel keeps the broadcast from its turn on: who subscribes before it reaches
@@ -108,7 +128,7 @@ impl<H: Handle> Core<H> {
     /// Whether this shard is so far behind that client events are refused (publishes through
     /// the HTTP API wait instead, see `Shard::wait_for_fanout`).
     pub(super) fn fanout_overloaded(&self) -> bool {
-        self.fanout.deliveries >= 2 * self.fanout.backlog
+        self.writes_waiting() >= 2 * self.fanout.backlog
     }
 
     /// Whether broadcasts wait for `fan_out_slice`.
@@ -126,9 +146,9 @@ impl<H: Handle> Core<H> {
             };
             if self.fanout.group == 0 {
                 if server_to_user(&broadcast.channel).is_some() {
+                    self.start_group(1);
                     self.keep_if_cached(&broadcast);
                     let delivered = self.deliver_all(&broadcast);
-                    self.fanout.group = 1;
                     self.fanout.delivered = delivered;
                     self.finish_group(now);
                     budget = budget.saturating_sub(delivered.max(1) as usize);
@@ -141,17 +161,16 @@ impl<H: Handle> Core<H> {
                 self.finish_group(now);
             }
         }
+        self.count_waiting();
         self.fanout_waiting()
     }
 
     /// Takes the oldest waiting broadcasts to the channel of `oldest`, and that channel's
     /// subscribers here.
     fn take_group(&mut self, oldest: &Broadcast) {
-        let same_channel = |(broadcast, _): &&(Arc<Broadcast>, u64)| {
-            broadcast.app == oldest.app && broadcast.channel == oldest.channel
-        };
         let group = self.fanout.waiting.iter().take(FANOUT_GROUP);
-        let group = group.take_while(same_channel).count();
+        let group = group.take_while(|(b, _)| same_channel(b, oldest)).count();
+        self.start_group(group);
         for index in 0..group {
             let broadcast = self.fanout.waiting[index].0.clone();
             self.keep_if_cached(&broadcast);
@@ -159,8 +178,24 @@ impl<H: Handle> Core<H> {
         let subscribers = self.registry.subscribers(oldest.app, &oldest.channel);
         let recipients = subscribers.map(|(id, handle)| (id, handle.clone()));
         self.fanout.recipients.extend(recipients);
+    }
+
+    /// Gives the oldest `group` waiting broadcasts their turn: the recipients they have left
+    /// count as their writes from now on.
+    fn start_group(&mut self, group: usize) {
+        let writes = self
+            .fanout
+            .waiting
+            .iter()
+            .take(group)
+            .map(|(_, writes)| writes);
+        self.fanout.writes -= writes.sum::<u64>();
         self.fanout.group = group;
         self.fanout.delivered = 0;
+        if group == self.fanout.waiting.len() {
+            // What comes next waits for the next turn.
+            self.fanout.open_group = 0;
+        }
     }
 
     /// Queues the group's broadcasts, but those that exclude it, to each of up to `budget` of
@@ -197,8 +232,7 @@ impl<H: Handle> Core<H> {
         let group = std::mem::take(&mut self.fanout.group);
         let delivered = self.fanout.delivered;
         for _ in 0..group {
-            if let Some((broadcast, subscribers)) = self.fanout.waiting.pop_front() {
-                self.fanout.deliveries -= subscribers;
+            if let Some((broadcast, _)) = self.fanout.waiting.pop_front() {
                 self.record_latency(&broadcast, delivered, now);
             }
         }
@@ -245,6 +279,10 @@ impl<H: Handle> Core<H> {
     pub fn set_fanout_backlog(&mut self, backlog: u64) {
         self.fanout.backlog = backlog;
     }
+}
+
+fn same_channel(a: &Broadcast, b: &Broadcast) -> bool {
+    a.app == b.app && a.channel == b.channel
 }
 
 /// Whether a broadcast excludes this socket of this shard (`me`: node and shard).

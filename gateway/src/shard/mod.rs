@@ -238,7 +238,7 @@ impl Shard {
             .store(backlog.len() as u64, std::sync::atomic::Ordering::Relaxed);
     }
 
-    /// Whether any shard of the node has as many deliveries waiting as it may:
+    /// Whether any shard of the node has as many writes waiting as it may:
     /// publishes wait then (see `wait_for_fanout`).
     fn fanout_backlogged(&self) -> bool {
         (self.node.shards.iter()).any(|link| {

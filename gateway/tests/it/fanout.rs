@@ -127,11 +127,13 @@ fn cache_channels_replay_the_last_event_on_every_shard() {
 
 /// More subscribers on a shard than one slice of fanout (`FANOUT_SLICE`, 512) make their
 /// channel's broadcasts wait and go out a slice at a time; a narrow channel's publishes made
-/// between them wait behind them, so a client of both gets everything in publish order.
+/// between them wait behind them, so a client of both gets everything in publish order. A burst
+/// to the wide channel alone waits in groups that reach each subscriber together, in order.
 #[test]
 fn a_wide_channel_delivered_in_slices_keeps_publish_order_with_a_narrow_one() {
     const WIDE: usize = 1_400;
     const ROUNDS: usize = 30;
+    const BURST: usize = 60;
     let gateway = Gateway::start(&["--shards", "2"]);
     let mut clients: Vec<_> = (0..WIDE).map(|_| gateway.client()).collect();
     for client in &mut clients {
@@ -176,9 +178,19 @@ fn a_wide_channel_delivered_in_slices_keeps_publish_order_with_a_narrow_one() {
             .collect();
         assert_eq!(got, wide);
     }
+    for n in 0..BURST {
+        gateway.publish("wide", "b", &n.to_string());
+    }
+    let burst: Vec<String> = (0..BURST).map(|n| n.to_string()).collect();
+    for client in &mut clients {
+        let got: Vec<String> = (0..BURST)
+            .map(|_| client.next_event()["data"].as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(got, burst);
+    }
     assert_eq!(gateway.metric("gateway_fanout_waiting"), 0.0);
     assert_eq!(
         gateway.metric("gateway_messages_out_total"),
-        (WIDE * ROUNDS + ROUNDS) as f64
+        (WIDE * (ROUNDS + BURST) + ROUNDS) as f64
     );
 }

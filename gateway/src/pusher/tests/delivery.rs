@@ -314,14 +314,28 @@ fn broadcasts_waiting_next_to_each_other_for_one_channel_go_to_each_recipient_to
     for (channel, data) in [("wide", "1"), ("wide", "2"), ("narrow", "x"), ("wide", "3")] {
         node.publish(0, channel, "e", data);
     }
-    let mut slices = 0;
+    let stats = node.stats[0].clone();
+    let waiting = || {
+        stats
+            .fanout_waiting
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    assert_eq!(waiting(), 11, "writes: 5 for 1 and 2, 1 for x, 5 for 3");
+    assert!(node.fan_out_slice(0));
+    assert_eq!(waiting(), 9, "two recipients of the first group served");
+    let mut slices = 1;
     while node.fan_out_slice(0) {
         slices += 1;
     }
+    assert_eq!(waiting(), 0);
     // 1 and 2 together to 5 recipients, x to 1, 3 to 5: 11 recipients' turns, 2 a slice. One
     // at a time it would be 16.
     assert_eq!(slices, 5);
-    assert_eq!(received(&wide[0], "e"), ["1", "2", "x", "3"], "publish order");
+    assert_eq!(
+        received(&wide[0], "e"),
+        ["1", "2", "x", "3"],
+        "publish order"
+    );
     for client in &wide[1..] {
         assert_eq!(received(client, "e"), ["1", "2", "3"]);
     }
@@ -340,7 +354,9 @@ fn a_client_event_delivered_together_with_others_still_skips_its_sender() {
     while node.fan_out_slice(0) {}
     let names = |client: &Client| -> Vec<String> {
         let events = client.events().into_iter();
-        events.map(|(name, data)| format!("{name}:{}", data.as_str().unwrap_or(""))).collect()
+        events
+            .map(|(name, data)| format!("{name}:{}", data.as_str().unwrap_or("")))
+            .collect()
     };
     assert_eq!(names(&clients[0]), ["e:1", "e:2"]);
     for client in &clients[1..] {
@@ -386,25 +402,30 @@ fn client_events_are_refused_while_the_shard_is_far_behind_with_its_fanout() {
     node.cores[0].set_fanout_backlog(2);
     node.manual_fanout = true;
     let clients = subscribers(&mut node, "private-room", 3);
+    for client in &clients {
+        node.subscribe(client, "private-hall");
+        client.take();
+    }
     let sender = &clients[0];
-    let event = json!({"event": "client-typing", "channel": "private-room", "data": {}});
-    node.say(sender, &event);
+    let event = |channel| json!({"event": "client-typing", "channel": channel, "data": {}});
+    node.say(sender, &event("private-room"));
+    node.say(sender, &event("private-room"));
+    node.say(sender, &event("private-hall"));
     assert!(
         sender.take().is_empty(),
-        "2 deliveries wait: under twice the backlog"
+        "the second joins the first's group; then one group waits: under twice the backlog"
     );
-    node.say(sender, &event);
-    node.say(sender, &event);
+    node.say(sender, &event("private-room"));
     let refused = sender.take();
-    assert_eq!(refused.len(), 1, "the third, with 4 waiting: {refused:?}");
+    assert_eq!(refused.len(), 1, "with two groups waiting: {refused:?}");
     assert_eq!(refused[0]["event"], "pusher:error");
     assert_eq!(refused[0]["data"]["code"], codes::CLIENT_EVENT_REJECTED);
     let counter = &node.stats[0].rejected[Rejection::FanoutBacklog.index()];
     assert_eq!(counter.load(std::sync::atomic::Ordering::Relaxed), 1);
     while node.fan_out_slice(0) {}
     for client in &clients[1..] {
-        assert_eq!(client.event_names(), ["client-typing", "client-typing"]);
+        assert_eq!(client.event_names(), ["client-typing"; 3]);
     }
-    node.say(sender, &event);
+    node.say(sender, &event("private-room"));
     assert!(sender.take().is_empty(), "caught up: taken again");
 }
