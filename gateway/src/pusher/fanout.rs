@@ -1,6 +1,7 @@
 //! Delivery of broadcasts to this shard's subscribers. A broadcast to at most a slice's worth of
 //! them is delivered at once; a bigger one waits in a queue, and the runtime delivers it in
-//! slices (`fan_out_slice`), serving HTTP requests, handshakes and reads between them, so that a
+//! slices (`fan_out_slice`, each sized to take about `SLICE_TIME`), serving HTTP requests,
+//! handshakes and reads between them, so that a
 //! publish is answered as soon as it is accepted, whatever its channel's size. Every broadcast
 //! accepted after a waiting one waits too: a shard delivers in the order it accepts, and so
 //! keeps publish order (see `Shard::publish`).
@@ -11,7 +12,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::core::{Core, Handle};
 use crate::admin::stats;
@@ -19,8 +20,13 @@ use crate::bus::Broadcast;
 use crate::protocol::channel::server_to_user;
 use crate::protocol::ChannelKind;
 
-/// Frames queued to subscribers in one go: about a millisecond of a shard's time.
+/// Most recipients a broadcast is delivered to at once, and in one slice.
 pub const FANOUT_SLICE: usize = 512;
+/// How long a slice, with its writes, should take: what requests, handshakes and reads on the
+/// shard wait for at most, about.
+pub const SLICE_TIME: Duration = Duration::from_millis(1);
+/// Fewest recipients a slice serves, however long their writes take.
+const MIN_SLICE: usize = 16;
 /// Most waiting broadcasts delivered together (see the module's comment).
 pub const FANOUT_GROUP: usize = 16;
 /// Writes (a group's turn at one recipient) that may wait on a shard before publishes are held
@@ -47,6 +53,8 @@ pub(super) struct Fanout<H> {
     /// How many recipients got the group so far.
     delivered: u64,
     slice: usize,
+    /// Recipients the next slice serves (at most `slice`): as many as take `SLICE_TIME`.
+    budget: usize,
     /// `FANOUT_BACKLOG`, but for tests.
     backlog: u64,
 }
@@ -61,6 +69,7 @@ impl<H> Default for Fanout<H> {
             group: 0,
             delivered: 0,
             slice: FANOUT_SLICE,
+            budget: FANOUT_SLICE,
             backlog: FANOUT_BACKLOG,
         }
     }
@@ -139,7 +148,7 @@ impl<H: Handle> Core<H> {
     /// Queues the waiting broadcasts, oldest first, to up to a slice's worth of recipients;
     /// returns whether some still wait.
     pub fn fan_out_slice(&mut self, now: Instant) -> bool {
-        let mut budget = self.fanout.slice;
+        let mut budget = self.fanout.budget.min(self.fanout.slice);
         while budget > 0 {
             let Some((broadcast, _)) = self.fanout.waiting.front().cloned() else {
                 break;
@@ -163,6 +172,17 @@ impl<H: Handle> Core<H> {
         }
         self.count_waiting();
         self.fanout_waiting()
+    }
+
+    /// How long the last slice took, with its writes, when broadcasts still waited after it:
+    /// the next one is sized to take `SLICE_TIME`. What a write costs varies, with the frames a
+    /// group puts in it and with how fast its client reads.
+    pub fn slice_took(&mut self, took: Duration) {
+        let budget = self.fanout.budget as u128;
+        let fitting = budget * SLICE_TIME.as_nanos() / took.as_nanos().max(1);
+        // Halfway there, so that one odd slice does not swing the next.
+        let next = (budget + fitting) / 2;
+        self.fanout.budget = next.clamp(MIN_SLICE as u128, FANOUT_SLICE as u128) as usize;
     }
 
     /// Takes the oldest waiting broadcasts to the channel of `oldest`, and that channel's

@@ -490,14 +490,19 @@ async fn output_loop(shard: Rc<Shard>) {
         })
         .await;
         shard.write_queued();
-        while shard.apply(|core| core.fan_out_slice(Instant::now())) {
+        loop {
+            let started = Instant::now();
+            let more = shard.apply(|core| core.fan_out_slice(started));
             shard.write_queued();
+            if !more {
+                break;
+            }
+            shard.core.borrow_mut().slice_took(started.elapsed());
             match &turn {
                 Some(turn) if turn.take().await.is_ok() => {}
                 _ => pause().await,
             }
         }
-        shard.write_queued();
     }
 }
 

@@ -1,5 +1,7 @@
 //! Publish and fanout: every subscriber on every shard gets each event once, in publish order.
 
+use std::time::Duration;
+
 use serde_json::json;
 
 use super::{config, Client, Node};
@@ -362,6 +364,26 @@ fn a_client_event_delivered_together_with_others_still_skips_its_sender() {
     for client in &clients[1..] {
         assert_eq!(names(client), ["e:1", "client-e:typing", "e:2"]);
     }
+}
+
+#[test]
+fn slices_are_sized_by_how_long_the_last_one_took() {
+    let mut node = Node::new(1, config());
+    node.manual_fanout = true;
+    let clients = subscribers(&mut node, "wide", 1_500);
+    let reached = |clients: &[Client]| clients.iter().filter(|c| !c.take().is_empty()).count();
+    node.publish(0, "wide", "e", "1");
+    assert!(node.fan_out_slice(0));
+    assert_eq!(reached(&clients), 512, "FANOUT_SLICE at first");
+    node.cores[0].slice_took(Duration::from_millis(4));
+    assert!(node.fan_out_slice(0));
+    assert_eq!(reached(&clients), 320, "halfway to the 128 that take 1 ms");
+    node.cores[0].slice_took(Duration::from_micros(100));
+    assert!(node.fan_out_slice(0));
+    assert_eq!(reached(&clients), 512, "never more than FANOUT_SLICE");
+    node.cores[0].slice_took(Duration::from_secs(1));
+    assert!(!node.fan_out_slice(0));
+    assert_eq!(reached(&clients), 156, "the rest");
 }
 
 #[test]
