@@ -1,10 +1,9 @@
 //! Delivery of broadcasts to this shard's subscribers. A broadcast to at most a slice's worth of
-//! them is delivered at once; a bigger one waits in a queue, and the runtime delivers it in
-//! slices (`fan_out_slice`, each sized to take about `SLICE_TIME`), serving HTTP requests,
-//! handshakes and reads between them, so that a
-//! publish is answered as soon as it is accepted, whatever its channel's size. Every broadcast
-//! accepted after a waiting one waits too: a shard delivers in the order it accepts, and so
-//! keeps publish order (see `Shard::publish`).
+//! them is delivered at once; a bigger one waits in a queue, and the runtime delivers it in slices
+//! (`fan_out_slice`, each sized to take about `SLICE_TIME`), serving HTTP requests, handshakes and
+//! reads between them, so that a publish is answered as soon as it is accepted, whatever its
+//! channel's size. Every broadcast accepted after a waiting one waits too: a shard delivers in the
+//! order it accepts, and so keeps publish order (see `Shard::publish`).
 //!
 //! Broadcasts to the same channel that wait next to each other are delivered together: each
 //! recipient gets all of them at once, and its connection writes them with one system call. A
