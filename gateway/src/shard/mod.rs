@@ -169,24 +169,20 @@ impl Shard {
         let queues: Vec<_> = conns.iter().map(|conn| conn.queued()).collect();
         let messages = (conns.iter().zip(&queues))
             .map(|(conn, queue)| (conn.fd(), queue.iter().map(|frame| &frame[..])));
-        let sent = batch.send(messages);
+        let (results, failure) = batch.send(messages);
         // The queues change as the results are taken into account.
         drop(queues);
-        let failure = match sent {
-            Ok(results) => {
-                let written = conns
-                    .iter()
-                    .zip(results)
-                    .map(|(conn, result)| conn.sent(result));
-                let written = written.sum();
-                conns.clear();
-                return written;
-            }
-            Err(error) => error,
-        };
-        tracing::warn!(%failure, "io_uring failed a batched send; one sendmsg per connection from now on");
-        *sends = None;
-        conns.drain(..).map(|conn| conn.write_queued()).sum()
+        let written = conns
+            .iter()
+            .zip(results)
+            .map(|(conn, result)| conn.sent(result));
+        let written = written.sum();
+        if let Some(failure) = failure {
+            tracing::warn!(%failure, "io_uring failed a batched send; one sendmsg per connection from now on");
+            *sends = None;
+        }
+        conns.clear();
+        written
     }
 
     fn carry_out(&self, transmit: Transmit) {

@@ -1,13 +1,19 @@
 //! Writes to many sockets with one system call: one io_uring submission of `sendmsg`s.
 //!
 //! Every send is non-blocking (`MSG_DONTWAIT`), which io_uring honours by completing it during
-//! the submission (written, or `WouldBlock`) instead of waiting for the socket. `send` returns
-//! only once every send it submitted has completed, so the buffers it borrowed are free again.
+//! the submission (written, or `WouldBlock`) instead of waiting for the socket; a ring is used
+//! only once a probe has shown that its kernel does so. `send` returns only once every send it
+//! submitted has completed, so the buffers it borrowed are free again.
 
 use std::io::{self, IoSlice};
 use std::os::fd::RawFd;
 
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
+
 use io_uring::{opcode, types, IoUring};
+
+use crate::shard::io as socket;
 
 /// Sends in flight at once: the ring's size.
 const RING_ENTRIES: u32 = 256;
@@ -27,8 +33,14 @@ pub struct SendBatch {
 
 impl SendBatch {
     pub fn new() -> io::Result<SendBatch> {
+        let mut ring = IoUring::new(RING_ENTRIES)?;
+        if !sends_complete_at_once(&mut ring)? {
+            return Err(io::Error::other(
+                "io_uring waits for the socket on MSG_DONTWAIT sends",
+            ));
+        }
         Ok(SendBatch {
-            ring: IoUring::new(RING_ENTRIES)?,
+            ring,
             fds: Vec::new(),
             spans: Vec::new(),
             iovecs: Vec::new(),
@@ -40,12 +52,13 @@ impl SendBatch {
     /// Sends each socket's buffers, at most `MAX_IOVECS` of them, as one `sendmsg` each; what
     /// each send achieved, in the order given. The sockets must differ from each other.
     ///
-    /// An error means the ring itself failed: it must not be used again (`SendBatch` is then
-    /// dropped), and sends it did not take are reported as that error's kind.
+    /// Alongside, the error of the ring itself if it failed: it must not be used again (the
+    /// `SendBatch` is dropped then). Sends it did not make are reported as `Interrupted`; the
+    /// others, made before it failed, as they went.
     pub fn send<'a, B>(
         &mut self,
         messages: impl Iterator<Item = (RawFd, B)>,
-    ) -> io::Result<&[io::Result<usize>]>
+    ) -> (&[io::Result<usize>], Option<io::Error>)
     where
         B: Iterator<Item = &'a [u8]>,
     {
@@ -59,10 +72,12 @@ impl SendBatch {
         let mut next = 0;
         while next < self.fds.len() {
             let end = (next + RING_ENTRIES as usize).min(self.fds.len());
-            self.submit(next..end)?;
+            if let Err(failure) = self.submit(next..end) {
+                return (&self.results, Some(failure));
+            }
             next = end;
         }
-        Ok(&self.results)
+        (&self.results, None)
     }
 
     /// Lays the messages out as `msghdr`s over `iovecs`, once every iovec is in place (so that
@@ -110,8 +125,10 @@ impl SendBatch {
                     .build()
                     .user_data(index as u64);
                 // SAFETY: the header, its iovecs and the buffers they point at are borrowed
-                // until `send` returns, and `send` returns only after this entry completed or
-                // the ring failed (then it is dropped, and the entry is never submitted).
+                // until `send` returns. `send` returns once this entry has completed, or when
+                // the ring failed: then the ring is dropped, so an entry still queued is never
+                // submitted, and one submitted has completed within its submission (the probe
+                // in `new` showed that this kernel completes MSG_DONTWAIT sends so).
                 // The queue has room: it holds RING_ENTRIES and was empty.
                 if unsafe { queue.push(&entry) }.is_err() {
                     return Err(io::ErrorKind::OutOfMemory.into());
@@ -120,11 +137,10 @@ impl SendBatch {
         }
         let mut left = range.len();
         while left > 0 {
-            match self.ring.submit_and_wait(left) {
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
+            let submitted = match self.ring.submit_and_wait(left) {
+                Err(e) if e.kind() != io::ErrorKind::Interrupted => Err(e),
+                _ => Ok(()),
+            };
             for completion in self.ring.completion() {
                 let index = completion.user_data() as usize;
                 let result = completion.result();
@@ -135,9 +151,30 @@ impl SendBatch {
                 };
                 left -= 1;
             }
+            submitted?;
         }
         Ok(())
     }
+}
+
+/// Whether the ring completes a `MSG_DONTWAIT` send to a full socket within its submission, with
+/// `WouldBlock`, as `SendBatch::send` needs: it must not wait for a client that does not read.
+fn sends_complete_at_once(ring: &mut IoUring) -> io::Result<bool> {
+    let (full, _peer) = UnixStream::pair()?;
+    full.set_nonblocking(true)?;
+    let chunk = [0u8; 16 * 1024];
+    while socket::send_some(full.as_raw_fd(), &chunk)? > 0 {}
+    static PROBE: &[u8] = b"?";
+    let flags = libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL;
+    let entry = opcode::Send::new(types::Fd(full.as_raw_fd()), PROBE.as_ptr(), 1)
+        .flags(flags)
+        .build();
+    // SAFETY: the buffer is static; a send still waiting holds its own reference to the socket
+    // until the ring, which the caller then drops, cancels it.
+    unsafe { ring.submission().push(&entry) }.map_err(|_| io::ErrorKind::OutOfMemory)?;
+    ring.submit()?;
+    let completed = ring.completion().next();
+    Ok(completed.is_some_and(|completion| completion.result() == -libc::EAGAIN))
 }
 
 #[cfg(test)]
@@ -158,7 +195,7 @@ mod tests {
             .send(pairs.iter().zip(&frames).map(|((sender, _), frames)| {
                 (sender.as_raw_fd(), frames.iter().map(|f| f.as_slice()))
             }))
-            .unwrap()
+            .0
             .iter()
             .map(|result| *result.as_ref().unwrap())
             .collect::<Vec<_>>();
@@ -186,7 +223,7 @@ mod tests {
                     .into_iter()
                     .map(|fd| (fd, std::iter::once(&b"more"[..]))),
             )
-            .unwrap();
+            .0;
         assert_eq!(
             results[0].as_ref().unwrap_err().kind(),
             io::ErrorKind::WouldBlock
