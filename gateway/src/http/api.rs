@@ -72,6 +72,16 @@ impl ApiError {
         ApiError::new(413, Rejection::BodyTooLarge, message)
     }
 
+    /// The node's fanout stayed behind for as long as a publish waits for it (see
+    /// `Shard::wait_for_fanout`); the caller may try again.
+    pub fn fanout_backlog() -> ApiError {
+        ApiError::new(
+            503,
+            Rejection::FanoutBacklog,
+            "the node cannot deliver publishes as fast as they come; try again",
+        )
+    }
+
     /// The node cannot answer now (a shard or the cluster is out of reach); the caller may try
     /// again.
     pub fn unavailable(message: impl Into<String>) -> ApiError {

@@ -617,9 +617,7 @@ fn cached_event(frame: &[u8], ttl: Duration) -> Option<api::CachedEvent> {
 async fn fanout_room(shard: &Shard) -> Result<(), ApiError> {
     match shard.wait_for_fanout().await {
         true => Ok(()),
-        false => Err(ApiError::unavailable(
-            "the node cannot deliver publishes as fast as they come; try again",
-        )),
+        false => Err(ApiError::fanout_backlog()),
     }
 }
 
