@@ -3,14 +3,16 @@
 //! encoding or end of stream.
 
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::os::fd::AsRawFd;
+use std::time::{Duration, SystemTime};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::time::timeout;
 
 use crate::cause::FailureCause;
 use crate::net::ClientStream;
 use crate::pusher::EndpointError;
+use crate::receive_time;
 use crate::target::Url;
 use crate::tls::TlsTarget;
 
@@ -83,6 +85,9 @@ pub struct HttpResponse {
     pub body: Vec<u8>,
     /// False when the server asked to close or the body ran to the end of the stream.
     pub reusable: bool,
+    /// From the request's write to the kernel's receipt of the response's last bytes, before
+    /// this process read them (`receive_time`); None over TLS.
+    pub answered_in: Option<Duration>,
 }
 
 pub struct HttpConnection {
@@ -99,6 +104,10 @@ impl HttpConnection {
             .await
             .map_err(|_| HttpError::Timeout)?
             .map_err(HttpError::Connect)?;
+        if let ClientStream::Plain(tcp) = &stream {
+            // Without the stamps only `answered_in` is missing.
+            let _ = receive_time::enable(tcp.as_raw_fd());
+        }
         Ok(HttpConnection {
             stream,
             buffer: Vec::new(),
@@ -135,21 +144,40 @@ impl HttpConnection {
 
     async fn exchange(&mut self, request: &[u8]) -> Result<HttpResponse, HttpError> {
         let transfer = |error: std::io::Error| HttpError::Transfer(FailureCause::from_io(&error));
+        let sent = SystemTime::now();
         self.stream.write_all(request).await.map_err(transfer)?;
         self.stream.flush().await.map_err(transfer)?;
         self.buffer.clear();
         let mut chunk = [0u8; READ_CHUNK_BYTES];
         loop {
-            let read = self.stream.read(&mut chunk).await.map_err(transfer)?;
+            let (read, arrived) = self.read(&mut chunk).await.map_err(transfer)?;
             self.buffer.extend_from_slice(&chunk[..read]);
             if self.buffer.len() > MAX_RESPONSE_BYTES {
                 return Err(HttpError::TooLarge);
             }
-            if let Some(response) = parse_response(&self.buffer, read == 0)? {
+            if let Some(mut response) = parse_response(&self.buffer, read == 0)? {
+                response.answered_in = arrived.and_then(|at| at.duration_since(sent).ok());
                 return Ok(response);
             }
             if read == 0 {
                 return Err(HttpError::Truncated);
+            }
+        }
+    }
+
+    /// Reads what is there once the stream is readable; over plaintext also when the kernel
+    /// received it.
+    async fn read(&mut self, chunk: &mut [u8]) -> std::io::Result<(usize, Option<SystemTime>)> {
+        let ClientStream::Plain(tcp) = &self.stream else {
+            return Ok((self.stream.read(chunk).await?, None));
+        };
+        loop {
+            tcp.readable().await?;
+            match tcp.try_io(Interest::READABLE, || {
+                receive_time::recv(tcp.as_raw_fd(), chunk)
+            }) {
+                Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => continue,
+                result => return result,
             }
         }
     }
@@ -218,6 +246,7 @@ fn parse_response(buffer: &[u8], at_end: bool) -> Result<Option<HttpResponse>, H
         status,
         body,
         reusable,
+        answered_in: None,
     }))
 }
 

@@ -14,6 +14,7 @@ mod payload;
 mod plan;
 mod publish;
 mod pusher;
+mod receive_time;
 mod report;
 mod run;
 mod sequence;

@@ -44,6 +44,8 @@ pub struct PublishOutcome {
     pub failures: CauseCounts,
     /// Request to response, per accepted publish.
     pub latency: LatencyHistogram,
+    /// Request to the kernel's receipt of the response, per accepted publish over plaintext.
+    pub answer_latency: LatencyHistogram,
     pub started_unix_micros: u64,
     pub elapsed: Duration,
 }
@@ -83,6 +85,7 @@ pub async fn publish(plan: PublishPlan) -> PublishOutcome {
         outcome.accepted += part.accepted;
         merge_causes(&mut outcome.failures, &part.failures);
         outcome.latency.merge(&part.latency);
+        outcome.answer_latency.merge(&part.answer_latency);
     }
     outcome.elapsed = started.elapsed();
     outcome
@@ -95,6 +98,7 @@ struct ConnectionOutcome {
     accepted: u64,
     failures: CauseCounts,
     latency: LatencyHistogram,
+    answer_latency: LatencyHistogram,
 }
 
 async fn publish_on_connection(plan: Rc<PublishPlan>, owned: Vec<usize>) -> ConnectionOutcome {
@@ -135,11 +139,14 @@ async fn publish_on_connection(plan: Rc<PublishPlan>, owned: Vec<usize>) -> Conn
             let result =
                 send_event(&plan, &mut connection, &path, channel, sequence, &padding).await;
             match result {
-                Ok(200) => {
+                Ok((200, answered_in)) => {
                     outcome.accepted += 1;
                     outcome.latency.record(sent.elapsed());
+                    if let Some(answered_in) = answered_in {
+                        outcome.answer_latency.record(answered_in);
+                    }
                 }
-                Ok(status) => {
+                Ok((status, _)) => {
                     published.failed.push(sequence);
                     count_key(&mut outcome.failures, format!("http_{status}"));
                 }
@@ -154,7 +161,8 @@ async fn publish_on_connection(plan: Rc<PublishPlan>, owned: Vec<usize>) -> Conn
     outcome
 }
 
-/// Sends one event, opening a connection first when there is none; answers the HTTP status.
+/// Sends one event, opening a connection first when there is none; answers the HTTP status
+/// and, over plaintext, how long until the kernel had the response.
 async fn send_event(
     plan: &PublishPlan,
     connection: &mut Option<HttpConnection>,
@@ -162,7 +170,7 @@ async fn send_event(
     channel: &str,
     sequence: u64,
     padding: &str,
-) -> Result<u16, HttpError> {
+) -> Result<(u16, Option<Duration>), HttpError> {
     let open = match connection.take() {
         Some(open) => connection.insert(open),
         None => connection.insert(HttpConnection::open(&plan.endpoint, plan.step_timeout).await?),
@@ -198,5 +206,5 @@ async fn send_event(
     if !response.reusable {
         *connection = None;
     }
-    Ok(response.status)
+    Ok((response.status, response.answered_in))
 }

@@ -66,6 +66,10 @@ pub struct FanoutReport {
     pub publish_failures: CauseCounts,
     pub publishes_per_second: f64,
     pub publish_latency_ms: LatencySummary,
+    /// Request to the kernel's receipt of the response, leaving out the time this tool waited
+    /// for a CPU to read it; absent over TLS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub publish_answer_ms: Option<LatencySummary>,
     pub expected_deliveries: u64,
     pub deliveries: u64,
     pub delivery_window_seconds: f64,
@@ -317,6 +321,9 @@ impl Report {
             latency_header(&mut text);
             latency_row(&mut text, "end to end", &fanout.latency_ms);
             latency_row(&mut text, "publish request", &fanout.publish_latency_ms);
+            if let Some(answer) = &fanout.publish_answer_ms {
+                latency_row(&mut text, "publish answer (kernel)", answer);
+            }
             latency_row(&mut text, "tcp connect", &fanout.connect_latency_ms);
             latency_row(&mut text, "handshake", &fanout.handshake_latency_ms);
         }

@@ -444,6 +444,7 @@ async fn run_fanout(plan: FanoutPlan) -> Result<Report, RunError> {
         publish_failures: published.failures,
         publishes_per_second: per_second(published.attempted, publish_seconds),
         publish_latency_ms: published.latency.summary(),
+        publish_answer_ms: Some(published.answer_latency.summary()).filter(|s| s.count > 0),
         expected_deliveries: expected,
         deliveries: merged.deliveries,
         delivery_window_seconds: round3(window),
