@@ -307,6 +307,15 @@ pub struct Config {
     /// Users one presence channel holds (more are refused with a subscription_error).
     #[arg(long, env = "GATEWAY_MAX_PRESENCE_MEMBERS", default_value_t = 100)]
     pub max_presence_members: usize,
+    /// Writes (an event's, or a group of them, to one subscriber) that may wait on a shard
+    /// before HTTP API publishes wait for them to drain; past twice that, client events are
+    /// refused with 4301.
+    #[arg(long, env = "GATEWAY_FANOUT_BACKLOG", default_value_t = 10_000)]
+    pub fanout_backlog: u64,
+    /// Milliseconds an HTTP API publish waits for a shard's backlog to drain before it is
+    /// answered 503; 0 answers at once.
+    #[arg(long, env = "GATEWAY_FANOUT_WAIT_MS", default_value_t = 2_000)]
+    pub fanout_wait_ms: u64,
     /// Webhook events waiting for the sender thread (more are dropped and counted).
     #[arg(long, env = "GATEWAY_WEBHOOK_QUEUE_CAPACITY", default_value_t = 10_000)]
     pub webhook_queue_capacity: usize,
@@ -713,6 +722,7 @@ impl Config {
             ("max_event_data_bytes", self.max_event_data_bytes),
             ("max_request_body_bytes", self.max_request_body_bytes),
             ("webhook_queue_capacity", self.webhook_queue_capacity),
+            ("fanout_backlog", self.fanout_backlog as usize),
             ("max_presence_members", self.max_presence_members),
         ];
         if let Some((setting, _)) = positive.iter().find(|(_, value)| *value == 0) {

@@ -155,6 +155,7 @@ impl<H: Handle> Core<H> {
         started: Instant,
     ) -> Core<H> {
         let apps = config.apps.len();
+        let fanout = Fanout::new(config.fanout_backlog);
         Core {
             me: Source {
                 node: place.node,
@@ -175,7 +176,7 @@ impl<H: Handle> Core<H> {
             awaiting_signin: VecDeque::new(),
             awaiting_cache: HashMap::new(),
             writable: RefCell::new(Vec::new()),
-            fanout: Fanout::default(),
+            fanout,
         }
     }
 

@@ -28,9 +28,6 @@ pub const SLICE_TIME: Duration = Duration::from_millis(1);
 const MIN_SLICE: usize = 16;
 /// Most waiting broadcasts delivered together (see the module's comment).
 pub const FANOUT_GROUP: usize = 16;
-/// Writes (a group's turn at one recipient) that may wait on a shard before publishes are held
-/// back (see `Shard::wait_for_fanout`): about a tenth of a second of a shard's work.
-pub const FANOUT_BACKLOG: u64 = 10_000;
 
 /// Broadcasts waiting for their delivery on this shard.
 pub(super) struct Fanout<H> {
@@ -54,12 +51,14 @@ pub(super) struct Fanout<H> {
     slice: usize,
     /// Recipients the next slice serves (at most `slice`): as many as take `SLICE_TIME`.
     budget: usize,
-    /// `FANOUT_BACKLOG`, but for tests.
+    /// Writes (a group's turn at one recipient) that may wait before publishes are held back
+    /// (`fanout_backlog`, see `Shard::wait_for_fanout`); past twice that, client events are
+    /// refused.
     backlog: u64,
 }
 
-impl<H> Default for Fanout<H> {
-    fn default() -> Fanout<H> {
+impl<H> Fanout<H> {
+    pub(super) fn new(backlog: u64) -> Fanout<H> {
         Fanout {
             waiting: VecDeque::new(),
             writes: 0,
@@ -69,7 +68,7 @@ impl<H> Default for Fanout<H> {
             delivered: 0,
             slice: FANOUT_SLICE,
             budget: FANOUT_SLICE,
-            backlog: FANOUT_BACKLOG,
+            backlog,
         }
     }
 }

@@ -6,7 +6,6 @@ mod core;
 mod counts;
 mod fanout;
 
-pub use fanout::FANOUT_BACKLOG;
 mod members;
 pub mod requests;
 mod session;

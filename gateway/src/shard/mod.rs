@@ -29,7 +29,7 @@ use crate::cluster::{wire, BridgeMessage, QUERY_DEADLINE};
 use crate::http::api::ApiError;
 use crate::limits::{HandshakeBudget, IpClaim};
 use crate::node::{add_counts, Node};
-use crate::pusher::{Core, Place, Publish, Transmit, DRAIN_TICKS_PER_SECOND, FANOUT_BACKLOG};
+use crate::pusher::{Core, Place, Publish, Transmit, DRAIN_TICKS_PER_SECOND};
 use send_batch::SendBatch;
 
 pub use conn::Conn;
@@ -41,8 +41,6 @@ const QUERY_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a shard waits for the other nodes' share of an answer: the bridge's own deadline
 /// plus room for the bridge to be busy.
 const CLUSTER_QUERY_TIMEOUT: Duration = QUERY_DEADLINE.saturating_add(Duration::from_millis(500));
-/// Longest a publish waits for the node's fanout backlog to shrink before it is refused.
-const FANOUT_WAIT: Duration = Duration::from_secs(2);
 /// Time left to clients to finish their close handshakes after a drain.
 const DRAIN_GRACE: Duration = Duration::from_secs(3);
 
@@ -241,15 +239,15 @@ impl Shard {
             link.stats
                 .fanout_waiting
                 .load(std::sync::atomic::Ordering::Relaxed)
-                >= FANOUT_BACKLOG
+                >= self.node.config.fanout_backlog
         })
     }
 
     /// Holds a publish back while the node's shards are behind with their fanout, for at most
-    /// `FANOUT_WAIT`: publishers slow down to what the node delivers, instead of its backlog
+    /// `fanout_wait_ms`: publishers slow down to what the node delivers, instead of its backlog
     /// growing without bound. False when the wait ran out.
     pub async fn wait_for_fanout(&self) -> bool {
-        let deadline = Instant::now() + FANOUT_WAIT;
+        let deadline = Instant::now() + Duration::from_millis(self.node.config.fanout_wait_ms);
         while self.fanout_backlogged() {
             if Instant::now() >= deadline {
                 return false;
@@ -449,7 +447,7 @@ async fn inbox_loop(shard: Rc<Shard>) {
         // Publishes wait for room (`wait_for_fanout`); broadcasts from other nodes and client
         // events do not, and past twice the backlog the inbox is left to fill, so that what
         // comes then is dropped and counted (`gateway_inbox_drops_total`) rather than held.
-        while waiting() >= 2 * FANOUT_BACKLOG {
+        while waiting() >= 2 * shard.node.config.fanout_backlog {
             pause().await;
         }
         shard.inbox.next_batch(&mut batch).await;

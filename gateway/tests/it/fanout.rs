@@ -194,3 +194,101 @@ fn a_wide_channel_delivered_in_slices_keeps_publish_order_with_a_narrow_one() {
         (WIDE * (ROUNDS + BURST) + ROUNDS) as f64
     );
 }
+
+/// With no wait allowed (`fanout_wait_ms` 0) and a backlog of one write, publishes that come
+/// while a shard still delivers a wide channel are refused: 503, counted as `fanout_backlog`.
+/// Those accepted reach every subscriber, each publisher's in its order.
+#[test]
+fn publishes_past_the_fanout_backlog_are_refused_with_503_and_counted() {
+    // Over the most a slice serves (512) on each of the two shards: every publish leaves
+    // writes waiting there until the shard's next slice.
+    const WIDE: usize = 1_400;
+    const PUBLISHERS: usize = 6;
+    const MOST_EACH: usize = 300;
+    let gateway = Gateway::start(&[
+        "--shards",
+        "2",
+        "--fanout-backlog",
+        "1",
+        "--fanout-wait-ms",
+        "0",
+    ]);
+    let mut clients: Vec<_> = (0..WIDE).map(|_| gateway.client()).collect();
+    for client in &mut clients {
+        assert_eq!(
+            client.subscribe("wide")["event"],
+            "pusher_internal:subscription_succeeded"
+        );
+    }
+    let refused = std::sync::atomic::AtomicUsize::new(0);
+    let accepted: Vec<Vec<String>> = std::thread::scope(|scope| {
+        let publishers: Vec<_> = (0..PUBLISHERS)
+            .map(|publisher| {
+                let (gateway, refused) = (&gateway, &refused);
+                scope.spawn(move || publish_until_refused(gateway, refused, publisher, MOST_EACH))
+            })
+            .collect();
+        publishers.into_iter().map(|p| p.join().unwrap()).collect()
+    });
+    let refused = refused.into_inner();
+    assert!(refused > 0, "no publish met the backlog");
+    assert_eq!(
+        gateway.metric("gateway_rejected_total{reason=\"fanout_backlog\"}"),
+        refused as f64
+    );
+    let total: usize = accepted.iter().map(Vec::len).sum();
+    assert!(total > 0, "every publish was refused");
+    let mut on_shard = [false; 2];
+    for client in &mut clients {
+        let shard = client.shard() as usize;
+        if std::mem::replace(&mut on_shard[shard], true) {
+            continue;
+        }
+        let mut got = vec![Vec::new(); PUBLISHERS];
+        for _ in 0..total {
+            let data = client.next_event()["data"].as_str().unwrap().to_owned();
+            let (publisher, _) = data.split_once(':').unwrap();
+            got[publisher.parse::<usize>().unwrap()].push(data);
+        }
+        assert_eq!(got, accepted, "shard {shard}: each publisher's, in order");
+    }
+    assert_eq!(on_shard, [true, true]);
+    assert_eq!(
+        gateway.wait_metric("gateway_messages_out_total", (WIDE * total) as f64),
+        (WIDE * total) as f64
+    );
+}
+
+/// Publishes `publisher:n` to "wide" until three publishes (of all publishers) were refused and
+/// five of this one's accepted, or `most` were sent; the data of those accepted, in order.
+fn publish_until_refused(
+    gateway: &Gateway,
+    refused: &std::sync::atomic::AtomicUsize,
+    publisher: usize,
+    most: usize,
+) -> Vec<String> {
+    use std::sync::atomic::Ordering::Relaxed;
+    let mut accepted = Vec::new();
+    for n in 0..most {
+        if refused.load(Relaxed) >= 3 && accepted.len() >= 5 {
+            break;
+        }
+        let data = format!("{publisher}:{n}");
+        let body = serde_json::json!({"name": "e", "channel": "wide", "data": data}).to_string();
+        let (status, answer) = gateway.api(
+            "POST",
+            &format!("/apps/{}/events", common::APP_ID),
+            &[],
+            &body,
+        );
+        match status {
+            200 => accepted.push(data),
+            503 => {
+                assert!(answer.contains("cannot deliver publishes"), "{answer}");
+                refused.fetch_add(1, Relaxed);
+            }
+            other => panic!("publish answered {other}: {answer}"),
+        }
+    }
+    accepted
+}
