@@ -21,6 +21,7 @@ pub mod nodes;
 pub mod occupancy;
 mod parts;
 pub mod queries;
+pub mod resp;
 pub mod rosters;
 pub mod sharded;
 pub mod slots;
