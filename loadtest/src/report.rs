@@ -74,6 +74,12 @@ pub struct FanoutReport {
     pub deliveries: u64,
     pub delivery_window_seconds: f64,
     pub deliveries_per_second: f64,
+    /// With `--server-pid`: the server's CPU (user and system) from the first publish to the
+    /// last delivery, and per million deliveries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_cpu_seconds: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_cpu_seconds_per_million: Option<f64>,
     pub latency_ms: LatencySummary,
     pub lost: u64,
     pub duplicated: u64,
@@ -293,6 +299,16 @@ impl Report {
                     fanout.delivery_window_seconds
                 ),
             );
+            if let (Some(cpu), Some(per_million)) = (
+                fanout.server_cpu_seconds,
+                fanout.server_cpu_seconds_per_million,
+            ) {
+                row(
+                    &mut text,
+                    "server CPU",
+                    format!("{cpu:.2} s while delivering, {per_million:.2} s per million"),
+                );
+            }
             row(
                 &mut text,
                 "lost / dup / reordered",

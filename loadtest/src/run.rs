@@ -12,7 +12,7 @@ use crate::hostile::run_hostile;
 use crate::link::{
     ChannelPublished, FromWorker, LinkError, Progress, ToWorker, WorkerPool, WorkerTask,
 };
-use crate::metrics::{fetch_gauge, resident_kib, MetricsError};
+use crate::metrics::{cpu_seconds, fetch_gauge, resident_kib, MetricsError};
 use crate::plan::{ChurnPlan, Common, ConnectPlan, FanoutPlan, Gauge, Plan};
 use crate::publish::{publish, PublishPlan};
 use crate::pusher::EndpointError;
@@ -361,6 +361,9 @@ async fn run_fanout(plan: FanoutPlan) -> Result<Report, RunError> {
         }
     }
 
+    // The server's CPU from the first publish to the last delivery: what delivering took,
+    // without the subscribers' connections and subscriptions before it.
+    let cpu_before = common.server_pid.map(cpu_seconds).transpose()?;
     let publishing = publish(PublishPlan {
         endpoint: Rc::new(plan.api),
         credentials: Rc::new(plan.credentials.clone()),
@@ -401,6 +404,10 @@ async fn run_fanout(plan: FanoutPlan) -> Result<Report, RunError> {
             &mut line,
         )
         .await?;
+    let server_cpu = match (common.server_pid, cpu_before) {
+        (Some(pid), Some(before)) => Some(cpu_seconds(pid)? - before),
+        _ => None,
+    };
     let subscribed_now = fleet.total().open;
     let memory = server_memory(resident_now(rss_before)?, Some(subscribed_now));
     let mut merged = FanoutTally::default();
@@ -449,6 +456,10 @@ async fn run_fanout(plan: FanoutPlan) -> Result<Report, RunError> {
         deliveries: merged.deliveries,
         delivery_window_seconds: round3(window),
         deliveries_per_second: per_second(merged.deliveries, window),
+        server_cpu_seconds: server_cpu.map(round3),
+        server_cpu_seconds_per_million: server_cpu
+            .filter(|_| merged.deliveries > 0)
+            .map(|cpu| round3(cpu * 1e6 / merged.deliveries as f64)),
         latency_ms: merged.latency.summary(),
         lost: merged.lost,
         duplicated: merged.duplicated,
