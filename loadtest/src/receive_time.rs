@@ -71,7 +71,13 @@ fn arrival(header: &libc::msghdr) -> Option<SystemTime> {
     while !message.is_null() {
         // SAFETY: non-null headers from CMSG_FIRSTHDR/CMSG_NXTHDR lie within the control buffer.
         let current = unsafe { &*message };
-        if current.cmsg_level == libc::SOL_SOCKET && current.cmsg_type == libc::SO_TIMESTAMPNS_NEW {
+        let whole = std::mem::size_of::<KernelTimespec>() as u32;
+        // SAFETY: CMSG_LEN only computes a length.
+        let stamped = current.cmsg_len as usize >= unsafe { libc::CMSG_LEN(whole) } as usize;
+        if current.cmsg_level == libc::SOL_SOCKET
+            && current.cmsg_type == libc::SO_TIMESTAMPNS_NEW
+            && stamped
+        {
             // SAFETY: the kernel writes a __kernel_timespec as this message's data; the read is
             // unaligned because CMSG_DATA only guarantees the alignment of cmsghdr.
             let stamp = unsafe {

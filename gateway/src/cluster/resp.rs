@@ -61,14 +61,18 @@ impl Push {
         if count > MAX_ELEMENTS {
             return Err(PushError::TooManyElements);
         }
-        let mut elements = Vec::with_capacity(count);
-        for _ in 0..count {
+        // Where each element lies; copied only once the whole push is there, so that a push
+        // arriving over many reads is not copied again at each.
+        let mut spans = [(0, 0); MAX_ELEMENTS];
+        for span in &mut spans[..count] {
             let Some(element) = reader.element()? else {
                 return Ok(None);
             };
-            elements.push(element);
+            *span = element;
         }
-        let mut elements = elements.into_iter();
+        let mut elements = spans[..count]
+            .iter()
+            .map(|&(from, to)| buf[from..to].to_vec());
         let kind = elements.next().unwrap_or_default().to_ascii_lowercase();
         let push = Push {
             kind,
@@ -102,8 +106,9 @@ impl<'a> Reader<'a> {
         Ok(Some(line))
     }
 
-    /// The next bulk string or integer; None while it is not whole.
-    fn element(&mut self) -> Result<Option<Vec<u8>>, PushError> {
+    /// Where the next bulk string or integer (its digits) lies in the buffer; None while it is
+    /// not whole.
+    fn element(&mut self) -> Result<Option<(usize, usize)>, PushError> {
         let Some(line) = self.line()? else {
             return Ok(None);
         };
@@ -120,15 +125,18 @@ impl<'a> Reader<'a> {
                 if &rest[len..len + 2] != b"\r\n" {
                     return Err(PushError::BadLine);
                 }
+                let from = self.at;
                 self.at += len + 2;
-                Ok(Some(rest[..len].to_vec()))
+                Ok(Some((from, from + len)))
             }
             Some((b':', digits)) => {
                 std::str::from_utf8(digits)
                     .ok()
                     .and_then(|text| text.parse::<i64>().ok())
                     .ok_or(PushError::BadLength)?;
-                Ok(Some(digits.to_vec()))
+                // The digits end where the line's CRLF begins.
+                let to = self.at - 2;
+                Ok(Some((to - digits.len(), to)))
             }
             _ => Err(PushError::BadElement),
         }

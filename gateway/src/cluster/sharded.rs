@@ -352,16 +352,28 @@ async fn read_pushes(
 ) -> std::io::Result<()> {
     let mut buf = Vec::new();
     loop {
-        while let Some((push, used)) = Push::parse(&buf).map_err(std::io::Error::other)? {
-            buf.drain(..used);
+        let mut start = 0;
+        while let Some((push, used)) = Push::parse(&buf[start..]).map_err(std::io::Error::other)? {
+            start += used;
             if let Some(event) = to_event(&node, push) {
                 if events.send(event).is_err() {
                     return Ok(());
                 }
             }
         }
+        // What was read goes at once, not push by push (each would move the rest), and the
+        // room a large push needed goes with it.
+        buf.drain(..start);
+        if buf.is_empty() && buf.capacity() > 2 * READ_CHUNK {
+            buf = Vec::new();
+        }
         buf.reserve(READ_CHUNK);
-        if reader.read_buf(&mut buf).await? == 0 {
+        if (&mut reader)
+            .take(READ_CHUNK as u64)
+            .read_buf(&mut buf)
+            .await?
+            == 0
+        {
             return Err(std::io::ErrorKind::UnexpectedEof.into());
         }
     }

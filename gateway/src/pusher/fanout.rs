@@ -135,7 +135,7 @@ impl<H: Handle> Core<H> {
     /// Whether this shard is so far behind that client events are refused (publishes through
     /// the HTTP API wait instead, see `Shard::wait_for_fanout`).
     pub(super) fn fanout_overloaded(&self) -> bool {
-        self.writes_waiting() >= 2 * self.fanout.backlog
+        self.writes_waiting() >= self.fanout.backlog.saturating_mul(2)
     }
 
     /// Whether broadcasts wait for `fan_out_slice`.

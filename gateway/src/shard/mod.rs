@@ -447,7 +447,7 @@ async fn inbox_loop(shard: Rc<Shard>) {
         // Publishes wait for room (`wait_for_fanout`); broadcasts from other nodes and client
         // events do not, and past twice the backlog the inbox is left to fill, so that what
         // comes then is dropped and counted (`gateway_inbox_drops_total`) rather than held.
-        while waiting() >= 2 * shard.node.config.fanout_backlog {
+        while waiting() >= shard.node.config.fanout_backlog.saturating_mul(2) {
             pause().await;
         }
         shard.inbox.next_batch(&mut batch).await;
