@@ -102,12 +102,17 @@ mod tests {
     use std::net::{TcpListener, TcpStream};
     use std::os::fd::AsRawFd;
 
+    /// A loopback TCP connection: the client's end and the server's.
+    fn connected() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let client = TcpStream::connect(listener.local_addr().expect("address")).expect("connect");
+        let (server, _) = listener.accept().expect("accept");
+        (client, server)
+    }
+
     #[test]
     fn received_data_carries_its_arrival_time() {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-        let mut client =
-            TcpStream::connect(listener.local_addr().expect("address")).expect("connect");
-        let (server, _) = listener.accept().expect("accept");
+        let (mut client, server) = connected();
         enable(server.as_raw_fd()).expect("timestamps on");
         let before = SystemTime::now();
         client.write_all(b"reply").expect("write");
@@ -130,10 +135,7 @@ mod tests {
 
     #[test]
     fn without_enable_there_is_no_stamp() {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-        let mut client =
-            TcpStream::connect(listener.local_addr().expect("address")).expect("connect");
-        let (server, _) = listener.accept().expect("accept");
+        let (mut client, server) = connected();
         client.write_all(b"x").expect("write");
         std::thread::sleep(Duration::from_millis(20));
         let mut buf = [0u8; 4];

@@ -338,10 +338,12 @@ fn sequential_publishes_through_one_node_keep_their_order_on_every_node() {
     }
     let expected: Vec<String> = (0..PUBLISHES).map(|n| n.to_string()).collect();
     for (index, client) in subscribers.iter_mut().enumerate() {
-        let data: Vec<String> = (0..PUBLISHES)
-            .map(|_| client.next_event()["data"].as_str().unwrap().to_owned())
-            .collect();
-        assert_eq!(data, expected, "subscriber {index} (node {})", index / 2);
+        assert_eq!(
+            client.next_data(PUBLISHES),
+            expected,
+            "subscriber {index} (node {})",
+            index / 2
+        );
     }
 }
 

@@ -183,10 +183,7 @@ fn a_wide_channel_delivered_in_slices_keeps_publish_order_with_a_narrow_one() {
     }
     let burst: Vec<String> = (0..BURST).map(|n| n.to_string()).collect();
     for client in &mut clients {
-        let got: Vec<String> = (0..BURST)
-            .map(|_| client.next_event()["data"].as_str().unwrap().to_owned())
-            .collect();
-        assert_eq!(got, burst);
+        assert_eq!(client.next_data(BURST), burst);
     }
     assert_eq!(gateway.metric("gateway_fanout_waiting"), 0.0);
     assert_eq!(
@@ -245,8 +242,7 @@ fn publishes_past_the_fanout_backlog_are_refused_with_503_and_counted() {
             continue;
         }
         let mut got = vec![Vec::new(); PUBLISHERS];
-        for _ in 0..total {
-            let data = client.next_event()["data"].as_str().unwrap().to_owned();
+        for data in client.next_data(total) {
             let (publisher, _) = data.split_once(':').unwrap();
             got[publisher.parse::<usize>().unwrap()].push(data);
         }

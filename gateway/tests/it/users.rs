@@ -203,9 +203,11 @@ fn events_sent_to_a_user_one_after_the_other_arrive_in_order_on_every_shard() {
     }
     let expected: Vec<String> = (0..EVENTS).map(|n| n.to_string()).collect();
     for socket in &mut sockets {
-        let received: Vec<String> = (0..EVENTS)
-            .map(|_| socket.next_event()["data"].as_str().unwrap().to_owned())
-            .collect();
-        assert_eq!(received, expected, "socket on shard {}", socket.shard());
+        assert_eq!(
+            socket.next_data(EVENTS),
+            expected,
+            "socket on shard {}",
+            socket.shard()
+        );
     }
 }

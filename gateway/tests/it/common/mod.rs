@@ -522,6 +522,13 @@ impl Client {
         }
     }
 
+    /// The `data` of the next `count` events, each a string.
+    pub fn next_data(&mut self, count: usize) -> Vec<String> {
+        (0..count)
+            .map(|_| self.next_event()["data"].as_str().unwrap().to_owned())
+            .collect()
+    }
+
     /// Checks that the next event is `marker`: `what` (something that must not reach this
     /// client) did not come before it.
     pub fn expect_next_is_marker(&mut self, marker: &Marker, what: &str) {
